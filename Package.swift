@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let optimise: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+let package = Package(
+    name: "goml-dist",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "goml-dist", targets: ["goml-dist"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .target(name: "GomlCore", dependencies: ["CBLAS"], swiftSettings: optimise),
+        .target(name: "GomlIO", dependencies: ["GomlCore"], swiftSettings: optimise),
+        .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO"], swiftSettings: optimise),
+        .target(name: "GomlMPI", dependencies: ["CMPI", "GomlTrain"], swiftSettings: optimise),
+        .executableTarget(
+            name: "goml-dist",
+            dependencies: [
+                "GomlCore", "GomlIO", "GomlTrain", "GomlMPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: optimise
+        ),
+        .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore"]),
+        .testTarget(name: "GomlIOTests", dependencies: ["GomlIO"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["GomlIO"], resources: [.copy("Fixtures")]),
+    ]
+)

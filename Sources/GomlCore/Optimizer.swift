@@ -1,0 +1,101 @@
+// Optimizer: SPEC's AdamW (decoupled decay on 2-D tensors only), global-norm clipping and
+// the warmup + cosine schedule. Works on flat buffers; only the decay mask knows the layout.
+
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+public struct OptimizerConfig: Codable, Equatable, Sendable {
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.95
+    public var eps: Float = 1e-8
+    public var weightDecay: Float = 0.1
+    public var gradClip: Float = 1.0
+    public init() {}
+}
+
+public struct LearningRateSchedule: Codable, Equatable, Sendable {
+    public var maxLR: Double, minLR: Double, warmup: Int, totalSteps: Int
+    public init(maxLR: Double, minLR: Double, warmup: Int, totalSteps: Int) {
+        self.maxLR = maxLR; self.minLR = minLR; self.warmup = warmup; self.totalSteps = totalSteps
+    }
+
+    /// Learning rate at 1-based step t: linear warmup while t < warmup, then cosine to minLR.
+    public func rate(atStep t: Int) -> Double {
+        if t < warmup { return maxLR * Double(t) / Double(warmup) }
+        let progress = min(1, Double(t - warmup) / Double(max(1, totalSteps - warmup)))
+        return minLR + 0.5 * (maxLR - minLR) * (1 + cos(Double.pi * progress))
+    }
+}
+
+/// Global L2 norm of a flat buffer; blocks of 8-wide float sums added in double, in a fixed order.
+public func globalNorm(_ values: UnsafeBufferPointer<Float>) -> Double {
+    let base = values.baseAddress!, n = values.count
+    var total = 0.0
+    var start = 0
+    while start < n {
+        let end = min(n, start + 4096)
+        var acc = Vec()
+        forEachChunk(end - start) { i, w in let v = load(base + start + i, w); acc += v * v }
+        total += Double(acc.sum())
+        start = end
+    }
+    return total.squareRoot()
+}
+
+/// The factor that scales a gradient of norm `norm` down to at most `maxNorm`.
+public func clipScale(norm: Double, maxNorm: Float) -> Float {
+    norm > Double(maxNorm) ? Float(Double(maxNorm) / norm) : 1
+}
+
+public final class AdamW {
+    public let config: OptimizerConfig
+    /// First and second moments, flat in parameter layout.
+    public let m: UnsafeMutableBufferPointer<Float>, v: UnsafeMutableBufferPointer<Float>
+    /// Steps taken so far (t of the last update).
+    public var step: Int = 0
+    private let decayed: [Range<Int>], undecayed: [Range<Int>]
+
+    public init(layout: ParameterLayout, config: OptimizerConfig) {
+        self.config = config
+        m = .allocate(capacity: layout.count); m.initialize(repeating: 0)
+        v = .allocate(capacity: layout.count); v.initialize(repeating: 0)
+        decayed = layout.tensors.filter(\.isMatrix).map(\.range)
+        undecayed = layout.tensors.filter { !$0.isMatrix }.map(\.range)
+    }
+
+    deinit { m.deallocate(); v.deallocate() }
+
+    /// One update: g = gradScale·grads; moments; p −= lr·(m̂/(√v̂ + eps) + wd·p).
+    public func update(_ params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, gradScale: Float) {
+        step += 1
+        let t = Double(step)
+        let c = config
+        let correction1 = Float(1 - pow(Double(c.beta1), t)), correction2 = Float(1 - pow(Double(c.beta2), t))
+        for (ranges, wd) in [(decayed, c.weightDecay), (undecayed, Float(0))] {
+            for range in ranges {
+                adamWKernel(params + range.lowerBound, m.baseAddress! + range.lowerBound, v.baseAddress! + range.lowerBound,
+                            grads + range.lowerBound, count: range.count, lr: Float(lr), beta1: c.beta1, beta2: c.beta2,
+                            eps: c.eps, weightDecay: wd, correction1: correction1, correction2: correction2, gradScale: gradScale)
+            }
+        }
+    }
+}
+
+@inline(__always)
+private func adamWKernel(_ p: FloatPointer, _ m: FloatPointer, _ v: FloatPointer, _ g: ConstFloatPointer, count: Int,
+                         lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
+                         correction1: Float, correction2: Float, gradScale: Float) {
+    forEachChunk(count) { i, w in
+        let grad = load(g + i, w) * gradScale
+        let mi = beta1 * load(m + i, w) + (1 - beta1) * grad
+        let vi = beta2 * load(v + i, w) + (1 - beta2) * grad * grad
+        let pi = load(p + i, w)
+        let update = (mi / correction1) / ((vi / correction2).squareRoot() + eps) + weightDecay * pi
+        store(mi, m + i, w)
+        store(vi, v + i, w)
+        store(pi - lr * update, p + i, w)
+    }
+}

@@ -1,0 +1,178 @@
+// Transformer: SPEC's model as one straight-line forward pass and its reverse.
+// All activations for a fixed (batch, seqLen) are carved from one allocation made at init,
+// so forward and backward allocate nothing. Parameters and gradients are flat buffers in
+// ParameterLayout order, passed in by the caller.
+
+/// Saved activations of one transformer block, all [N = B·T rows].
+struct BlockActivations {
+    let ln1: FloatPointer, ln1Mean: FloatPointer, ln1Rstd: FloatPointer   // [N,C], [N], [N]
+    let qkv: FloatPointer                                                 // [N,3C], q and k after RoPE
+    let probs: FloatPointer                                               // [B,H,T,T]
+    let attention: FloatPointer                                           // [N,C], heads concatenated
+    let residualMid: FloatPointer                                         // [N,C], after the attention add
+    let ln2: FloatPointer, ln2Mean: FloatPointer, ln2Rstd: FloatPointer   // [N,C], [N], [N]
+    let u1: FloatPointer, u3: FloatPointer?                               // [N,F] pre-activation (u3: SwiGLU only)
+    let gate: FloatPointer                                                // [N,F], input of W2
+}
+
+public final class Transformer {
+    public let config: ModelConfig
+    public let layout: ParameterLayout
+    /// Sequences per forward pass (B) and positions per sequence (T).
+    public let batch: Int, seqLen: Int
+    public var rows: Int { batch * seqLen }
+
+    /// Inputs, filled by the caller: [B,T] each.
+    public let tokens: UnsafeMutableBufferPointer<Int32>
+    public let targets: UnsafeMutableBufferPointer<Int32>
+    /// Outputs of `forward`: logits [B,T,V] and per-position losses [B,T].
+    public let logits: UnsafeMutableBufferPointer<Float>
+    public let losses: UnsafeMutableBufferPointer<Float>
+
+    private let arena: UnsafeMutableBufferPointer<Float>
+    private let ropeCos: UnsafeMutableBufferPointer<Float>, ropeSin: UnsafeMutableBufferPointer<Float>
+    private let residuals: [FloatPointer]          // L+1 × [N,C]: input of block l; [L] feeds the final norm
+    private let blocks: [BlockActivations]
+    private let lnFinal: FloatPointer, lnFinalMean: FloatPointer, lnFinalRstd: FloatPointer
+    private let dLogits: FloatPointer               // [N,V]
+    private let dResidual: FloatPointer             // [N,C]
+    private let dNormed: FloatPointer               // [N,C], gradient at a LayerNorm output
+    private let dAttention: FloatPointer            // [N,C]
+    private let dQKV: FloatPointer                  // [N,3C]
+    private let dGate: FloatPointer, dU3: FloatPointer   // [N,F]; dGate is reused for dU1
+    private let dScores: FloatPointer               // [T,T]
+
+    public init(config: ModelConfig, batch: Int, seqLen: Int? = nil) {
+        let T = seqLen ?? config.seqLen
+        precondition(batch > 0 && T > 0 && T <= config.seqLen)
+        self.config = config
+        self.layout = ParameterLayout(config)
+        self.batch = batch
+        self.seqLen = T
+        let N = batch * T, C = config.dim, F = config.ffn, V = config.vocab, H = config.heads, L = config.layers
+        let swiglu = config.ffnKind == .swiglu
+        let perBlock = 7 * N * C + 4 * N + batch * H * T * T + (swiglu ? 3 : 2) * N * F
+        let total = (L + 1) * N * C + L * perBlock + N * C + 2 * N + 2 * N * V + N
+            + 3 * N * C + 3 * N * C + 2 * N * F + T * T
+        arena = .allocate(capacity: total)
+        arena.initialize(repeating: 0)
+        var cursor = arena.baseAddress!
+        func carve(_ count: Int) -> FloatPointer { defer { cursor += count }; return cursor }
+        residuals = (0...L).map { _ in carve(N * C) }
+        blocks = (0..<L).map { _ in
+            BlockActivations(ln1: carve(N * C), ln1Mean: carve(N), ln1Rstd: carve(N), qkv: carve(3 * N * C),
+                             probs: carve(batch * H * T * T), attention: carve(N * C), residualMid: carve(N * C),
+                             ln2: carve(N * C), ln2Mean: carve(N), ln2Rstd: carve(N),
+                             u1: carve(N * F), u3: swiglu ? carve(N * F) : nil, gate: carve(N * F))
+        }
+        lnFinal = carve(N * C); lnFinalMean = carve(N); lnFinalRstd = carve(N)
+        logits = UnsafeMutableBufferPointer(start: carve(N * V), count: N * V)
+        dLogits = carve(N * V)
+        losses = UnsafeMutableBufferPointer(start: carve(N), count: N)
+        dResidual = carve(N * C); dNormed = carve(N * C); dAttention = carve(N * C)
+        dQKV = carve(3 * N * C)
+        dGate = carve(N * F); dU3 = carve(N * F)
+        dScores = carve(T * T)
+        precondition(cursor == arena.baseAddress! + total)
+
+        tokens = .allocate(capacity: N); tokens.initialize(repeating: 0)
+        targets = .allocate(capacity: N); targets.initialize(repeating: 0)
+        let tables = ropeTables(headDim: config.headDim, positions: config.seqLen, base: config.ropeBase)
+        ropeCos = .allocate(capacity: tables.cos.count); _ = ropeCos.initialize(from: tables.cos)
+        ropeSin = .allocate(capacity: tables.sin.count); _ = ropeSin.initialize(from: tables.sin)
+    }
+
+    deinit {
+        arena.deallocate(); tokens.deallocate(); targets.deallocate()
+        ropeCos.deallocate(); ropeSin.deallocate()
+    }
+
+    /// Runs the model on `tokens`, writing `logits` and `losses`. With `gradScale` set, also
+    /// prepares the loss gradient for `backward` as gradScale·∂(Σ losses)/∂logits
+    /// (gradScale = 1/(tokens averaged over) gives the gradient of the mean loss).
+    public func forward(_ params: UnsafePointer<Float>, gradScale: Float? = nil) {
+        let cfg = config, N = rows, C = cfg.dim, F = cfg.ffn, V = cfg.vocab, H = cfg.heads, T = seqLen
+        let p = { (view: TensorView) in params + view.offset }
+        embeddingForward(residuals[0], tokens.baseAddress!, p(layout.embedding), rows: N, C: C)
+        for (l, a) in blocks.enumerated() {
+            let w = layout.layers[l], x = residuals[l]
+            // h = LN(x); q, k, v = h Wq,k,vᵀ (the three matrices are adjacent: one [3C,C] product)
+            layerNormForward(a.ln1, a.ln1Mean, a.ln1Rstd, x, p(w.attentionNormWeight), p(w.attentionNormBias), rows: N, C: C, eps: cfg.normEps)
+            linearForward(a.qkv, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C)
+            ropeForward(a.qkv, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
+            attentionForward(a.attention, a.probs, a.qkv, B: batch, T: T, C: C, heads: H)
+            // x = x + a Woᵀ
+            a.residualMid.update(from: x, count: N * C)
+            gemm(false, true, m: N, n: C, k: C, a.attention, lda: C, p(w.wo), ldb: C, beta: 1, a.residualMid, ldc: C)
+            // h = LN(x); x = x + ffn(h) W2ᵀ
+            layerNormForward(a.ln2, a.ln2Mean, a.ln2Rstd, a.residualMid, p(w.ffnNormWeight), p(w.ffnNormBias), rows: N, C: C, eps: cfg.normEps)
+            linearForward(a.u1, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F)
+            if let u3 = a.u3, let w3 = w.w3 {
+                linearForward(u3, a.ln2, p(w3), rows: N, inFeatures: C, outFeatures: F)
+                swigluForward(a.gate, a.u1, u3, count: N * F)
+            } else {
+                geluForward(a.gate, a.u1, count: N * F)
+            }
+            let out = residuals[l + 1]
+            out.update(from: a.residualMid, count: N * C)
+            gemm(false, true, m: N, n: C, k: F, a.gate, lda: F, p(w.w2), ldb: F, beta: 1, out, ldc: C)
+        }
+        layerNormForward(lnFinal, lnFinalMean, lnFinalRstd, residuals[cfg.layers], p(layout.normWeight), p(layout.normBias), rows: N, C: C, eps: cfg.normEps)
+        linearForward(logits.baseAddress!, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V)
+        crossEntropyForward(losses.baseAddress!, gradScale == nil ? nil : dLogits, logits.baseAddress!, targets.baseAddress!,
+                            rows: N, V: V, gradScale: gradScale ?? 0)
+    }
+
+    /// Back-propagates the loss gradient prepared by the last `forward(_:gradScale:)`,
+    /// ACCUMULATING (+=) into `grads` (same layout as params).
+    public func backward(_ params: UnsafePointer<Float>, _ grads: UnsafeMutablePointer<Float>) {
+        let cfg = config, N = rows, C = cfg.dim, F = cfg.ffn, V = cfg.vocab, H = cfg.heads, T = seqLen
+        let p = { (view: TensorView) in params + view.offset }
+        let g = { (view: TensorView) in grads + view.offset }
+        let dx = dResidual
+        // logits = LN(x) Woutᵀ
+        linearBackward(dNormed, g(layout.output), dLogits, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V)
+        dx.update(repeating: 0, count: N * C)
+        layerNormBackward(dx, g(layout.normWeight), g(layout.normBias), dNormed, residuals[cfg.layers], p(layout.normWeight),
+                          lnFinalMean, lnFinalRstd, rows: N, C: C)
+        for (l, a) in blocks.enumerated().reversed() {
+            let w = layout.layers[l]
+            // x = x + ffn(h) W2ᵀ
+            linearBackward(dGate, g(w.w2), dx, a.gate, p(w.w2), rows: N, inFeatures: F, outFeatures: C)
+            if let u3 = a.u3, let w3 = w.w3 {
+                swigluBackward(dGate, dU3, dGate, a.u1, u3, count: N * F)   // dGate now holds dU1
+                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F)
+                linearBackward(dNormed, g(w3), dU3, a.ln2, p(w3), rows: N, inFeatures: C, outFeatures: F, accumulateInput: true)
+            } else {
+                geluBackward(dGate, dGate, a.u1, count: N * F)
+                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F)
+            }
+            // h = LN(x) before the FFN: the residual gradient gains the norm's input gradient
+            layerNormBackward(dx, g(w.ffnNormWeight), g(w.ffnNormBias), dNormed, a.residualMid, p(w.ffnNormWeight),
+                              a.ln2Mean, a.ln2Rstd, rows: N, C: C)
+            // x = x + a Woᵀ
+            linearBackward(dAttention, g(w.wo), dx, a.attention, p(w.wo), rows: N, inFeatures: C, outFeatures: C)
+            attentionBackward(dQKV, dScores, dAttention, a.qkv, a.probs, B: batch, T: T, C: C, heads: H)
+            ropeBackward(dQKV, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
+            // q, k, v = h Wq,k,vᵀ; h = LN(x)
+            linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C)
+            layerNormBackward(dx, g(w.attentionNormWeight), g(w.attentionNormBias), dNormed, residuals[l], p(w.attentionNormWeight),
+                              a.ln1Mean, a.ln1Rstd, rows: N, C: C)
+        }
+        embeddingBackward(g(layout.embedding), dx, tokens.baseAddress!, rows: N, C: C)
+    }
+
+    /// Sum of the token losses of sequence `b` from the last forward, in double.
+    public func lossSum(sequence b: Int) -> Double {
+        var total = 0.0
+        for i in (b * seqLen)..<((b + 1) * seqLen) { total += Double(losses[i]) }
+        return total
+    }
+
+    /// Mean token loss of the last forward: sequences summed in order, then divided.
+    public var meanLoss: Double {
+        var total = 0.0
+        for b in 0..<batch { total += lossSum(sequence: b) }
+        return total / Double(rows)
+    }
+}

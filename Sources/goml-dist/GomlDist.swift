@@ -1,0 +1,18 @@
+// goml-dist: the command-line entry point. Parses options and calls the libraries; no maths here.
+
+import ArgumentParser
+import Foundation
+
+@main
+struct GomlDist: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "goml-dist",
+        abstract: "Data-parallel trainer for byte-level LLaMA-style language models on CPUs over MPI.",
+        subcommands: [VerifyCommand.self, GradcheckCommand.self])
+}
+
+/// Prints `message` as one line on stderr and exits with `code`.
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8))
+    exit(code)
+}

@@ -1,0 +1,37 @@
+import ArgumentParser
+import Foundation
+import GomlCore
+
+struct GradcheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gradcheck",
+        abstract: "Finite-difference check of every parameter's analytic gradient on a small random model.")
+
+    @Option(help: "FFN kinds to check: swiglu, gelu or all.")
+    var ffn: String = "all"
+
+    @Option(help: "Fail when any tensor's worst relative error exceeds this.")
+    var tolerance: Double = 3e-2
+
+    @Option(help: "Seed of the random model and batch.")
+    var seed: UInt64 = 7
+
+    func run() throws {
+        let kinds: [FFNKind]
+        if ffn == "all" { kinds = FFNKind.allCases } else if let k = FFNKind(rawValue: ffn) { kinds = [k] } else {
+            fail("unknown --ffn '\(ffn)': use swiglu, gelu or all")
+        }
+        var worstOverall = 0.0
+        for kind in kinds {
+            let config = GradientCheck.smallConfig(kind)
+            print("gradcheck \(config.summary), batch 2, central differences")
+            for r in GradientCheck.run(config: config, seed: seed) {
+                worstOverall = max(worstOverall, r.worstRelativeError)
+                let flag = r.worstRelativeError <= tolerance ? "ok" : "FAIL"
+                print("  \(r.tensor.padding(toLength: 36, withPad: " ", startingAt: 0)) worst rel err \(String(format: "%.2e", r.worstRelativeError)) over \(r.probes) probes  \(flag)")
+            }
+        }
+        print("gradcheck: worst relative error \(String(format: "%.2e", worstOverall)), tolerance \(tolerance)")
+        if worstOverall > tolerance || worstOverall.isNaN { throw ExitCode(1) }
+    }
+}
