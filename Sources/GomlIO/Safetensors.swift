@@ -474,13 +474,9 @@ public struct SafetensorsWriter: Sendable {
         return out
     }
 
-    /// Writes `serialized()` to `path` atomically (temporary file, then rename).
+    /// Writes `serialized()` to `path` atomically and durably (see DurableFile).
     public func write(toPath path: String) throws {
-        do {
-            try Data(serialized()).write(to: URL(fileURLWithPath: path), options: .atomic)
-        } catch {
-            throw SafetensorsError("\(path): cannot write file (\(error.localizedDescription))")
-        }
+        try DurableFile.write(serialized(), to: path)
     }
 
     // MARK: private

@@ -1,0 +1,28 @@
+// BLAS: process-wide OpenBLAS settings and a measurement of its sgemm rate (the ceiling
+// model FLOPs utilisation is quoted against).
+
+import CBLAS
+import Dispatch
+
+public enum BLAS {
+    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+
+    /// The OpenBLAS core type in use (e.g. "Haswell", "Cooperlake").
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+
+    /// GFLOP/s of a square sgemm of size n on the current threads: best of a few timed calls.
+    public static func measureSgemmGFLOPS(size n: Int = 1024, repeats: Int = 6) -> Double {
+        let a = [Float](repeating: 0.5, count: n * n), b = [Float](repeating: 0.25, count: n * n)
+        var c = [Float](repeating: 0, count: n * n)
+        var best = Double.infinity
+        for _ in 0..<repeats {
+            let start = DispatchTime.now().uptimeNanoseconds
+            c.withUnsafeMutableBufferPointer { cb in
+                gemm(false, false, m: n, n: n, k: n, a, lda: n, b, ldb: n, beta: 0, cb.baseAddress!, ldc: n)
+            }
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return 2 * Double(n * n * n) / best / 1e9
+    }
+}

@@ -1,0 +1,40 @@
+// FloatBuffer: an owned, zero-initialised flat float32 buffer (parameters, gradients,
+// moments, tree partials). Freed with its owner; never reallocated.
+
+public final class FloatBuffer {
+    public let pointer: UnsafeMutableBufferPointer<Float>
+
+    public init(count: Int) {
+        pointer = .allocate(capacity: count)
+        pointer.initialize(repeating: 0)
+    }
+
+    public convenience init(_ values: [Float]) {
+        self.init(count: values.count)
+        _ = pointer.initialize(from: values)
+    }
+
+    deinit { pointer.deallocate() }
+
+    public var count: Int { pointer.count }
+    public var base: UnsafeMutablePointer<Float> { pointer.baseAddress! }
+    public var array: [Float] { Array(pointer) }
+
+    public func zero() { pointer.update(repeating: 0) }
+
+    /// self[i] += other[i], in a fixed order of operations.
+    public func add(_ other: UnsafePointer<Float>) {
+        let b = base
+        forEachChunk(count) { i, w in store(load(b + i, w) + load(other + i, w), b + i, w) }
+    }
+
+    /// True when every value is finite.
+    public var allFinite: Bool { pointer.allSatisfy { $0.isFinite } }
+}
+
+/// FNV-1a over the float bit patterns, folded in order: one flipped bit changes it.
+public func contentChecksum(_ values: UnsafeBufferPointer<Float>, seed: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
+    var hash = seed
+    for v in values { hash = (hash ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
+    return hash
+}

@@ -1,0 +1,157 @@
+// Checkpoint: what a run needs to continue exactly, as two safetensors files per step.
+//   ckpt-0000040.safetensors        the model: SPEC tensor names only, so safetensors.torch.load_file
+//                                   gives a state dict a PyTorch model of SPEC loads as is; metadata:
+//                                   format, config, step, training options, content checksum.
+//   ckpt-0000040.state.safetensors  training state: AdamW moments (m.<name>, v.<name>), Adam step,
+//                                   generator states, and the model file's checksum (ties the pair).
+// `latest` names the newest complete pair. Every file is written durably (DurableFile), state
+// first, model second, `latest` last: a crash at any instant leaves the previous `latest` valid.
+
+import Foundation
+import GomlCore
+
+public struct TrainingCheckpoint {
+    public let path: String
+    public let config: ModelConfig
+    public let step: Int
+    /// The training options the run was started with, as JSON.
+    public let optionsJSON: String
+    public let params: [Float]
+    public let m: [Float], v: [Float]
+    public let adamStep: Int
+    /// Named generator states (four words each).
+    public let generators: [String: [UInt64]]
+}
+
+public enum Checkpoint {
+    public static let format = "goml-dist-checkpoint-1"
+    public static let latestName = "latest"
+
+    public static func modelFileName(step: Int) -> String { String(format: "ckpt-%07d.safetensors", step) }
+    static func stateFileName(forModel name: String) -> String {
+        String(name.dropLast(".safetensors".count)) + ".state.safetensors"
+    }
+
+    /// Writes the pair for `step` into `directory`, points `latest` at it, keeps the newest `keep`.
+    /// Returns the model file's path.
+    @discardableResult
+    public static func save(directory: String, layout: ParameterLayout, step: Int, optionsJSON: String,
+                            params: UnsafeBufferPointer<Float>, m: UnsafeBufferPointer<Float>, v: UnsafeBufferPointer<Float>,
+                            adamStep: Int, generators: [String: [UInt64]], keep: Int) throws -> String {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let modelName = modelFileName(step: step), stateName = stateFileName(forModel: modelName)
+        let modelChecksum = contentChecksum(params)
+        let configJSON = String(decoding: try JSONEncoder().encode(layout.config), as: UTF8.self)
+
+        var state = SafetensorsWriter(metadata: [
+            "format": format, "step": String(step), "adam_step": String(adamStep),
+            "model_checksum": hex(modelChecksum),
+            "checksum": hex(contentChecksum(v, seed: contentChecksum(m))),
+        ])
+        for (name, words) in generators { state.metadata["generator." + name] = words.map(String.init).joined(separator: ",") }
+        var model = SafetensorsWriter(metadata: [
+            "format": format, "config": configJSON, "step": String(step), "options": optionsJSON,
+            "checksum": hex(modelChecksum), "state_file": stateName,
+        ])
+        for t in layout.tensors {
+            try model.addFloats(t.name, shape: t.shape, UnsafeBufferPointer(rebasing: params[t.range]))
+            try state.addFloats("m." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: m[t.range]))
+            try state.addFloats("v." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: v[t.range]))
+        }
+        try DurableFile.write(state.serialized(), to: directory + "/" + stateName)
+        try DurableFile.write(model.serialized(), to: directory + "/" + modelName)
+        try DurableFile.write(Array((modelName + "\n").utf8), to: directory + "/" + latestName)
+        prune(directory: directory, keep: keep)
+        return directory + "/" + modelName
+    }
+
+    /// Deletes all but the newest `keep` checkpoint pairs (never the one `latest` names).
+    static func prune(directory: String, keep: Int) {
+        guard keep > 0, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        let latest = try? latestModelName(directory: directory)
+        let models = names.filter { $0.hasPrefix("ckpt-") && $0.hasSuffix(".safetensors") && !$0.hasSuffix(".state.safetensors") }.sorted()
+        for name in models.dropLast(keep) where name != latest {
+            try? FileManager.default.removeItem(atPath: directory + "/" + stateFileName(forModel: name))
+            try? FileManager.default.removeItem(atPath: directory + "/" + name)
+        }
+    }
+
+    static func latestModelName(directory: String) throws -> String {
+        guard let text = try? String(contentsOfFile: directory + "/" + latestName, encoding: .utf8) else {
+            throw FileError("\(directory): no '\(latestName)' file, so no complete checkpoint; pass a checkpoint file instead")
+        }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A checkpoint file, or a run directory meaning its latest checkpoint.
+    public static func resolve(_ path: String) throws -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw FileError("\(path): no such checkpoint file or directory")
+        }
+        return isDirectory.boolValue ? path + "/" + (try latestModelName(directory: path)) : path
+    }
+
+    /// Reads and checks a model file: ours, checksum intact, tensors shaped as its config says.
+    public static func loadModel(_ path: String) throws -> (config: ModelConfig, step: Int, metadata: [String: String], params: [Float]) {
+        let file = try SafetensorsFile(path: path)
+        guard file.metadata["format"] == format else {
+            throw FileError("\(path): not a goml-dist checkpoint (metadata 'format' is \(file.metadata["format"].map { "'\($0)'" } ?? "missing"), expected '\(format)')")
+        }
+        guard let configText = file.metadata["config"],
+              let config = try? JSONDecoder().decode(ModelConfig.self, from: Data(configText.utf8)) else {
+            throw FileError("\(path): checkpoint metadata 'config' is missing or unreadable")
+        }
+        do { try config.validate() } catch { throw FileError("\(path): checkpoint config is invalid: \(error)") }
+        guard let step = file.metadata["step"].flatMap({ Int($0) }) else { throw FileError("\(path): checkpoint has no step") }
+        let layout = ParameterLayout(config)
+        var params = [Float](repeating: 0, count: layout.count)
+        try params.withUnsafeMutableBufferPointer { buffer in
+            for t in layout.tensors {
+                let info = try file.tensor(t.name)
+                guard info.shape == t.shape else {
+                    throw FileError("\(path): tensor \(t.name) has shape \(info.shape) but the config needs \(t.shape)")
+                }
+                try file.copyFloats(t.name, into: UnsafeMutableBufferPointer(rebasing: buffer[t.range]))
+            }
+        }
+        let checksum = params.withUnsafeBufferPointer { contentChecksum($0) }
+        guard file.metadata["checksum"] == hex(checksum) else {
+            throw FileError("\(path): content checksum mismatch (stored \(file.metadata["checksum"] ?? "none"), computed \(hex(checksum))): the file is corrupt; use an earlier checkpoint")
+        }
+        return (config, step, file.metadata, params)
+    }
+
+    /// Reads a model file and its state companion, checking that they belong together.
+    public static func loadTraining(_ path: String) throws -> TrainingCheckpoint {
+        let model = try loadModel(path)
+        let directory = (path as NSString).deletingLastPathComponent
+        let statePath = (directory.isEmpty ? "." : directory) + "/" + stateFileName(forModel: (path as NSString).lastPathComponent)
+        let state = try SafetensorsFile(path: statePath)
+        guard state.metadata["format"] == format, state.metadata["model_checksum"] == model.metadata["checksum"],
+              state.metadata["step"] == String(model.step) else {
+            throw FileError("\(statePath): training state does not belong to \(path) (format, step or model checksum differ)")
+        }
+        let layout = ParameterLayout(model.config)
+        var m = [Float](repeating: 0, count: layout.count), v = m
+        for t in layout.tensors {
+            try m.withUnsafeMutableBufferPointer { try state.copyFloats("m." + t.name, into: UnsafeMutableBufferPointer(rebasing: $0[t.range])) }
+            try v.withUnsafeMutableBufferPointer { try state.copyFloats("v." + t.name, into: UnsafeMutableBufferPointer(rebasing: $0[t.range])) }
+        }
+        let checksum = m.withUnsafeBufferPointer { mb in v.withUnsafeBufferPointer { contentChecksum($0, seed: contentChecksum(mb)) } }
+        guard state.metadata["checksum"] == hex(checksum) else {
+            throw FileError("\(statePath): content checksum mismatch: the file is corrupt; use an earlier checkpoint")
+        }
+        guard let adamStep = state.metadata["adam_step"].flatMap({ Int($0) }) else { throw FileError("\(statePath): no adam_step") }
+        var generators: [String: [UInt64]] = [:]
+        for (key, value) in state.metadata where key.hasPrefix("generator.") {
+            let words = value.split(separator: ",").compactMap { UInt64($0) }
+            guard words.count == 4 else { throw FileError("\(statePath): generator state '\(key)' is malformed") }
+            generators[String(key.dropFirst("generator.".count))] = words
+        }
+        return TrainingCheckpoint(path: path, config: model.config, step: model.step, optionsJSON: model.metadata["options"] ?? "{}",
+                                  params: model.params, m: m, v: v, adamStep: adamStep, generators: generators)
+    }
+
+    static func hex(_ value: UInt64) -> String { String(value, radix: 16) }
+}

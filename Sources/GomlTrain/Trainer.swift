@@ -1,0 +1,175 @@
+// Trainer: one data-parallel training step and distributed evaluation, per SPEC.
+// Every rank runs the same code on its shard; all communication goes through `Communicator`.
+// A step allocates nothing: buffers are made once here.
+
+import Foundation
+import GomlCore
+
+public struct StepTimings: Sendable {
+    public var forward = 0.0, backward = 0.0, reduce = 0.0, optimizer = 0.0
+    public var total: Double { forward + backward + reduce + optimizer }
+}
+
+public struct StepResult: Sendable {
+    public let step: Int
+    public let loss: Double
+    public let gradNorm: Double
+    public let lr: Double
+    public let timings: StepTimings
+    public var finite: Bool { loss.isFinite && gradNorm.isFinite }
+}
+
+public final class Trainer {
+    public let options: TrainingOptions
+    public let comm: Communicator
+    public let layout: ParameterLayout
+    public let params: FloatBuffer, grads: FloatBuffer
+    public let optimizer: AdamW
+    public var sampler: BatchSampler
+    /// Steps completed so far.
+    public var step = 0
+
+    private let train: [UInt8], validation: [UInt8]
+    public var trainBytes: Int { train.count }
+    public var validationBytes: Int { validation.count }
+    private let model: Transformer
+    private let tree: TreeReducer?
+    private let myShard: Range<Int>
+    private var offsets: [Int]
+    private var sequenceLosses: [Double]     // [B] global slots; this rank fills its own
+    private var evalLosses: [Double]         // [evalBatches·B]
+    private let tokensPerStep: Int
+
+    public init(options: TrainingOptions, comm: Communicator, split: TextSplit) throws {
+        try options.validate(worldSize: comm.size)
+        try split.check(seqLen: options.model.seqLen, source: "data")
+        self.options = options
+        self.comm = comm
+        layout = ParameterLayout(options.model)
+        params = FloatBuffer(count: layout.count)
+        grads = FloatBuffer(count: layout.count)
+        optimizer = AdamW(layout: layout, config: options.optimizer)
+        let T = options.model.seqLen
+        train = split.train
+        validation = split.validation
+        sampler = BatchSampler(seed: options.seed, batch: options.batch, seqLen: T, dataCount: split.train.count)
+        myShard = shard(batch: options.batch, rank: comm.rank, worldSize: comm.size)
+        switch options.reduction {
+        case .allReduce:
+            model = Transformer(config: options.model, batch: myShard.count)
+            tree = nil
+        case .exact:
+            model = Transformer(config: options.model, batch: options.microBatch)
+            tree = TreeReducer(result: grads, leaves: options.batch / options.microBatch)
+        }
+        offsets = Array(repeating: 0, count: options.batch)
+        sequenceLosses = Array(repeating: 0, count: options.batch)
+        evalLosses = Array(repeating: 0, count: options.evalBatches * options.batch)
+        tokensPerStep = options.batch * T
+    }
+
+    /// Rank 0 draws SPEC's initialisation from the seed and broadcasts it, so replicas start identical.
+    public func initialiseParameters() {
+        if comm.isRoot {
+            var rng = Xoshiro256(seed: options.seed)
+            layout.initialise(params.pointer, rng: &rng)
+        }
+        comm.broadcast(UnsafeMutableRawBufferPointer(params.pointer), root: 0)
+    }
+
+    /// Loads this rank's sequences lo..<hi of the current global batch into the model's rows.
+    private func load(sequences range: Range<Int>, from data: [UInt8], offsets: [Int]) {
+        data.withUnsafeBufferPointer { bytes in
+            for (row, g) in range.enumerated() {
+                fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: bytes, offset: offsets[g],
+                             seqLen: model.seqLen)
+            }
+        }
+    }
+
+    /// One optimiser step on the next global batch. Every rank returns the same result.
+    public func trainStep() -> StepResult {
+        let attempted = step + 1
+        var timings = StepTimings()
+        var clock = DispatchTime.now().uptimeNanoseconds
+        func lap(_ phase: WritableKeyPath<StepTimings, Double>) {
+            let now = DispatchTime.now().uptimeNanoseconds
+            timings[keyPath: phase] += Double(now - clock) / 1e9
+            clock = now
+        }
+        sampler.next(into: &offsets)
+        for i in sequenceLosses.indices { sequenceLosses[i] = 0 }
+        let scale = 1 / Float(tokensPerStep)
+        let p = UnsafePointer(params.base)
+        if let tree {
+            let micro = options.microBatch
+            let leaves = (myShard.lowerBound / micro)..<(myShard.upperBound / micro)
+            tree.reduceLocal(leaves) { leaf, buffer in
+                let sequences = (leaf * micro)..<((leaf + 1) * micro)
+                load(sequences: sequences, from: train, offsets: offsets)
+                clock = DispatchTime.now().uptimeNanoseconds
+                model.forward(p, gradScale: scale)
+                lap(\.forward)
+                model.backward(p, buffer.base)
+                lap(\.backward)
+                for (row, g) in sequences.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
+            }
+            clock = DispatchTime.now().uptimeNanoseconds
+            tree.reduceAcrossRanks(comm)
+        } else {
+            load(sequences: myShard, from: train, offsets: offsets)
+            grads.zero()
+            clock = DispatchTime.now().uptimeNanoseconds
+            model.forward(p, gradScale: scale)
+            lap(\.forward)
+            model.backward(p, grads.base)
+            lap(\.backward)
+            for (row, g) in myShard.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
+            comm.allReduceSum(grads.pointer)
+        }
+        // Each slot is non-zero on one rank only, so this sum is exact; then a fixed-order total.
+        sequenceLosses.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
+        lap(\.reduce)
+        let loss = sequenceLosses.reduce(0, +) / Double(tokensPerStep)
+        // The reduced gradient is identical on every rank, so its norm and the stop decision are too.
+        let norm = globalNorm(UnsafeBufferPointer(grads.pointer))
+        let lr = options.schedule.rate(atStep: attempted)
+        if loss.isFinite && norm.isFinite {
+            optimizer.update(params.base, grads: grads.base, lr: lr,
+                             gradScale: clipScale(norm: norm, maxNorm: options.optimizer.gradClip))
+            step = attempted
+        }
+        lap(\.optimizer)
+        return StepResult(step: attempted, loss: loss, gradNorm: norm, lr: lr, timings: timings)
+    }
+
+    /// SPEC's validation loss: the fixed validation sequences split evenly over ranks, each
+    /// sequence's loss reduced exactly, batch means averaged in order. Collective.
+    public func evaluate() -> Double {
+        let B = options.batch, T = options.model.seqLen, count = options.evalBatches * B
+        let all = validationOffsets(validationCount: validation.count, seqLen: T, count: count)
+        let mine = shard(batch: count, rank: comm.rank, worldSize: comm.size)
+        for i in evalLosses.indices { evalLosses[i] = 0 }
+        var start = mine.lowerBound
+        while start < mine.upperBound {
+            // A short final chunk repeats its last sequence in the spare rows; those losses are not used.
+            let end = min(start + model.batch, mine.upperBound)
+            let chunk = (start..<end).map { all[$0] } + Array(repeating: all[end - 1], count: model.batch - (end - start))
+            load(sequences: 0..<model.batch, from: validation, offsets: chunk)
+            model.forward(UnsafePointer(params.base))
+            for g in start..<end { evalLosses[g] = model.lossSum(sequence: g - start) }
+            start = end
+        }
+        evalLosses.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
+        var total = 0.0
+        for b in 0..<options.evalBatches {
+            var batchSum = 0.0
+            for s in 0..<B { batchSum += evalLosses[b * B + s] }
+            total += batchSum / Double(B * T)
+        }
+        return total / Double(options.evalBatches)
+    }
+
+    /// Replicas that drifted apart by one bit disagree on this.
+    public func parameterChecksum() -> UInt64 { contentChecksum(UnsafeBufferPointer(params.pointer)) }
+}

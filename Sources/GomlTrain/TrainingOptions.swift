@@ -1,0 +1,76 @@
+// TrainingOptions: everything that decides a training run's numbers. Codable, so checkpoints
+// carry it and a resume can tell which options changed.
+
+import GomlCore
+
+public struct TrainingOptions: Codable, Equatable, Sendable {
+    public var model: ModelConfig
+    /// Global sequences per step, split evenly over ranks.
+    public var batch: Int = 12
+    public var steps: Int = 1000
+    public var lr: Double = 1e-3
+    public var minLR: Double = 1e-4
+    public var warmup: Int = 100
+    public var optimizer = OptimizerConfig()
+    public var seed: UInt64 = 1337
+    public var evalEvery: Int = 250
+    public var evalBatches: Int = 50
+    public var sampleEvery: Int = 0
+    public var sampleTokens: Int = 200
+    public var logEvery: Int = 10
+    public var ckptEvery: Int = 0
+    public var keep: Int = 3
+    public var reduction: ReductionMode = .allReduce
+    /// Sequences per micro-shard: the leaf of the exact reduction tree.
+    public var microBatch: Int = 1
+    /// Ranks compare a parameter checksum every this many steps.
+    public var checksumEvery: Int = 50
+
+    public init(model: ModelConfig) { self.model = model }
+
+    public var schedule: LearningRateSchedule {
+        LearningRateSchedule(maxLR: lr, minLR: minLR, warmup: warmup, totalSteps: steps)
+    }
+
+    /// The options that may differ between a run and its resumption without changing its maths.
+    public func sameTrajectory(as other: TrainingOptions) -> [String] {
+        var diffs: [String] = []
+        if model != other.model { diffs.append("model \(other.model.summary) → \(model.summary)") }
+        if batch != other.batch { diffs.append("batch \(other.batch) → \(batch)") }
+        if lr != other.lr || minLR != other.minLR || warmup != other.warmup {
+            diffs.append("schedule lr \(other.lr)/\(other.minLR)/warmup \(other.warmup) → \(lr)/\(minLR)/\(warmup)")
+        }
+        if optimizer != other.optimizer { diffs.append("optimizer settings") }
+        if seed != other.seed { diffs.append("seed \(other.seed) → \(seed)") }
+        if microBatch != other.microBatch && reduction == .exact { diffs.append("micro-batch \(other.microBatch) → \(microBatch)") }
+        return diffs
+    }
+
+    /// Flag-level checks that need no data and no ranks.
+    public func validate(worldSize: Int) throws {
+        try model.validate()
+        func positive(_ name: String, _ v: Int) throws {
+            if v <= 0 { throw ConfigError("--\(name) is \(v); it must be a positive integer") }
+        }
+        try positive("batch", batch); try positive("steps", steps); try positive("eval-batches", evalBatches)
+        try positive("micro-batch", microBatch)
+        if warmup < 0 { throw ConfigError("--warmup is \(warmup); it must be ≥ 0") }
+        if !(lr > 0) || !(minLR >= 0) { throw ConfigError("--lr must be > 0 and --min-lr ≥ 0") }
+        if !(optimizer.beta1 >= 0 && optimizer.beta1 < 1 && optimizer.beta2 >= 0 && optimizer.beta2 < 1) {
+            throw ConfigError("--beta1 and --beta2 must lie in [0, 1)")
+        }
+        if !(optimizer.gradClip > 0) { throw ConfigError("--grad-clip must be > 0") }
+        if batch % worldSize != 0 {
+            throw ConfigError("global batch \(batch) is not divisible by the world size \(worldSize); choose --batch as a multiple of \(worldSize) or run on a number of ranks that divides \(batch)")
+        }
+        if reduction == .exact {
+            let perRank = batch / worldSize
+            if perRank % microBatch != 0 {
+                throw ConfigError("exact reduction: each rank's \(perRank) sequences must split into micro-shards of \(microBatch); choose --micro-batch dividing \(perRank)")
+            }
+            if worldSize & (worldSize - 1) != 0 {
+                throw ConfigError("exact reduction needs a power-of-two world size (got \(worldSize)) so ranks own whole subtrees; use 1, 2, 4, 8… ranks or --reduction allreduce")
+            }
+        }
+    }
+}

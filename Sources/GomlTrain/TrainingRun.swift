@@ -1,0 +1,167 @@
+// TrainingRun: the loop around Trainer. Every rank runs it; rank 0 alone prints, writes
+// metrics.jsonl, evaluates' report, generates samples and checkpoints. Decisions that end
+// the run (non-finite values, ranks that disagree) are taken from values every rank shares,
+// so all ranks leave together.
+
+import Foundation
+import GomlCore
+import GomlIO
+
+public struct RunSettings {
+    public var outDirectory = "out"
+    public var dataName = "demo text"
+    public var threads = 1
+    public var resumeFrom: TrainingCheckpoint? = nil
+    public var peakGFLOPS: Double = 0
+    public init() {}
+}
+
+/// Why a run ended early, with the exit code the job returns.
+public struct RunFailure: Error, CustomStringConvertible {
+    public let message: String
+    public let code: Int32
+    public var description: String { message }
+}
+
+public final class TrainingRun {
+    let trainer: Trainer
+    let settings: RunSettings
+    let comm: Communicator
+    var sampleRNG: Xoshiro256
+    let log: RankZeroLog
+    private var header: [Double]
+    private var gathered: [Double]
+    private let optionsJSON: String
+    private let configHash: UInt64
+
+    public init(trainer: Trainer, settings: RunSettings) throws {
+        self.trainer = trainer
+        self.settings = settings
+        comm = trainer.comm
+        sampleRNG = Xoshiro256(seed: trainer.options.seed ^ 0x5A4D_504C_4521)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        optionsJSON = String(decoding: try encoder.encode(trainer.options), as: UTF8.self)
+        configHash = contentChecksum(Array(optionsJSON.utf8).map { Float($0) }.withUnsafeBufferPointer { $0 })
+        header = Array(repeating: 0, count: Self.headerFields)
+        gathered = Array(repeating: 0, count: Self.headerFields * trainer.comm.size)
+        log = try RankZeroLog(isRoot: trainer.comm.isRoot, directory: settings.outDirectory,
+                              resumeStep: settings.resumeFrom?.step)
+    }
+
+    /// Restores parameters, moments and generators from a checkpoint (every rank reads it).
+    func restore(_ ckpt: TrainingCheckpoint) {
+        _ = trainer.params.pointer.update(from: ckpt.params)
+        _ = trainer.optimizer.m.update(from: ckpt.m)
+        _ = trainer.optimizer.v.update(from: ckpt.v)
+        trainer.optimizer.step = ckpt.adamStep
+        trainer.step = ckpt.step
+        if let words = ckpt.generators["batch"] { trainer.sampler.rng = Xoshiro256(state: words) }
+        if let words = ckpt.generators["sample"] { sampleRNG = Xoshiro256(state: words) }
+    }
+
+    public func run() throws {
+        let o = trainer.options
+        if let ckpt = settings.resumeFrom { restore(ckpt) } else { trainer.initialiseParameters() }
+        printHeader()
+        let started = Date()
+        var trainSeconds = 0.0
+        var lastEvalStep = -1
+        while trainer.step < o.steps {
+            try agreeOnHeader(nextStep: trainer.step + 1)
+            let result = trainer.trainStep()
+            trainSeconds += result.timings.total
+            guard result.finite else {
+                throw RunFailure(message: "non-finite \(result.loss.isFinite ? "gradient norm" : "loss") at step \(result.step) (loss \(result.loss), grad norm \(result.gradNorm)); stopped without writing a checkpoint — lower --lr or check the data", code: 5)
+            }
+            let step = result.step
+            var record: [(String, String)] = [
+                ("step", "\(step)"), ("loss", "\(result.loss)"), ("lr", "\(result.lr)"), ("grad_norm", "\(result.gradNorm)"),
+                ("ms", String(format: "%.3f", result.timings.total * 1000)),
+                ("tokens_per_s", String(format: "%.1f", Double(o.batch * o.model.seqLen) / result.timings.total)),
+                ("elapsed_s", String(format: "%.3f", Date().timeIntervalSince(started))),
+                ("train_s", String(format: "%.3f", trainSeconds)),
+            ]
+            log.step(result, of: o, tokensPerStep: o.batch * o.model.seqLen, peakGFLOPS: settings.peakGFLOPS * Double(comm.size),
+                     elapsed: Date().timeIntervalSince(started), force: step % o.logEvery == 0 || step == o.steps)
+            if (o.evalEvery > 0 && step % o.evalEvery == 0) || step == o.steps {
+                let validation = trainer.evaluate()
+                lastEvalStep = step
+                record.append(("val_loss", "\(validation)"))
+                log.line(String(format: "step %6d | val loss %.4f | %.1f s", step, validation, Date().timeIntervalSince(started)))
+            }
+            log.metrics(record)
+            if comm.isRoot && o.sampleEvery > 0 && step % o.sampleEvery == 0 { sample() }
+            if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == o.steps { try checkpoint() }
+        }
+        _ = lastEvalStep
+        log.line(String(format: "done: %d steps in %.1f s (%.1f s training)", trainer.step, Date().timeIntervalSince(started), trainSeconds))
+    }
+
+    /// Rank 0 writes the checkpoint; a failure there ends the whole job, so no rank goes on alone.
+    private func checkpoint() throws {
+        var ok = true, message = ""
+        if comm.isRoot {
+            do {
+                let path = try Checkpoint.save(
+                    directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
+                    params: UnsafeBufferPointer(trainer.params.pointer), m: UnsafeBufferPointer(trainer.optimizer.m),
+                    v: UnsafeBufferPointer(trainer.optimizer.v), adamStep: trainer.optimizer.step,
+                    generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep)
+                log.line("checkpoint \(path)")
+            } catch {
+                ok = false
+                message = "cannot write checkpoint at step \(trainer.step): \(error)"
+            }
+        }
+        if !comm.allAgree(ok) {
+            throw RunFailure(message: comm.isRoot ? message : "", code: 7)
+        }
+    }
+
+    /// Rank 0's sample, from its own generator so the training trajectory never depends on it.
+    private func sample() {
+        do {
+            let generator = try TextGenerator(config: trainer.options.model, parameters: trainer.params.array)
+            var text: [UInt8] = []
+            try generator.generate(prompt: [10], count: trainer.options.sampleTokens,
+                                   options: SamplingOptions(temperature: 0.8, topK: 40), seed: sampleRNG.next()) { text.append($0) }
+            log.line("sample at step \(trainer.step):\n" + String(decoding: text, as: UTF8.self) + "\n---")
+        } catch {
+            log.line("sample failed: \(error)")
+        }
+    }
+
+    static let headerFields = 7
+
+    /// Every rank shares (step, options hash, data position, and every --checksum-every steps a
+    /// parameter checksum); any difference names the ranks and stops the job.
+    private func agreeOnHeader(nextStep: Int) throws {
+        func split(_ v: UInt64) -> (Double, Double) { (Double(v >> 32), Double(v & 0xFFFF_FFFF)) }
+        let checksum = trainer.options.checksumEvery > 0 && (nextStep - 1) % trainer.options.checksumEvery == 0
+            ? trainer.parameterChecksum() : 0
+        let data = trainer.sampler.rng.state.0
+        (header[1], header[2]) = split(configHash)
+        (header[3], header[4]) = split(data)
+        (header[5], header[6]) = split(checksum)
+        header[0] = Double(nextStep)
+        comm.noteStep(nextStep)
+        header.withUnsafeBufferPointer { h in gathered.withUnsafeMutableBufferPointer { comm.allGather(h, into: $0) } }
+        let n = Self.headerFields
+        for r in 1..<max(1, comm.size) where Array(gathered[(r * n)..<((r + 1) * n)]) != Array(gathered[0..<n]) {
+            let what = gathered[r * n] != gathered[0] ? "step"
+                : (gathered[r * n + 1], gathered[r * n + 2]) != (gathered[1], gathered[2]) ? "options/config"
+                : (gathered[r * n + 3], gathered[r * n + 4]) != (gathered[3], gathered[4]) ? "data position" : "parameter checksum"
+            throw RunFailure(message: comm.isRoot ? "ranks 0 and \(r) disagree on the \(what) before step \(nextStep); replicas diverged — stopping" : "", code: 6)
+        }
+    }
+
+    private func printHeader() {
+        let o = trainer.options
+        let resume = settings.resumeFrom.map { " resumed from \($0.path) at step \($0.step)" } ?? ""
+        log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
+        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)")
+        log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
+        log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
+    }
+}

@@ -1,0 +1,97 @@
+import ArgumentParser
+import Foundation
+import GomlCore
+import GomlIO
+import GomlTrain
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time full training steps (forward, backward, reduction, clip, AdamW); the last line is JSON.")
+
+    @OptionGroup var model: ModelOptions
+    @Option(help: "Global batch (default: the anchors' batch for the preset).") var batch: Int?
+    @Option(help: "Timed steps, after warm-up.") var steps: Int = 20
+    @Option(help: "Warm-up steps, not timed.") var warmup: Int = 3
+    @Option(help: "Text to draw batches from (default: random bytes).") var data: String?
+    @Option(help: "Gradient reduction: allreduce or exact.") var reduction: String = "allreduce"
+    @Option(name: .customLong("micro-batch"), help: "Sequences per micro-shard in exact mode.") var microBatch: Int = 1
+    @OptionGroup var parallel: ParallelOptions
+    @Flag(help: "Instead, time text generation with and without the KV cache.") var sampling = false
+    @Option(name: .customLong("sample-tokens"), help: "Bytes generated per sampling measurement.") var sampleTokens: Int = 256
+
+    func run() throws {
+        let comm = makeCommunicator(parallel)
+        let threads = configureThreads(parallel, comm)
+        let trainer = agreeOnSetup(comm) { () throws -> Trainer in
+            var o = TrainingOptions(model: try model.model())
+            o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
+            o.steps = warmup + steps
+            guard let mode = ReductionMode(rawValue: reduction) else { throw ValidationError("unknown --reduction '\(reduction)'") }
+            o.reduction = mode
+            o.microBatch = microBatch
+            let bytes: [UInt8]
+            if let data { bytes = try readText(data) } else {
+                var rng = Xoshiro256(seed: 99)
+                bytes = (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) }
+            }
+            return try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes))
+        }
+        if sampling {
+            if comm.isRoot { benchSampling(trainer, threads: threads) }
+            comm.finalize()
+            return
+        }
+        let peak = BLAS.measureSgemmGFLOPS()
+        trainer.initialiseParameters()
+        let o = trainer.options
+        var totals: [Double] = [], phases: [StepTimings] = []
+        totals.reserveCapacity(steps)
+        phases.reserveCapacity(steps)
+        for i in 0..<(warmup + steps) {
+            let r = trainer.trainStep()
+            if i >= warmup { totals.append(r.timings.total); phases.append(r.timings) }
+        }
+        comm.finalize()
+        guard comm.isRoot else { return }
+        func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
+        let ms = median(totals) * 1000
+        let tokens = Double(o.batch * o.model.seqLen)
+        let tokensPerSecond = tokens / (ms / 1000)
+        let mfu = tokensPerSecond * o.model.flopsPerToken / (peak * 1e9 * Double(comm.size))
+        let split = [("forward", \StepTimings.forward), ("backward", \StepTimings.backward), ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
+            .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
+        print("bench \(model.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s), reduction \(o.reduction.rawValue), BLAS core \(BLAS.coreName)")
+        print(String(format: "sgemm 1024³ on %d thread(s): %.1f GFLOP/s", threads, peak))
+        print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
+        print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, MFU %.1f%%", tokensPerSecond, tokensPerSecond * o.model.flopsPerToken / 1e9, mfu * 100))
+        let json: [String: Any] = [
+            "config": model.config, "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
+            "ms_per_step": (ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(), "mfu": (mfu * 10000).rounded() / 10000,
+            "sgemm_gflops": peak.rounded(), "reduction": o.reduction.rawValue, "blas_core": BLAS.coreName,
+            "forward_ms": split[0].1, "backward_ms": split[1].1, "reduce_ms": split[2].1, "optimizer_ms": split[3].1,
+        ]
+        let text = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
+        print(String(decoding: text, as: UTF8.self))
+    }
+
+    private func benchSampling(_ trainer: Trainer, threads: Int) {
+        var rng = Xoshiro256(seed: 5)
+        trainer.layout.initialise(trainer.params.pointer, rng: &rng)
+        let config = trainer.options.model
+        var results: [String: Double] = [:]
+        for cached in [true, false] {
+            let generator = try! TextGenerator(config: config, parameters: trainer.params.array)
+            let start = Date()
+            // A full-context prompt minus the bytes generated keeps the context ≤ seqLen throughout.
+            let prompt = [UInt8](repeating: 65, count: max(1, config.seqLen - sampleTokens))
+            try! generator.generate(prompt: prompt, count: sampleTokens, options: SamplingOptions(temperature: 0.8, topK: 40), seed: 1, useCache: cached) { _ in }
+            results[cached ? "kv_cache_tokens_per_s" : "no_cache_tokens_per_s"] = Double(sampleTokens) / Date().timeIntervalSince(start)
+        }
+        print(String(format: "sampling %@ (%@), %d tokens ending at %d of context, %d thread(s): KV cache %.0f tokens/s, full recompute %.0f tokens/s",
+                     model.config, config.summary, sampleTokens, config.seqLen, threads, results["kv_cache_tokens_per_s"]!, results["no_cache_tokens_per_s"]!))
+        var json: [String: Any] = ["config": model.config, "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen]
+        for (k, v) in results { json[k] = v.rounded() }
+        print(String(decoding: try! JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
+    }
+}

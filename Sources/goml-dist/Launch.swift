@@ -1,0 +1,57 @@
+// Launch: wiring shared by train and bench — picks the communicator, divides cores into
+// BLAS threads, and makes every rank leave together when set-up fails on any of them.
+
+import Foundation
+import GomlCore
+import GomlIO
+import GomlMPI
+import GomlTrain
+
+func makeCommunicator(_ parallel: ParallelOptions) -> Communicator {
+    setvbuf(stdout, nil, _IOLBF, 0)   // lines appear live under mpirun
+    return parallel.single || !launchedByMPI ? SingleProcessCommunicator() : MPICommunicator(collectiveTimeout: parallel.collectiveTimeout)
+}
+
+/// True under mpirun (OpenMPI) or another PMI launcher; otherwise we run as one process.
+var launchedByMPI: Bool {
+    let env = ProcessInfo.processInfo.environment
+    return ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].contains { env[$0] != nil }
+}
+
+/// BLAS threads for this rank: --threads, or this node's cores shared among its ranks.
+func configureThreads(_ parallel: ParallelOptions, _ comm: Communicator) -> Int {
+    let threads = parallel.threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
+    BLAS.setThreads(threads)
+    return threads
+}
+
+/// Runs `body` on every rank; if it throws on any rank, every rank exits with `code`, and the
+/// lowest failing rank's message is printed once (prefixed with its rank and host under MPI).
+func agreeOnSetup<T>(_ comm: Communicator, code: Int32 = 2, _ body: () throws -> T) -> T {
+    var result: T?
+    var message = ""
+    do { result = try body() } catch { message = "\(error)" }
+    var failed = [Double](repeating: 0, count: comm.size)
+    if result == nil { failed[comm.rank] = 1 }
+    failed.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
+    if let first = failed.firstIndex(where: { $0 != 0 }) {
+        if comm.rank == first {
+            let origin = comm.size > 1 && first != 0 ? "rank \(first) on \(comm.hostName): " : ""
+            FileHandle.standardError.write(Data("goml-dist: error: \(origin)\(message)\n".utf8))
+        }
+        comm.finalize()
+        exit(code)
+    }
+    return result!
+}
+
+/// Reads a training text, with errors that name the file and the fix.
+func readText(_ path: String) throws -> [UInt8] {
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw FileError("data file \(path) not found on \(ProcessInfo.processInfo.hostName); pass --data with a path readable on every host")
+    }
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw FileError("data file \(path) is not readable (check permissions)")
+    }
+    return [UInt8](data)
+}

@@ -1,0 +1,66 @@
+// Option bundles shared by the subcommands. `validate()` throws for flag-level problems.
+
+import ArgumentParser
+import GomlCore
+import GomlTrain
+
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Model preset: tiny, nano or small.")
+    var config: String = "nano"
+    @Option(help: "Override the preset's width (C).") var dim: Int?
+    @Option(help: "Override the number of layers (L).") var layers: Int?
+    @Option(help: "Override the number of heads (H).") var heads: Int?
+    @Option(help: "Override the FFN width (F).") var ffn: Int?
+    @Option(name: .customLong("seq-len"), help: "Override the context length (T).") var seqLen: Int?
+    @Option(name: .customLong("ffn-kind"), help: "Feed-forward block: swiglu or gelu.") var ffnKind: String?
+
+    func model() throws -> ModelConfig {
+        var c = try ModelConfig.preset(named: config)
+        if let dim { c.dim = dim }
+        if let layers { c.layers = layers }
+        if let heads { c.heads = heads }
+        if let ffn { c.ffn = ffn }
+        if let seqLen { c.seqLen = seqLen }
+        if let ffnKind {
+            guard let kind = FFNKind(rawValue: ffnKind) else { throw ValidationError("unknown --ffn-kind '\(ffnKind)': use swiglu or gelu") }
+            c.ffnKind = kind
+        }
+        try c.validate()
+        return c
+    }
+}
+
+struct OptimizationOptions: ParsableArguments {
+    @Option(help: "Global batch: sequences per step, split over ranks.") var batch: Int?
+    @Option(help: "Optimiser steps.") var steps: Int = 2000
+    @Option(help: "Peak learning rate.") var lr: Double = 1e-3
+    @Option(name: .customLong("min-lr"), help: "Final learning rate of the cosine schedule.") var minLR: Double = 1e-4
+    @Option(help: "Linear warmup steps.") var warmup: Int = 100
+    @Option(help: "AdamW beta1.") var beta1: Float = 0.9
+    @Option(help: "AdamW beta2.") var beta2: Float = 0.95
+    @Option(name: .customLong("weight-decay"), help: "Decoupled weight decay on matrices.") var weightDecay: Float = 0.1
+    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip.") var gradClip: Float = 1.0
+    @Option(help: "Seed of initialisation and batch sampling.") var seed: UInt64 = 1337
+    @Option(help: "Gradient reduction: allreduce (fast, float32 tolerance across world sizes) or exact (bit-identical at any power-of-two world size).")
+    var reduction: String = "allreduce"
+    @Option(name: .customLong("micro-batch"), help: "Sequences per micro-shard in --reduction exact.") var microBatch: Int = 1
+
+    func apply(to o: inout TrainingOptions, preset: String) throws {
+        o.batch = batch ?? ModelConfig.defaultBatch(forPreset: preset)
+        o.steps = steps; o.lr = lr; o.minLR = minLR; o.warmup = warmup; o.seed = seed
+        o.optimizer.beta1 = beta1; o.optimizer.beta2 = beta2
+        o.optimizer.weightDecay = weightDecay; o.optimizer.gradClip = gradClip
+        guard let mode = ReductionMode(rawValue: reduction) else {
+            throw ValidationError("unknown --reduction '\(reduction)': use allreduce or exact")
+        }
+        o.reduction = mode
+        o.microBatch = microBatch
+    }
+}
+
+struct ParallelOptions: ParsableArguments {
+    @Option(help: "BLAS threads per rank (default: cores on the node / ranks on the node).") var threads: Int?
+    @Flag(help: "Run in this process without MPI (for debuggers and valgrind).") var single = false
+    @Option(name: .customLong("collective-timeout"), help: "Seconds a collective may wait before the job is ended (0: never).")
+    var collectiveTimeout: Double = 300
+}

@@ -1,0 +1,87 @@
+import ArgumentParser
+import Foundation
+import GomlCore
+import GomlIO
+import GomlTrain
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a model data-parallel over MPI ranks (or --single in this process).")
+
+    @OptionGroup var model: ModelOptions
+    @OptionGroup var optimization: OptimizationOptions
+    @OptionGroup var parallel: ParallelOptions
+
+    @Option(help: "Training text (bytes are tokens). Default: a short demo text built in.") var data: String?
+    @Option(help: "Output directory: metrics.jsonl and checkpoints.") var out: String = "out"
+    @Option(name: .customLong("eval-every"), help: "Validation loss every N steps (and at the end).") var evalEvery: Int = 250
+    @Option(name: .customLong("eval-batches"), help: "Validation batches (of --batch sequences).") var evalBatches: Int = 50
+    @Option(name: .customLong("sample-every"), help: "Print a generated sample every N steps (0: never).") var sampleEvery: Int = 0
+    @Option(name: .customLong("log-every"), help: "Print a step line every N steps.") var logEvery: Int = 10
+    @Option(name: .customLong("ckpt-every"), help: "Checkpoint every N steps (0: only at the end).") var ckptEvery: Int = 0
+    @Option(help: "Checkpoints to keep.") var keep: Int = 3
+    @Option(help: "Continue from a checkpoint file, or an output directory's latest.") var resume: String?
+    @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
+
+    func validate() throws {
+        for (name, value) in [("eval-every", evalEvery), ("sample-every", sampleEvery), ("ckpt-every", ckptEvery), ("checksum-every", checksumEvery)] where value < 0 {
+            throw ValidationError("--\(name) is \(value); it must be ≥ 0")
+        }
+        if logEvery <= 0 { throw ValidationError("--log-every must be positive") }
+        if keep <= 0 { throw ValidationError("--keep must be positive") }
+        if let t = parallel.threads, t <= 0 { throw ValidationError("--threads must be positive") }
+    }
+
+    func options() throws -> TrainingOptions {
+        var o = TrainingOptions(model: try model.model())
+        try optimization.apply(to: &o, preset: model.config)
+        o.evalEvery = evalEvery; o.evalBatches = evalBatches; o.sampleEvery = sampleEvery
+        o.logEvery = logEvery; o.ckptEvery = ckptEvery; o.keep = keep; o.checksumEvery = checksumEvery
+        return o
+    }
+
+    func run() throws {
+        let comm = makeCommunicator(parallel)
+        let threads = configureThreads(parallel, comm)
+        let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
+            let options = try self.options()
+            var settings = RunSettings()
+            settings.outDirectory = out
+            settings.threads = threads
+            if let resume {
+                let ckpt = try Checkpoint.loadTraining(try Checkpoint.resolve(resume))
+                let saved = try? JSONDecoder().decode(TrainingOptions.self, from: Data(ckpt.optionsJSON.utf8))
+                if ckpt.config != options.model {
+                    throw ConfigError("checkpoint \(ckpt.path) holds model \(ckpt.config.summary) but the options ask for \(options.model.summary); pass the same --config/overrides as the original run")
+                }
+                if let saved, case let diffs = options.sameTrajectory(as: saved), !diffs.isEmpty {
+                    throw ConfigError("resuming \(ckpt.path) with different options (\(diffs.joined(separator: "; "))); pass the original run's options")
+                }
+                if ckpt.step >= options.steps {
+                    throw ConfigError("checkpoint \(ckpt.path) is at step \(ckpt.step), not before --steps \(options.steps); raise --steps to continue")
+                }
+                settings.resumeFrom = ckpt
+            }
+            let bytes: [UInt8]
+            if let data {
+                bytes = try readText(data)
+                settings.dataName = data
+            } else {
+                bytes = Array(demoText.utf8)
+            }
+            return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes)), settings)
+        }
+        var run = settings
+        if comm.isRoot { run.peakGFLOPS = BLAS.measureSgemmGFLOPS(size: 512, repeats: 4) }
+        let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run) }
+        do {
+            try training.run()
+        } catch let failure as RunFailure {
+            if !failure.message.isEmpty { FileHandle.standardError.write(Data("goml-dist: error: \(failure.message)\n".utf8)) }
+            comm.finalize()
+            throw ExitCode(failure.code)
+        }
+        comm.finalize()
+    }
+}
