@@ -28,8 +28,8 @@ let package = Package(
             swiftSettings: optimise
         ),
         .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore"]),
-        .testTarget(name: "GomlIOTests", dependencies: ["GomlIO"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["GomlIO"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "GomlIOTests", dependencies: ["GomlIO", "GomlTrain"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["GomlIO"]),
     ],
     // The numerical code shares raw buffers single-threaded; Swift 6's strict concurrency
     // checking would only add annotations here.

@@ -19,8 +19,13 @@ public typealias Vec = SIMD8<Float>
 
 /// e^x to about 1 ulp (Cephes' expf polynomial); large negative inputs give ~1e-38, not 0.
 @inline(__always) func exp(_ v: Vec) -> Vec {
-    var x = v.clamped(lowerBound: Vec(repeating: -87.33654), upperBound: Vec(repeating: 88.0))
-    let fx = (x * 1.442_695_04).rounded(.toNearestOrEven)
+    let low = Vec(repeating: -87.33654), high = Vec(repeating: 88.0)
+    var x = v.replacing(with: low, where: v .< low).replacing(with: high, where: v .> high)
+    // Adding 1.5·2²³ rounds to an integer n held in the low mantissa bits (no generic
+    // float→int conversion, which Swift's SIMD types do element by element).
+    let magic = Vec(repeating: 0x1.8p23)
+    let shifted = x * 1.442_695_04 + magic
+    let fx = shifted - magic
     // ln 2 split in two so that x - n·ln2 stays exact.
     x = x - fx * 0.693_359_375
     x = x + fx * 2.121_944_4e-4
@@ -31,8 +36,8 @@ public typealias Vec = SIMD8<Float>
     y = y * x + 1.666_666_545_9e-1
     y = y * x + 5.000_000_120_1e-1
     y = y * (x * x) + x + 1
-    let n = SIMD8<Int32>(fx, rounding: .towardZero)
-    return y * unsafeBitCast((n &+ 127) &<< 23, to: Vec.self)
+    let biased = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- (0x4B40_0000 - 127)
+    return y * unsafeBitCast(biased &<< 23, to: Vec.self)
 }
 
 /// The scalar exp used where a vector does not fit, with the vector's rounding.
@@ -85,7 +90,7 @@ public typealias Vec = SIMD8<Float>
     forEachChunk(n) { i, w in
         var v = load(p + i, w)
         if w < 8 { for j in w..<8 { v[j] = -.infinity } }
-        acc = pointwiseMax(acc, v)
+        acc = acc.replacing(with: v, where: v .> acc)
     }
     return acc.max()
 }

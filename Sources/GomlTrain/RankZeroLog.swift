@@ -14,7 +14,8 @@ public final class RankZeroLog {
     /// resumed step are dropped so the file reads as if the run had never stopped.
     init(isRoot: Bool, directory: String, resumeStep: Int?) throws {
         self.isRoot = isRoot
-        interactive = isRoot && isatty(1) == 1
+        // Under mpirun stdout is a pseudo-terminal even when the job's output goes to a file.
+        interactive = isRoot && isatty(1) == 1 && ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] == nil
         guard isRoot else { metricsFile = nil; return }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

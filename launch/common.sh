@@ -1,0 +1,34 @@
+# Shared by the launch scripts: install what the project needs, build, and set the
+# environment mpirun needs here. Sourced, not run.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/.build/release/goml-dist"
+
+# Installs the Debian packages the build and mpirun need, when any is missing.
+ensure_packages() {
+    local missing=()
+    for p in libopenmpi-dev openmpi-bin libopenblas-dev; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "launch: installing ${missing[*]}" >&2
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+build_release() {
+    (cd "$ROOT" && swift build -c release --product goml-dist 2>&1 | grep -v -E '^\[[0-9]+/[0-9]+\]' ) >&2
+    [ -x "$BIN" ] || { echo "launch: build failed: $BIN missing" >&2; exit 1; }
+}
+
+# mpirun refuses to start as root unless told it may; containers and CI run as root.
+if [ "$(id -u)" -eq 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+# The mpirun options every launch uses: ranks that wait yield the core instead of spinning
+# (oversubscribed ranks would otherwise starve rank 0), and no core binding.
+MPIRUN_OPTS=(--bind-to none --mca mpi_yield_when_idle 1)
