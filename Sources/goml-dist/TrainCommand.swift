@@ -78,7 +78,7 @@ struct TrainCommand: ParsableCommand {
         do {
             try training.run()
         } catch let failure as RunFailure {
-            if !failure.message.isEmpty { FileHandle.standardError.write(Data("goml-dist: error: \(failure.message)\n".utf8)) }
+            if comm.isRoot && !failure.message.isEmpty { FileHandle.standardError.write(Data("goml-dist: error: \(failure.message)\n".utf8)) }
             comm.finalize()
             throw ExitCode(failure.code)
         }

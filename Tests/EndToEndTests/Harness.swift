@@ -1,0 +1,131 @@
+// Harness: runs the built goml-dist (and mpirun) as a user would, with a timeout, and reads
+// what runs leave behind. The binary comes from GOML_DIST_BIN (set by launch/test).
+
+import Foundation
+import GomlIO
+import XCTest
+
+enum Harness {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static var binary: String {
+        ProcessInfo.processInfo.environment["GOML_DIST_BIN"] ?? packageRoot + "/.build/release/goml-dist"
+    }
+    static var corpus: String { packageRoot + "/../shared/data/tinyshakespeare.txt" }
+    static var fixtures: String { packageRoot + "/Tests/Fixtures" }
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        let timedOut: Bool
+        let seconds: Double
+        var output: String { stdout + stderr }
+    }
+
+    /// Environment for child processes: mpirun may run as root here; tests keep the AVX2 kernels.
+    static var environment: [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OPENBLAS_CORETYPE"] = env["OPENBLAS_CORETYPE"] ?? "Haswell"
+        return env
+    }
+
+    /// Runs a program to completion or until `timeout` seconds, then kills it.
+    static func run(_ executable: String, _ arguments: [String], timeout: Double = 300,
+                    environment extra: [String: String] = [:]) -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = environment.merging(extra) { $1 }
+        let dir = temporaryDirectory("proc")
+        let outPath = dir + "/stdout", errPath = dir + "/stderr"
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        FileManager.default.createFile(atPath: errPath, contents: nil)
+        process.standardOutput = FileHandle(forWritingAtPath: outPath)
+        process.standardError = FileHandle(forWritingAtPath: errPath)
+        process.standardInput = FileHandle.nullDevice
+        let start = Date()
+        do { try process.run() } catch {
+            return Result(status: -1, stdout: "", stderr: "cannot start \(executable): \(error)", timedOut: false, seconds: 0)
+        }
+        var timedOut = false
+        while process.isRunning {
+            if Date().timeIntervalSince(start) > timeout {
+                timedOut = true
+                process.terminate()
+                Thread.sleep(forTimeInterval: 2)
+                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+                break
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        process.waitUntilExit()
+        let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+        let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        return Result(status: process.terminationStatus, stdout: out, stderr: err, timedOut: timedOut,
+                      seconds: Date().timeIntervalSince(start))
+    }
+
+    static func goml(_ arguments: [String], timeout: Double = 300) -> Result {
+        run(binary, arguments, timeout: timeout)
+    }
+
+    static let mpirunOptions = ["--oversubscribe", "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1"]
+
+    /// `mpirun -np N goml-dist ARGS` (oversubscribed; the machine has 2 cores).
+    static func mpirun(np: Int, _ arguments: [String], mpiOptions: [String] = [], timeout: Double = 300) -> Result {
+        run("/usr/bin/mpirun", ["-np", String(np)] + mpirunOptions + mpiOptions + [binary] + arguments, timeout: timeout)
+    }
+
+    static func temporaryDirectory(_ name: String) -> String {
+        let path = NSTemporaryDirectory() + "goml-test-\(name)-\(UUID().uuidString.prefix(8))"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// The JSON records of OUT/metrics.jsonl.
+    static func metrics(_ outDirectory: String) -> [[String: Any]] {
+        guard let text = try? String(contentsOfFile: outDirectory + "/metrics.jsonl", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+    }
+
+    /// Per-step losses as written (the exact decimal text, for byte-level comparisons).
+    static func lossTexts(_ outDirectory: String) -> [String] {
+        guard let text = try? String(contentsOfFile: outDirectory + "/metrics.jsonl", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            guard let r = line.range(of: "\"loss\":") else { return nil }
+            return String(line[r.upperBound...].prefix { $0 != "," && $0 != "}" })
+        }
+    }
+
+    static func losses(_ outDirectory: String) -> [Double] { lossTexts(outDirectory).compactMap(Double.init) }
+
+    /// Parameters of the checkpoint `latest` names in OUT.
+    static func finalParameters(_ outDirectory: String) throws -> [Float] {
+        try Checkpoint.loadModel(Checkpoint.resolve(outDirectory)).params
+    }
+
+    /// The bytes of the tensors (data area) of the latest checkpoint's model file.
+    static func checkpointTensorBytes(_ outDirectory: String) throws -> [UInt8] {
+        let path = try Checkpoint.resolve(outDirectory)
+        let file = try SafetensorsFile(path: path)
+        return try file.names.flatMap { Array(try file.rawBytes($0)) }
+    }
+
+    /// Asserts the run succeeded, showing its output otherwise.
+    static func assertSuccess(_ r: Result, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertFalse(r.timedOut, "\(what) timed out after \(Int(r.seconds)) s\n\(r.output.suffix(3000))", file: file, line: line)
+        XCTAssertEqual(r.status, 0, "\(what) failed\n\(r.output.suffix(3000))", file: file, line: line)
+    }
+
+    static func maxRelativeDifference(_ a: [Double], _ b: [Double]) -> Double {
+        zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-30) }.max() ?? .infinity
+    }
+
+    static func maxAbsoluteDifference(_ a: [Float], _ b: [Float]) -> Float {
+        zip(a, b).map { abs($0 - $1) }.max() ?? .infinity
+    }
+}

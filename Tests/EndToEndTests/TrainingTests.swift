@@ -1,0 +1,83 @@
+// Data-parallel training through real mpirun: the same run at every world size and over TCP,
+// errors that end the whole job with one clear message, and a loss that falls.
+
+import XCTest
+
+final class TrainingTests: XCTestCase {
+    func tinyRun(_ out: String, steps: Int = 20) -> [String] {
+        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
+         "--log-every", "1", "--data", Harness.corpus, "--out", out]
+    }
+
+    func testEveryWorldSizeAndTransportGivesTheSameRun() throws {
+        let single = Harness.temporaryDirectory("single")
+        Harness.assertSuccess(Harness.goml(tinyRun(single) + ["--single"]), "--single")
+        let reference = Harness.losses(single)
+        XCTAssertEqual(reference.count, 20)
+        let referenceParams = try Harness.finalParameters(single)
+        for (np, transport) in [(1, "shared memory"), (2, "shared memory"), (4, "shared memory"), (2, "tcp")] {
+            let out = Harness.temporaryDirectory("np\(np)")
+            let mca = transport == "tcp" ? ["--mca", "btl", "self,tcp"] : []
+            Harness.assertSuccess(Harness.mpirun(np: np, tinyRun(out), mpiOptions: mca), "np \(np) \(transport)")
+            let losses = Harness.losses(out)
+            XCTAssertEqual(losses.count, 20, "np \(np) \(transport)")
+            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(losses, reference), 1e-5, "losses, np \(np) \(transport)")
+            let params = try Harness.finalParameters(out)
+            XCTAssertEqual(params.count, referenceParams.count)
+            XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(params, referenceParams), 1e-5, "final parameters, np \(np) \(transport)")
+        }
+    }
+
+    /// Each error: non-zero exit of the whole job within the timeout, one message naming the problem.
+    func expectFailure(np: Int, _ arguments: [String], message: String, file: StaticString = #filePath, line: UInt = #line) {
+        let r = np == 0 ? Harness.goml(arguments + ["--single"], timeout: 60) : Harness.mpirun(np: np, arguments, timeout: 60)
+        XCTAssertFalse(r.timedOut, "hung: \(r.output.suffix(2000))", file: file, line: line)
+        XCTAssertNotEqual(r.status, 0, r.output, file: file, line: line)
+        XCTAssertTrue(r.stderr.contains(message), "expected '\(message)' in:\n\(r.output.suffix(2000))", file: file, line: line)
+        let errorLines = r.stderr.split(separator: "\n").filter { $0.contains("goml-dist: error") }
+        XCTAssertEqual(errorLines.count, 1, "one error line from the whole job, got:\n\(r.stderr)", file: file, line: line)
+    }
+
+    func testBatchNotDivisibleByWorldSize() {
+        expectFailure(np: 4, tinyRun(Harness.temporaryDirectory("div")) + ["--batch", "6"], message: "not divisible by the world size 4")
+    }
+
+    func testMissingDataFile() {
+        expectFailure(np: 2, ["train", "--config", "tiny", "--data", "/nonexistent/input.txt", "--out", Harness.temporaryDirectory("nodata")],
+                      message: "/nonexistent/input.txt not found")
+    }
+
+    func testDataShorterThanAContext() {
+        let dir = Harness.temporaryDirectory("short")
+        FileManager.default.createFile(atPath: dir + "/short.txt", contents: Data(String(repeating: "to be or not ", count: 30).utf8))
+        expectFailure(np: 2, ["train", "--config", "tiny", "--data", dir + "/short.txt", "--out", dir], message: "validation split has")
+    }
+
+    func testInvalidConfig() {
+        expectFailure(np: 2, ["train", "--config", "tiny", "--dim", "30", "--out", Harness.temporaryDirectory("cfg")],
+                      message: "dim 30 is not divisible by heads 4")
+        expectFailure(np: 0, ["train", "--config", "tiny", "--dim", "60", "--out", Harness.temporaryDirectory("cfg2")],
+                      message: "head size dim/heads = 15 is odd")
+    }
+
+    func testNonFiniteLossStopsEveryRankWithoutACheckpoint() {
+        let out = Harness.temporaryDirectory("nan")
+        expectFailure(np: 2, tinyRun(out) + ["--lr", "1e38", "--warmup", "0", "--ckpt-every", "1"], message: "non-finite")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
+        let checkpoints = files.filter { $0.hasPrefix("ckpt-") }
+        // The first step is finite (it is taken at the initial parameters); none after the blow-up is saved.
+        let losses = Harness.losses(out)
+        XCTAssertTrue(losses.allSatisfy(\.isFinite), "a non-finite loss was recorded: \(losses)")
+        XCTAssertEqual(checkpoints.count, 2 * losses.count, "only finite steps are checkpointed: \(files)")
+    }
+
+    func testLossFalls() {
+        let out = Harness.temporaryDirectory("nano300")
+        let r = Harness.mpirun(np: 2, ["train", "--config", "nano", "--steps", "300", "--eval-every", "300", "--eval-batches", "50",
+                                      "--log-every", "50", "--data", Harness.corpus, "--out", out], timeout: 900)
+        Harness.assertSuccess(r, "300 steps of nano")
+        let validation = Harness.metrics(out).compactMap { $0["val_loss"] as? Double }
+        XCTAssertEqual(validation.count, 1)
+        XCTAssertLessThan(validation.last ?? .infinity, 2.5, r.stdout)
+    }
+}
