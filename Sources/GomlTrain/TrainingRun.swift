@@ -13,6 +13,8 @@ public struct RunSettings {
     public var threads = 1
     public var resumeFrom: TrainingCheckpoint? = nil
     public var peakGFLOPS: Double = 0
+    /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
+    public var stopAfter: Int? = nil
     public init() {}
 }
 
@@ -66,8 +68,8 @@ public final class TrainingRun {
         printHeader()
         let started = Date()
         var trainSeconds = 0.0
-        var lastEvalStep = -1
-        while trainer.step < o.steps {
+        let lastStep = min(o.steps, settings.stopAfter ?? o.steps)
+        while trainer.step < lastStep {
             try agreeOnHeader(nextStep: trainer.step + 1)
             let result = trainer.trainStep()
             trainSeconds += result.timings.total
@@ -86,15 +88,13 @@ public final class TrainingRun {
                      elapsed: Date().timeIntervalSince(started), force: step % o.logEvery == 0 || step == o.steps)
             if (o.evalEvery > 0 && step % o.evalEvery == 0) || step == o.steps {
                 let validation = trainer.evaluate()
-                lastEvalStep = step
                 record.append(("val_loss", "\(validation)"))
                 log.line(String(format: "step %6d | val loss %.4f | %.1f s", step, validation, Date().timeIntervalSince(started)))
             }
             log.metrics(record)
             if comm.isRoot && o.sampleEvery > 0 && step % o.sampleEvery == 0 { sample() }
-            if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == o.steps { try checkpoint() }
+            if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == lastStep { try checkpoint() }
         }
-        _ = lastEvalStep
         log.line(String(format: "done: %d steps in %.1f s (%.1f s training)", trainer.step, Date().timeIntervalSince(started), trainSeconds))
     }
 

@@ -61,8 +61,9 @@ enum Harness {
             Thread.sleep(forTimeInterval: 0.05)
         }
         process.waitUntilExit()
-        let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        // Generated text may hold any bytes: decode leniently.
+        let out = String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
+        let err = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
         return Result(status: process.terminationStatus, stdout: out, stderr: err, timedOut: timedOut,
                       seconds: Date().timeIntervalSince(start))
     }

@@ -1,0 +1,162 @@
+// Checkpoints that never lose work: exact resume (same and other world sizes), restarts after
+// a rank is killed, writers killed mid-write, corrupt files refused, and sampling from them.
+
+import Foundation
+import GomlIO
+import XCTest
+
+final class CheckpointTests: XCTestCase {
+    func run(_ out: String, steps: Int = 40, extra: [String] = []) -> [String] {
+        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
+         "--log-every", "10", "--data", Harness.corpus, "--out", out] + extra
+    }
+
+    func testResumedRunIsIdenticalToAnUninterruptedOne() throws {
+        let a = Harness.temporaryDirectory("runA")
+        Harness.assertSuccess(Harness.mpirun(np: 2, run(a)), "run A")
+        let b = Harness.temporaryDirectory("runB")
+        Harness.assertSuccess(Harness.mpirun(np: 2, run(b, extra: ["--stop-after", "20"])), "run B to 20")
+        XCTAssertEqual(Harness.losses(b).count, 20)
+        Harness.assertSuccess(Harness.mpirun(np: 2, run(b, extra: ["--resume", b])), "run B resumed")
+        XCTAssertEqual(Harness.lossTexts(b), Harness.lossTexts(a), "per-step losses, bit for bit")
+        XCTAssertEqual(try Harness.checkpointTensorBytes(b), try Harness.checkpointTensorBytes(a), "final parameter bytes")
+
+        // Resumed on another world size: 2 ranks to 20, then 1 rank; equal to float32 summation order.
+        let c = Harness.temporaryDirectory("runC")
+        Harness.assertSuccess(Harness.mpirun(np: 2, run(c, extra: ["--stop-after", "20"])), "run C to 20")
+        Harness.assertSuccess(Harness.goml(run(c, extra: ["--resume", c, "--single"])), "run C resumed on 1 rank")
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.losses(c), Harness.losses(a)), 1e-5)
+        XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(try Harness.finalParameters(c), try Harness.finalParameters(a)), 1e-5)
+    }
+
+    func testResumeRefusesDifferentOptions() {
+        let out = Harness.temporaryDirectory("opts")
+        Harness.assertSuccess(Harness.goml(run(out, extra: ["--stop-after", "5", "--single"])), "first part")
+        let r = Harness.goml(run(out, extra: ["--resume", out, "--single", "--lr", "5e-3"]))
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("different options") && r.stderr.contains("lr"), r.output)
+        let other = Harness.goml(["train", "--config", "nano", "--resume", out, "--single", "--data", Harness.corpus, "--out", out])
+        XCTAssertNotEqual(other.status, 0)
+        XCTAssertTrue(other.stderr.contains("holds model C64"), other.output)
+    }
+
+    /// A rank killed with SIGKILL mid-run: launch/train relaunches from the latest checkpoint and
+    /// ends with the parameters of a run that was never interrupted.
+    func testLauncherRestartsAfterARankIsKilled() throws {
+        let steps = 1500
+        let reference = Harness.temporaryDirectory("uninterrupted")
+        Harness.assertSuccess(Harness.mpirun(np: 2, run(reference, steps: steps, extra: ["--log-every", "500"]), timeout: 600), "reference")
+        let out = Harness.temporaryDirectory("killed")
+        let launcher = Process()
+        launcher.executableURL = URL(fileURLWithPath: Harness.packageRoot + "/launch/train")
+        launcher.arguments = ["--np", "2", "--max-restarts", "1", "--"] + run(out, steps: steps, extra: ["--ckpt-every", "100", "--log-every", "500"])
+        launcher.environment = Harness.environment.merging(["GOML_DIST_BIN": Harness.binary]) { $1 }
+        let log = Harness.temporaryDirectory("launchlog") + "/log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        launcher.standardOutput = FileHandle(forWritingAtPath: log)
+        launcher.standardError = FileHandle(forWritingAtPath: log)
+        try launcher.run()
+        // Wait for a checkpoint, then kill one rank of the job.
+        let deadline = Date().addingTimeInterval(300)
+        while !FileManager.default.fileExists(atPath: out + "/latest") && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        let victim = Harness.run("/usr/bin/pgrep", ["-n", "-f", "goml-dist train .*--out \(out)"], timeout: 10).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let pid = Int32(victim) else {
+            launcher.terminate()
+            launcher.waitUntilExit()
+            return XCTFail("no rank found to kill; launcher output:\n\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        }
+        kill(pid, SIGKILL)
+        while launcher.isRunning && Date() < deadline.addingTimeInterval(300) { Thread.sleep(forTimeInterval: 0.2) }
+        if launcher.isRunning { launcher.terminate() }
+        launcher.waitUntilExit()
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        XCTAssertEqual(launcher.terminationStatus, 0, text.suffix(3000).description)
+        XCTAssertTrue(text.contains("restart 1 of 1"), text.suffix(3000).description)
+        XCTAssertEqual(try Harness.checkpointTensorBytes(out), try Harness.checkpointTensorBytes(reference))
+    }
+
+    /// SIGKILL at random instants while checkpoints are being written every step: `latest`
+    /// always names a complete, loadable pair.
+    func testKillingTheWriterNeverLeavesABadLatest() throws {
+        let out = Harness.temporaryDirectory("writer")
+        var rng = SystemRandomNumberGenerator()
+        var kills = 0
+        for attempt in 0..<8 {
+            let resume = FileManager.default.fileExists(atPath: out + "/latest") ? ["--resume", out] : []
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Harness.binary)
+            process.arguments = ["train", "--single", "--config", "nano", "--steps", "100000", "--eval-every", "0",
+                                 "--ckpt-every", "1", "--keep", "2", "--data", Harness.corpus, "--out", out] + resume
+            process.environment = Harness.environment
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            Thread.sleep(forTimeInterval: Double.random(in: 0.4...1.6, using: &rng))
+            if process.isRunning { kill(process.processIdentifier, SIGKILL); kills += 1 }
+            process.waitUntilExit()
+            if FileManager.default.fileExists(atPath: out + "/latest") {
+                XCTAssertNoThrow(try Checkpoint.loadTraining(Checkpoint.resolve(out)), "attempt \(attempt): latest is not loadable")
+            }
+        }
+        XCTAssertGreaterThanOrEqual(kills, 6)
+        let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
+        XCTAssertGreaterThan(step, 0)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix("ckpt-") && !$0.contains(".tmp") }
+        XCTAssertLessThanOrEqual(leftovers.count, 2 * 3, "--keep bounds the checkpoints on disk (plus one being replaced): \(leftovers)")
+    }
+
+    func testCorruptCheckpointsAreRefusedClearly() throws {
+        let out = Harness.temporaryDirectory("corrupt")
+        Harness.assertSuccess(Harness.goml(run(out, steps: 3, extra: ["--single"])), "train")
+        let good = try Checkpoint.resolve(out)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
+        let dir = Harness.temporaryDirectory("bad")
+        func write(_ name: String, _ data: Data) -> String {
+            let path = dir + "/" + name
+            FileManager.default.createFile(atPath: path, contents: data)
+            return path
+        }
+        var flipped = bytes
+        flipped[flipped.count - 100] ^= 0x10
+        let notOurs: Data = {
+            var w = SafetensorsWriter(metadata: ["note": "someone else's"])
+            try! w.addFloats("weight", shape: [2], [1, 2])
+            return Data(w.serialized())
+        }()
+        let cases: [(String, String)] = [
+            (write("truncated.safetensors", bytes.prefix(bytes.count / 2)), "truncated"),
+            (write("flipped.safetensors", flipped), "checksum mismatch"),
+            (write("text.safetensors", Data("hello world, not a checkpoint".utf8)), "header length"),
+            (write("foreign.safetensors", notOurs), "not a goml-dist checkpoint"),
+            (dir + "/missing.safetensors", "no such checkpoint"),
+        ]
+        for (path, reason) in cases {
+            let r = Harness.goml(["sample", "--ckpt", path, "--tokens", "5"], timeout: 60)
+            XCTAssertNotEqual(r.status, 0, path)
+            XCTAssertTrue(r.stderr.contains(reason), "\(path): expected '\(reason)' in \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("Fatal error"), r.stderr)
+        }
+        // A checkpoint whose config disagrees with the run's options.
+        let r = Harness.goml(["train", "--single", "--config", "tiny", "--dim", "32", "--resume", out, "--data", Harness.corpus, "--out", out])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("holds model C64") && r.stderr.contains("C32"), r.stderr)
+    }
+
+    func testSamplingIsDeterministicAndStreams() {
+        let out = Harness.temporaryDirectory("sample")
+        Harness.assertSuccess(Harness.goml(run(out, steps: 30, extra: ["--single"])), "train")
+        let a = Harness.goml(["sample", "--ckpt", out, "--prompt", "ROMEO:", "--tokens", "64", "--seed", "3"])
+        let b = Harness.goml(["sample", "--ckpt", out, "--prompt", "ROMEO:", "--tokens", "64", "--seed", "3"])
+        let c = Harness.goml(["sample", "--ckpt", out, "--prompt", "ROMEO:", "--tokens", "64", "--seed", "4"])
+        Harness.assertSuccess(a, "sample")
+        XCTAssertTrue(a.stdout.hasPrefix("ROMEO:"))
+        XCTAssertEqual(a.stdout, b.stdout)
+        XCTAssertNotEqual(a.stdout, c.stdout)
+        let greedy = Harness.goml(["sample", "--ckpt", out, "--temperature", "0", "--tokens", "40"])
+        let greedyNoCache = Harness.goml(["sample", "--ckpt", out, "--temperature", "0", "--tokens", "40", "--no-cache"])
+        XCTAssertEqual(greedy.stdout, greedyNoCache.stdout)
+        let long = Harness.goml(["sample", "--ckpt", out, "--prompt", String(repeating: "x", count: 100), "--tokens", "4"])
+        XCTAssertTrue(long.stderr.contains("only the last 64"), long.stderr)
+    }
+}
