@@ -41,7 +41,9 @@ public enum Checkpoint {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let modelName = modelFileName(step: step), stateName = stateFileName(forModel: modelName)
         let modelChecksum = contentChecksum(params)
-        let configJSON = String(decoding: try JSONEncoder().encode(layout.config), as: UTF8.self)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys   // the same config gives the same bytes
+        let configJSON = String(decoding: try encoder.encode(layout.config), as: UTF8.self)
 
         var state = SafetensorsWriter(metadata: [
             "format": format, "step": String(step), "adam_step": String(adamStep),

@@ -22,7 +22,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         let comm = makeCommunicator(parallel)
-        let threads = configureThreads(parallel, comm)
+        let threads = configureThreads(parallel, comm, exact: reduction == ReductionMode.exact.rawValue)
         let trainer = agreeOnSetup(comm) { () throws -> Trainer in
             var o = TrainingOptions(model: try model.model())
             o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)

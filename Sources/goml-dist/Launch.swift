@@ -19,8 +19,10 @@ var launchedByMPI: Bool {
 }
 
 /// BLAS threads for this rank: --threads, or this node's cores shared among its ranks.
-func configureThreads(_ parallel: ParallelOptions, _ comm: Communicator) -> Int {
-    let threads = parallel.threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
+/// The exact reduction runs one thread per rank: OpenBLAS's threaded sgemm splits some
+/// products differently from its single-threaded path and rounds them differently.
+func configureThreads(_ parallel: ParallelOptions, _ comm: Communicator, exact: Bool) -> Int {
+    let threads = exact ? 1 : parallel.threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
     BLAS.setThreads(threads)
     return threads
 }

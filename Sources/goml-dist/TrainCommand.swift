@@ -44,7 +44,7 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let comm = makeCommunicator(parallel)
-        let threads = configureThreads(parallel, comm)
+        let threads = configureThreads(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
         let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
             let options = try self.options()
             var settings = RunSettings()

@@ -1,0 +1,93 @@
+// --reduction exact: the same bits at any world size (losses, validation losses, checkpoints),
+// resuming on another world size without changing the future, and no silent hangs.
+
+import Foundation
+import XCTest
+
+final class ExactReductionTests: XCTestCase {
+    func exactRun(_ out: String, extra: [String] = []) -> [String] {
+        ["train", "--config", "tiny", "--batch", "8", "--steps", "30", "--eval-every", "10", "--eval-batches", "2",
+         "--log-every", "10", "--reduction", "exact", "--data", Harness.corpus, "--out", out] + extra
+    }
+
+    func validationTexts(_ out: String) -> [String] {
+        let text = (try? String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { line in
+            line.range(of: "\"val_loss\":").map { String(line[$0.upperBound...].prefix { $0 != "," && $0 != "}" }) }
+        }
+    }
+
+    func testEveryWorldSizeGivesTheSameBits() throws {
+        let single = Harness.temporaryDirectory("exact-single")
+        Harness.assertSuccess(Harness.goml(exactRun(single) + ["--single"]), "--single")
+        let losses = Harness.lossTexts(single), validation = validationTexts(single)
+        let tensors = try Harness.checkpointTensorBytes(single)
+        XCTAssertEqual(losses.count, 30)
+        XCTAssertEqual(validation.count, 3)
+        for np in [1, 2, 4, 8] {
+            let out = Harness.temporaryDirectory("exact-np\(np)")
+            Harness.assertSuccess(Harness.mpirun(np: np, exactRun(out)), "np \(np)")
+            XCTAssertEqual(Harness.lossTexts(out), losses, "losses at np \(np)")
+            XCTAssertEqual(validationTexts(out), validation, "validation losses at np \(np)")
+            XCTAssertEqual(try Harness.checkpointTensorBytes(out), tensors, "checkpoint tensors at np \(np)")
+        }
+    }
+
+    func testStoppedOnFourRanksAndResumedOnOneMatchesTheFourRankRun() throws {
+        let four = Harness.temporaryDirectory("exact-four")
+        Harness.assertSuccess(Harness.mpirun(np: 4, exactRun(four)), "uninterrupted 4 ranks")
+        let resumed = Harness.temporaryDirectory("exact-resumed")
+        Harness.assertSuccess(Harness.mpirun(np: 4, exactRun(resumed, extra: ["--stop-after", "15"])), "4 ranks to step 15")
+        Harness.assertSuccess(Harness.goml(exactRun(resumed, extra: ["--resume", resumed, "--single"])), "1 rank from step 15")
+        XCTAssertEqual(Harness.lossTexts(resumed), Harness.lossTexts(four))
+        XCTAssertEqual(validationTexts(resumed), validationTexts(four))
+        XCTAssertEqual(try Harness.checkpointTensorBytes(resumed), try Harness.checkpointTensorBytes(four))
+    }
+
+    func testWorldSizesThatDoNotAlignWithTheTreeAreRefused() {
+        let r = Harness.mpirun(np: 3, exactRun(Harness.temporaryDirectory("exact-np3"), extra: ["--batch", "6"]), timeout: 60)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("power-of-two world size"), r.output)
+    }
+
+    /// A rank that stops responding (SIGSTOP) ends the job with the timeout message instead of a hang.
+    func testAStoppedRankEndsTheJobAfterTheTimeout() throws {
+        let out = Harness.temporaryDirectory("sigstop")
+        let timeout = 8.0
+        let job = Process()
+        job.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
+        job.arguments = ["-np", "2"] + Harness.mpirunOptions + [Harness.binary, "train", "--config", "tiny", "--steps", "1000000",
+                         "--eval-every", "0", "--log-every", "100000", "--collective-timeout", String(Int(timeout)),
+                         "--data", Harness.corpus, "--out", out]
+        job.environment = Harness.environment
+        let errPath = out + "-stderr"
+        FileManager.default.createFile(atPath: errPath, contents: nil)
+        job.standardOutput = FileHandle.nullDevice
+        job.standardError = FileHandle(forWritingAtPath: errPath)
+        try job.run()
+        // Stop one rank once training is under way.
+        let deadline = Date().addingTimeInterval(60)
+        while Harness.metrics(out).count < 5 && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        let pid = Harness.run("/usr/bin/pgrep", ["-n", "-f", "goml-dist train .*--out \(out)"], timeout: 10).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let victim = Int32(pid) else {
+            job.terminate(); job.waitUntilExit()
+            return XCTFail("no rank found to stop")
+        }
+        let stoppedAt = Date()
+        kill(victim, SIGSTOP)
+        while job.isRunning && Date().timeIntervalSince(stoppedAt) < timeout + 30 { Thread.sleep(forTimeInterval: 0.2) }
+        let elapsed = Date().timeIntervalSince(stoppedAt)
+        if job.isRunning { kill(victim, SIGCONT); job.terminate() }
+        job.waitUntilExit()
+        let stderr = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
+        XCTAssertNotEqual(job.terminationStatus, 0)
+        XCTAssertLessThan(elapsed, timeout + 20, "the job took \(Int(elapsed)) s to end")
+        XCTAssertTrue(stderr.contains("without progress") && stderr.contains("--collective-timeout"), stderr)
+        // Gone, or a zombie waiting for its reaper: not stopped or running.
+        Thread.sleep(forTimeInterval: 1)
+        let stat = (try? String(contentsOfFile: "/proc/\(victim)/stat", encoding: .utf8)) ?? ""
+        let state = stat.split(separator: ")").last?.split(separator: " ").first ?? "gone"
+        XCTAssertTrue(state == "gone" || state == "Z", "the stopped rank was left behind (state \(state))")
+    }
+}

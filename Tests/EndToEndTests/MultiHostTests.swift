@@ -1,0 +1,356 @@
+// MultiHostTests: goml-dist across hosts for real, on the test cluster of launch/cluster —
+// Linux network namespaces joined by veth links to a bridge on a private subnet, ranks started
+// by mpirun through launch/netns-agent (what ssh is on a real cluster), each host with its own
+// hostname and private disk at <cluster dir>/local. Every test brings its own cluster up and
+// tears it down (addTeardownBlock), also when it fails. Needs root and iproute2.
+
+import Foundation
+import XCTest
+
+final class MultiHostTests: XCTestCase {
+    /// 20 steps of tiny, one rank per host: the same per-step losses as --single, the gradient
+    /// traffic across host2's link, the checkpoint on rank 0's host alone.
+    func testTwoHostsOneRankEachMatchSingle() throws {
+        let cluster = try multiHostStartCluster()
+        try multiHostCheckMatchesSingle(cluster, hostfile: "hostfiles/netns-2hosts", ranks: 2)
+    }
+
+    /// The same with two ranks per host (shared memory within a host, TCP across).
+    func testTwoHostsTwoRanksEachMatchSingle() throws {
+        let cluster = try multiHostStartCluster()
+        try multiHostCheckMatchesSingle(cluster, hostfile: "hostfiles/netns-2hosts-2slots", ranks: 4)
+    }
+
+    /// A host whose link is down: launch/train names it before starting anything, and mpirun
+    /// alone (no check) fails naming it too, both within a bounded time.
+    func testHostOffTheNetworkFailsClearly() throws {
+        let cluster = try multiHostStartCluster()
+        try cluster.setLink("host2", up: false)
+        let out = cluster.local + "/run"
+
+        let launched = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: out), timeout: 90)
+        XCTAssertFalse(launched.timedOut, "launch/train hung with host2 off the network\n\(launched.tail)")
+        XCTAssertNotEqual(launched.status, 0, "launch/train succeeded with host2 off the network\n\(launched.tail)")
+        XCTAssertTrue(launched.output.contains("host host2 is not reachable"), "no message naming host2:\n\(launched.tail)")
+        XCTAssertLessThan(launched.seconds, 30, "the reachability check took \(Int(launched.seconds)) s")
+
+        let raw = cluster.rawMpirun(hostfile: multiHostRoot + "/hostfiles/netns-2hosts", ranks: 2,
+                                    trainArguments: multiHostTinyArguments(out: out), timeout: 90)
+        XCTAssertFalse(raw.timedOut, "mpirun hung with host2 off the network\n\(raw.tail)")
+        XCTAssertNotEqual(raw.status, 0, "mpirun succeeded with host2 off the network\n\(raw.tail)")
+        XCTAssertTrue(raw.output.contains("connect to host host2"), "mpirun's failure does not name host2:\n\(raw.tail)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host1") + "/run/latest"), "a checkpoint was written")
+    }
+
+    /// A host that drops off the network mid-run ends the job within a bounded time with a
+    /// message naming it, and leaves no process behind on any host.
+    func testHostLostDuringRunEndsJob() throws {
+        let cluster = try multiHostStartCluster()
+        let out = cluster.local + "/run"
+        var arguments = multiHostTinyArguments(out: out, steps: 10_000_000)
+        arguments += ["--collective-timeout", "20"]
+        let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
+        // Wait until training is under way on both hosts: steps appear in rank 0's metrics.
+        let metrics = cluster.disk("host1") + "/run/metrics.jsonl"
+        let deadline = Date().addingTimeInterval(90)
+        while multiHostLineCount(metrics) < 20 && job.process.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        guard job.process.isRunning, multiHostLineCount(metrics) >= 20 else {
+            let r = job.wait(timeout: 5)
+            XCTFail("the job did not get going (exit \(r.status))\n\(r.tail)")
+            return
+        }
+        let cut = Date()
+        try cluster.setLink("host2", up: false)
+        let r = job.wait(timeout: 120)
+        let after = Date().timeIntervalSince(cut)
+        XCTAssertFalse(r.timedOut, "the job still ran 120 s after host2 left the network\n\(r.tail)")
+        XCTAssertNotEqual(r.status, 0, "the job succeeded without host2\n\(r.tail)")
+        XCTAssertLessThan(after, 60, "the job took \(Int(after)) s to end after host2 left the network")
+        XCTAssertTrue(r.output.contains("host2") && (r.output.contains("lost communication") || r.output.contains("without progress")),
+                      "no message naming the lost host2:\n\(r.tail)")
+        // Nothing is left running on any host (mpirun on head, daemons and ranks on the hosts).
+        Thread.sleep(forTimeInterval: 1)
+        for host in ["head", "host1", "host2"] {
+            XCTAssertEqual(cluster.processes(on: host), [], "processes left on \(host) after the job ended")
+        }
+    }
+
+    /// A hostfile naming a host that does not exist fails at once, naming it, both through
+    /// launch/train's check and through mpirun alone.
+    func testUnknownHostInHostfileFailsClearly() throws {
+        let cluster = try multiHostStartCluster()
+        let hostfile = cluster.dir + "/unknown-host"
+        try "host1 slots=1\nhost9 slots=1\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        let out = cluster.local + "/run"
+
+        let launched = cluster.launchTrain(hostfile: hostfile, trainArguments: multiHostTinyArguments(out: out), timeout: 90)
+        XCTAssertFalse(launched.timedOut, "launch/train hung on an unknown host\n\(launched.tail)")
+        XCTAssertNotEqual(launched.status, 0)
+        XCTAssertTrue(launched.output.contains("host host9 is not reachable") && launched.output.contains("Could not resolve hostname host9"),
+                      "no message naming host9:\n\(launched.tail)")
+
+        let raw = cluster.rawMpirun(hostfile: hostfile, ranks: 2, trainArguments: multiHostTinyArguments(out: out), timeout: 90)
+        XCTAssertFalse(raw.timedOut, "mpirun hung on an unknown host\n\(raw.tail)")
+        XCTAssertNotEqual(raw.status, 0)
+        XCTAssertTrue(raw.output.contains("Could not resolve hostname host9"), "mpirun's failure does not name host9:\n\(raw.tail)")
+        XCTAssertLessThan(raw.seconds, 30)
+    }
+
+    /// Every rank reads the data: a data file on host1's disk alone makes every rank exit with
+    /// an error naming host2 and its rank, not a hang.
+    func testDataFileMissingOnOneHostNamesIt() throws {
+        let cluster = try multiHostStartCluster()
+        try FileManager.default.copyItem(atPath: multiHostCorpus, toPath: cluster.disk("host1") + "/data.txt")
+        var arguments = multiHostTinyArguments(out: cluster.local + "/run")
+        arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
+        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
+        XCTAssertFalse(r.timedOut, "the job hung on a data file missing on host2\n\(r.tail)")
+        XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("rank 1 on host2: data file \(cluster.local)/data.txt not found on host2"),
+                      "no error naming host2 and rank 1:\n\(r.tail)")
+    }
+
+    /// `up` replaces a cluster left behind, `down` removes everything and can be repeated.
+    func testClusterUpAndDownLeaveNothingBehind() throws {
+        let cluster = try multiHostStartCluster(hosts: 3)
+        let again = cluster.script(["up", "2"], timeout: 60)
+        XCTAssertEqual(again.status, 0, "up over a running cluster failed\n\(again.tail)")
+        XCTAssertEqual(cluster.namespaces().sorted(), ["\(cluster.name)-head", "\(cluster.name)-host1", "\(cluster.name)-host2"])
+        for _ in 0..<2 {
+            let down = cluster.script(["down"], timeout: 60)
+            XCTAssertEqual(down.status, 0, "down failed\n\(down.tail)")
+            cluster.assertNothingLeft()
+        }
+    }
+}
+
+// MARK: - Helpers (private to this file)
+
+private let multiHostRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+private let multiHostCorpus = multiHostRoot + "/../shared/data/tinyshakespeare.txt"
+private let multiHostSubnet = "10.231.0.0/24"
+
+private var multiHostBinary: String {
+    ProcessInfo.processInfo.environment["GOML_DIST_BIN"] ?? multiHostRoot + "/.build/release/goml-dist"
+}
+
+private func multiHostTinyArguments(out: String, steps: Int = 20) -> [String] {
+    ["--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
+     "--log-every", steps > 100 ? "1000" : "1", "--data", multiHostCorpus, "--out", out]
+}
+
+private struct MultiHostResult {
+    let status: Int32
+    let output: String
+    let timedOut: Bool
+    let seconds: Double
+    var tail: String { String(output.suffix(3000)) }
+}
+
+/// A started process whose stdout and stderr go to one file.
+private struct MultiHostJob {
+    let process: Process
+    let outputPath: String
+    let started: Date
+
+    /// Waits for the exit, or kills the process after `timeout` seconds.
+    func wait(timeout: Double) -> MultiHostResult {
+        var timedOut = false
+        while process.isRunning {
+            if Date().timeIntervalSince(started) > timeout {
+                timedOut = true
+                process.terminate()
+                Thread.sleep(forTimeInterval: 2)
+                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+                break
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        process.waitUntilExit()
+        let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        return MultiHostResult(status: process.terminationStatus, output: output, timedOut: timedOut,
+                               seconds: Date().timeIntervalSince(started))
+    }
+}
+
+private func multiHostStart(_ executable: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> MultiHostJob {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.currentDirectoryURL = URL(fileURLWithPath: multiHostRoot)
+    var env = ProcessInfo.processInfo.environment
+    env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+    env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    env["OPENBLAS_CORETYPE"] = env["OPENBLAS_CORETYPE"] ?? "Haswell"
+    process.environment = env.merging(extra) { $1 }
+    let outputPath = NSTemporaryDirectory() + "goml-multihost-\(UUID().uuidString.prefix(8)).log"
+    _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
+    let handle = FileHandle(forWritingAtPath: outputPath)!
+    process.standardOutput = handle
+    process.standardError = handle
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    return MultiHostJob(process: process, outputPath: outputPath, started: Date())
+}
+
+/// Runs a program to completion, or kills it after `timeout` seconds.
+private func multiHostRun(_ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double) -> MultiHostResult {
+    do {
+        return try multiHostStart(executable, arguments, environment: environment).wait(timeout: timeout)
+    } catch {
+        return MultiHostResult(status: -1, output: "cannot start \(executable): \(error)", timedOut: false, seconds: 0)
+    }
+}
+
+private func multiHostLineCount(_ path: String) -> Int {
+    ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").count
+}
+
+/// Per-step losses of OUT/metrics.jsonl.
+private func multiHostLosses(_ outDirectory: String) -> [Double] {
+    let text = (try? String(contentsOfFile: outDirectory + "/metrics.jsonl", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").compactMap { line in
+        let record = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+        return (record?["loss"] as? NSNumber)?.doubleValue
+    }
+}
+
+/// One test's cluster (launch/cluster with GOML_CLUSTER = name).
+private struct MultiHostCluster {
+    let name: String
+    var dir: String { "/tmp/\(name)-cluster" }
+    /// Each host's private disk, as processes on that host see it.
+    var local: String { dir + "/local" }
+    /// HOST's private disk, as seen from here.
+    func disk(_ host: String) -> String { dir + "/disks/" + host }
+
+    func script(_ arguments: [String], timeout: Double) -> MultiHostResult {
+        multiHostRun(multiHostRoot + "/launch/cluster", arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
+    }
+
+    private func trainCommand(hostfile: String, trainArguments: [String]) -> [String] {
+        ["run", "--", multiHostRoot + "/launch/train", "--bin", multiHostBinary, "--hosts", hostfile,
+         "--agent", multiHostRoot + "/launch/netns-agent", "--net", multiHostSubnet, "--"] + trainArguments
+    }
+
+    /// launch/train --hosts on the head node.
+    func launchTrain(hostfile: String, trainArguments: [String], timeout: Double) -> MultiHostResult {
+        script(trainCommand(hostfile: hostfile, trainArguments: trainArguments), timeout: timeout)
+    }
+
+    func startTrain(hostfile: String, trainArguments: [String]) throws -> MultiHostJob {
+        try multiHostStart(multiHostRoot + "/launch/cluster", trainCommand(hostfile: hostfile, trainArguments: trainArguments),
+                           environment: ["GOML_CLUSTER": name])
+    }
+
+    /// mpirun alone on the head node, with the agent and the subnet but no checks.
+    func rawMpirun(hostfile: String, ranks: Int, trainArguments: [String], timeout: Double) -> MultiHostResult {
+        script(["run", "--", "mpirun", "-np", String(ranks), "--hostfile", hostfile, "--bind-to", "none",
+                "--mca", "plm_rsh_agent", multiHostRoot + "/launch/netns-agent",
+                "--mca", "btl_tcp_if_include", multiHostSubnet, "--mca", "oob_tcp_if_include", multiHostSubnet,
+                "-x", "OPENBLAS_CORETYPE", multiHostBinary, "train"] + trainArguments, timeout: timeout)
+    }
+
+    func setLink(_ host: String, up: Bool) throws {
+        let r = multiHostRun("/usr/bin/env", ["ip", "-n", "\(name)-\(host)", "link", "set", "eth0", up ? "up" : "down"], timeout: 30)
+        if r.status != 0 { throw MultiHostError("ip link set eth0 on \(host) failed: \(r.output)") }
+    }
+
+    /// Bytes received on HOST's link so far.
+    func receivedBytes(_ host: String) -> Int {
+        let r = multiHostRun("/usr/bin/env", ["ip", "netns", "exec", "\(name)-\(host)", "cat", "/sys/class/net/eth0/statistics/rx_bytes"], timeout: 30)
+        return Int(r.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+    }
+
+    func processes(on host: String) -> [String] {
+        multiHostRun("/usr/bin/env", ["ip", "netns", "pids", "\(name)-\(host)"], timeout: 30).output
+            .split(separator: "\n").map(String.init)
+    }
+
+    func namespaces() -> [String] {
+        multiHostRun("/usr/bin/env", ["ip", "netns", "list"], timeout: 30).output.split(separator: "\n")
+            .compactMap { $0.split(separator: " ").first.map(String.init) }
+            .filter { $0.hasPrefix(name + "-") }
+    }
+
+    func assertNothingLeft(file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(namespaces(), [], "namespaces left behind", file: file, line: line)
+        let etc = ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/netns")) ?? []).filter { $0.hasPrefix(name + "-") }
+        XCTAssertEqual(etc, [], "/etc/netns entries left behind", file: file, line: line)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "\(dir) left behind", file: file, line: line)
+        let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        XCTAssertFalse(mounts.contains(dir), "mounts of \(dir) left behind", file: file, line: line)
+    }
+}
+
+private struct MultiHostError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension MultiHostTests {
+    /// Brings up a fresh cluster for this test, torn down when the test ends however it ends.
+    fileprivate func multiHostStartCluster(hosts: Int = 2) throws -> MultiHostCluster {
+        guard getuid() == 0 else {
+            XCTFail("MultiHostTests need root to create network namespaces (run as root, as CI does)")
+            throw MultiHostError("not root")
+        }
+        guard multiHostRun("/usr/bin/env", ["ip", "netns", "list"], timeout: 30).status == 0 else {
+            XCTFail("MultiHostTests need `ip` (iproute2) with network namespace support")
+            throw MultiHostError("no ip netns")
+        }
+        guard FileManager.default.isExecutableFile(atPath: multiHostBinary) else {
+            XCTFail("goml-dist binary not found at \(multiHostBinary): build it (swift build -c release --product goml-dist) or set GOML_DIST_BIN")
+            throw MultiHostError("no binary")
+        }
+        let cluster = MultiHostCluster(name: "mh\(getpid())")
+        addTeardownBlock {
+            let down = cluster.script(["down"], timeout: 120)
+            XCTAssertEqual(down.status, 0, "launch/cluster down failed\n\(down.tail)")
+            cluster.assertNothingLeft()
+        }
+        let up = cluster.script(["up", String(hosts)], timeout: 120)
+        guard up.status == 0 else {
+            XCTFail("launch/cluster up \(hosts) failed (exit \(up.status))\n\(up.tail)")
+            throw MultiHostError("cluster up failed")
+        }
+        return cluster
+    }
+
+    fileprivate func multiHostCheckMatchesSingle(_ cluster: MultiHostCluster, hostfile: String, ranks: Int) throws {
+        let singleOut = NSTemporaryDirectory() + "goml-multihost-single-\(UUID().uuidString.prefix(8))"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: singleOut) }
+        let single = multiHostRun(multiHostBinary, ["train", "--single"] + multiHostTinyArguments(out: singleOut), timeout: 120)
+        XCTAssertEqual(single.status, 0, "--single run failed\n\(single.tail)")
+        let expected = multiHostLosses(singleOut)
+        XCTAssertEqual(expected.count, 20, "--single wrote \(expected.count) losses")
+
+        let before = cluster.receivedBytes("host2")
+        let r = cluster.launchTrain(hostfile: hostfile, trainArguments: multiHostTinyArguments(out: cluster.local + "/run"), timeout: 180)
+        XCTAssertFalse(r.timedOut, "the two-host run timed out\n\(r.tail)")
+        XCTAssertEqual(r.status, 0, "the two-host run failed\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("\(ranks) rank(s) on 2 host(s)"), "not \(ranks) ranks on 2 hosts:\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("world \(ranks) rank(s)"), "the job did not run \(ranks) ranks:\n\(r.tail)")
+
+        // Rank 0's files are on host1's disk, and nowhere else.
+        let host1Run = cluster.disk("host1") + "/run"
+        let got = multiHostLosses(host1Run)
+        XCTAssertEqual(got.count, 20, "host1's metrics.jsonl has \(got.count) losses\n\(r.tail)")
+        for (step, (a, b)) in zip(got, expected).enumerated() {
+            XCTAssertLessThanOrEqual(abs(a - b) / abs(b), 1e-5, "step \(step + 1): loss \(a) on the cluster, \(b) single")
+        }
+        let latest = (try? String(contentsOfFile: host1Run + "/latest", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        XCTAssertTrue(latest.hasPrefix("ckpt-"), "no checkpoint named by latest on host1: '\(latest)'")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: host1Run + "/" + latest), "checkpoint \(latest) missing on host1")
+        for host in ["host2", "head"] {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk(host) + "/run"), "\(host) has an output directory")
+        }
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: cluster.local)) ?? [], [],
+                       "files landed outside the hosts' private disks")
+        // The gradients crossed host2's link: 20 all-reduces of ~0.5 MB each, in each direction.
+        let received = cluster.receivedBytes("host2") - before
+        XCTAssertGreaterThan(received, 2_000_000, "host2 received only \(received) bytes over its link")
+    }
+}
