@@ -32,15 +32,24 @@ public final class Trainer {
     private let train: [UInt8], validation: [UInt8]
     public var trainBytes: Int { train.count }
     public var validationBytes: Int { validation.count }
-    private let model: Transformer
+    /// One model per worker thread; workers split this rank's shard (allreduce mode).
+    private let models: [Transformer]
+    private var model: Transformer { models[0] }
+    private let workerShards: [Range<Int>]
+    private let workerGrads: [FloatBuffer]   // worker i > 0 accumulates here; worker 0 into grads
+    private let pool: WorkerPool
+    private var workerTimings = StepTimings()
     private let tree: TreeReducer?
     private let myShard: Range<Int>
     private var offsets: [Int]
-    private var sequenceLosses: [Double]     // [B] global slots; this rank fills its own
+    /// [B] global slots of per-sequence loss sums; this rank fills its own, the rest stay 0.
+    private let sequenceLosses: UnsafeMutableBufferPointer<Double>
     private var evalLosses: [Double]         // [evalBatches·B]
     private let tokensPerStep: Int
 
-    public init(options: TrainingOptions, comm: Communicator, split: TextSplit) throws {
+    /// `workers` threads split this rank's sequences (allreduce mode; each should then use
+    /// one BLAS thread); the exact reduction always uses one.
+    public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1) throws {
         try options.validate(worldSize: comm.size)
         try split.check(seqLen: options.model.seqLen, source: "data")
         self.options = options
@@ -53,19 +62,57 @@ public final class Trainer {
         train = split.train
         validation = split.validation
         sampler = BatchSampler(seed: options.seed, batch: options.batch, seqLen: T, dataCount: split.train.count)
-        myShard = shard(batch: options.batch, rank: comm.rank, worldSize: comm.size)
+        let mine = shard(batch: options.batch, rank: comm.rank, worldSize: comm.size)
+        myShard = mine
+        let grads = self.grads, count = layout.count
         switch options.reduction {
         case .allReduce:
-            model = Transformer(config: options.model, batch: myShard.count)
+            let workers = Trainer.workerCount(requested: requested, sequences: mine.count)
+            let per = mine.count / workers
+            workerShards = (0..<workers).map { (mine.lowerBound + $0 * per)..<(mine.lowerBound + ($0 + 1) * per) }
+            models = (0..<workers).map { _ in Transformer(config: options.model, batch: per) }
+            workerGrads = [grads] + (1..<workers).map { _ in FloatBuffer(count: count) }
             tree = nil
         case .exact:
-            model = Transformer(config: options.model, batch: options.microBatch)
+            workerShards = [mine]
+            models = [Transformer(config: options.model, batch: options.microBatch)]
+            workerGrads = [grads]
             tree = TreeReducer(result: grads, leaves: options.batch / options.microBatch)
         }
+        pool = WorkerPool(count: models.count)
         offsets = Array(repeating: 0, count: options.batch)
-        sequenceLosses = Array(repeating: 0, count: options.batch)
+        sequenceLosses = .allocate(capacity: options.batch)
+        sequenceLosses.initialize(repeating: 0)
         evalLosses = Array(repeating: 0, count: options.evalBatches * options.batch)
         tokensPerStep = options.batch * T
+        pool.launch { [unowned self] worker in self.forwardBackward(worker: worker) }
+    }
+
+    deinit { sequenceLosses.deallocate() }
+
+    /// The largest worker count ≤ requested that splits `sequences` evenly.
+    public static func workerCount(requested: Int, sequences: Int) -> Int {
+        var n = max(1, min(requested, sequences))
+        while sequences % n != 0 { n -= 1 }
+        return n
+    }
+
+    public var workers: Int { models.count }
+
+    /// Forward and backward of one worker's sequences into its gradient buffer (zeroed first).
+    private func forwardBackward(worker: Int) {
+        let model = models[worker], range = workerShards[worker], grads = workerGrads[worker]
+        load(sequences: range, into: model, from: train, offsets: offsets)
+        grads.zero()
+        let start = DispatchTime.now().uptimeNanoseconds
+        model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
+        let middle = DispatchTime.now().uptimeNanoseconds
+        model.backward(UnsafePointer(params.base), grads.base)
+        if worker == 0 {
+            workerTimings.forward = Double(middle - start) / 1e9
+            workerTimings.backward = Double(DispatchTime.now().uptimeNanoseconds - middle) / 1e9
+        }
+        for (row, g) in range.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
     }
 
     /// Rank 0 draws SPEC's initialisation from the seed and broadcasts it, so replicas start identical.
@@ -77,8 +124,8 @@ public final class Trainer {
         comm.broadcast(UnsafeMutableRawBufferPointer(params.pointer), root: 0)
     }
 
-    /// Loads this rank's sequences lo..<hi of the current global batch into the model's rows.
-    private func load(sequences range: Range<Int>, from data: [UInt8], offsets: [Int]) {
+    /// Loads sequences `range` of a batch (their start offsets) into the model's rows.
+    private func load(sequences range: Range<Int>, into model: Transformer, from data: [UInt8], offsets: [Int]) {
         data.withUnsafeBufferPointer { bytes in
             for (row, g) in range.enumerated() {
                 fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: bytes, offset: offsets[g],
@@ -98,7 +145,7 @@ public final class Trainer {
             clock = now
         }
         sampler.next(into: &offsets)
-        for i in sequenceLosses.indices { sequenceLosses[i] = 0 }
+        sequenceLosses.update(repeating: 0)
         let scale = 1 / Float(tokensPerStep)
         let p = UnsafePointer(params.base)
         if let tree {
@@ -106,7 +153,7 @@ public final class Trainer {
             let leaves = (myShard.lowerBound / micro)..<(myShard.upperBound / micro)
             tree.reduceLocal(leaves) { leaf, buffer in
                 let sequences = (leaf * micro)..<((leaf + 1) * micro)
-                load(sequences: sequences, from: train, offsets: offsets)
+                load(sequences: sequences, into: model, from: train, offsets: offsets)
                 clock = DispatchTime.now().uptimeNanoseconds
                 model.forward(p, gradScale: scale)
                 lap(\.forward)
@@ -117,18 +164,16 @@ public final class Trainer {
             clock = DispatchTime.now().uptimeNanoseconds
             tree.reduceAcrossRanks(comm)
         } else {
-            load(sequences: myShard, from: train, offsets: offsets)
-            grads.zero()
+            pool.run()
+            // Workers other than 0 finished within worker 0's time (equal shards): charge the wait to backward.
+            timings.forward = workerTimings.forward
+            timings.backward = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9 - timings.forward
             clock = DispatchTime.now().uptimeNanoseconds
-            model.forward(p, gradScale: scale)
-            lap(\.forward)
-            model.backward(p, grads.base)
-            lap(\.backward)
-            for (row, g) in myShard.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
+            for extra in workerGrads.dropFirst() { grads.add(extra.base) }
             comm.allReduceSum(grads.pointer)
         }
         // Each slot is non-zero on one rank only, so this sum is exact; then a fixed-order total.
-        sequenceLosses.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
+        comm.allReduceSum(sequenceLosses)
         lap(\.reduce)
         let loss = sequenceLosses.reduce(0, +) / Double(tokensPerStep)
         // The reduced gradient is identical on every rank, so its norm and the stop decision are too.
@@ -155,7 +200,7 @@ public final class Trainer {
             // A short final chunk repeats its last sequence in the spare rows; those losses are not used.
             let end = min(start + model.batch, mine.upperBound)
             let chunk = (start..<end).map { all[$0] } + Array(repeating: all[end - 1], count: model.batch - (end - start))
-            load(sequences: 0..<model.batch, from: validation, offsets: chunk)
+            load(sequences: 0..<model.batch, into: model, from: validation, offsets: chunk)
             model.forward(UnsafePointer(params.base))
             for g in start..<end { evalLosses[g] = model.lossSum(sequence: g - start) }
             start = end

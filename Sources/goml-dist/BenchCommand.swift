@@ -22,7 +22,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         let comm = makeCommunicator(parallel)
-        let threads = configureThreads(parallel, comm, exact: reduction == ReductionMode.exact.rawValue)
+        let threads = coresPerRank(parallel, comm, exact: reduction == ReductionMode.exact.rawValue)
         let trainer = agreeOnSetup(comm) { () throws -> Trainer in
             var o = TrainingOptions(model: try model.model())
             o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
@@ -35,8 +35,9 @@ struct BenchCommand: ParsableCommand {
                 var rng = Xoshiro256(seed: 99)
                 bytes = (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) }
             }
-            return try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes))
+            return try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes), workers: threads)
         }
+        configureBLAS(cores: threads, trainer: trainer)
         if sampling {
             if comm.isRoot { benchSampling(trainer, threads: threads) }
             comm.finalize()
@@ -61,7 +62,7 @@ struct BenchCommand: ParsableCommand {
         let mfu = tokensPerSecond * o.model.flopsPerToken / (peak * 1e9 * Double(comm.size))
         let split = [("forward", \StepTimings.forward), ("backward", \StepTimings.backward), ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
             .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
-        print("bench \(model.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s), reduction \(o.reduction.rawValue), BLAS core \(BLAS.coreName)")
+        print("bench \(model.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(o.reduction.rawValue), BLAS core \(BLAS.coreName)")
         print(String(format: "sgemm 1024³ on %d thread(s): %.1f GFLOP/s", threads, peak))
         print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
         print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, MFU %.1f%%", tokensPerSecond, tokensPerSecond * o.model.flopsPerToken / 1e9, mfu * 100))

@@ -18,13 +18,16 @@ var launchedByMPI: Bool {
     return ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].contains { env[$0] != nil }
 }
 
-/// BLAS threads for this rank: --threads, or this node's cores shared among its ranks.
-/// The exact reduction runs one thread per rank: OpenBLAS's threaded sgemm splits some
-/// products differently from its single-threaded path and rounds them differently.
-func configureThreads(_ parallel: ParallelOptions, _ comm: Communicator, exact: Bool) -> Int {
-    let threads = exact ? 1 : parallel.threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
-    BLAS.setThreads(threads)
-    return threads
+/// Cores this rank uses: --threads, or this node's cores shared among its ranks. The exact
+/// reduction uses one: OpenBLAS's threaded sgemm splits some products differently from its
+/// single-threaded path and rounds them differently.
+func coresPerRank(_ parallel: ParallelOptions, _ comm: Communicator, exact: Bool) -> Int {
+    exact ? 1 : parallel.threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
+}
+
+/// Worker threads that split the batch each run one BLAS thread; a single worker gets them all.
+func configureBLAS(cores: Int, trainer: Trainer) {
+    BLAS.setThreads(trainer.workers > 1 ? 1 : cores)
 }
 
 /// Runs `body` on every rank; if it throws on any rank, every rank exits with `code`, and the

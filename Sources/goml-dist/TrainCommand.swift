@@ -44,7 +44,7 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let comm = makeCommunicator(parallel)
-        let threads = configureThreads(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
+        let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
         let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
             let options = try self.options()
             var settings = RunSettings()
@@ -72,8 +72,9 @@ struct TrainCommand: ParsableCommand {
             } else {
                 bytes = Array(demoText.utf8)
             }
-            return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes)), settings)
+            return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes), workers: threads), settings)
         }
+        configureBLAS(cores: threads, trainer: trainer)
         var run = settings
         if comm.isRoot { run.peakGFLOPS = BLAS.measureSgemmGFLOPS(size: 512, repeats: 4) }
         let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run) }

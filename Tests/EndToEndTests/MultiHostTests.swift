@@ -285,6 +285,16 @@ private struct MultiHostCluster {
     }
 }
 
+/// Clusters of earlier test processes that died before their teardown (killed runs).
+private func multiHostRemoveAbandonedClusters() {
+    let listed = multiHostRun("/usr/bin/env", ["ip", "netns", "list"], timeout: 30).output
+    for line in listed.split(separator: "\n") {
+        guard let ns = line.split(separator: " ").first, ns.hasPrefix("mh"), ns.hasSuffix("-head"),
+              let pid = Int32(ns.dropFirst(2).dropLast(5)), pid != getpid(), kill(pid, 0) != 0 else { continue }
+        _ = MultiHostCluster(name: "mh\(pid)").script(["down"], timeout: 120)
+    }
+}
+
 private struct MultiHostError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
@@ -305,6 +315,7 @@ extension MultiHostTests {
             XCTFail("goml-dist binary not found at \(multiHostBinary): build it (swift build -c release --product goml-dist) or set GOML_DIST_BIN")
             throw MultiHostError("no binary")
         }
+        multiHostRemoveAbandonedClusters()
         let cluster = MultiHostCluster(name: "mh\(getpid())")
         addTeardownBlock {
             let down = cluster.script(["down"], timeout: 120)
