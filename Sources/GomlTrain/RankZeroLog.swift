@@ -12,10 +12,11 @@ public final class RankZeroLog {
 
     /// Opens OUT/metrics.jsonl: fresh for a new run; for a resumed one, records after the
     /// resumed step are dropped so the file reads as if the run had never stopped.
-    init(isRoot: Bool, directory: String, resumeStep: Int?) throws {
+    init(isRoot: Bool, directory: String, resumeStep: Int?, forceProgress: Bool) throws {
         self.isRoot = isRoot
-        // Under mpirun stdout is a pseudo-terminal even when the job's output goes to a file.
-        interactive = isRoot && isatty(1) == 1 && ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] == nil
+        // Under mpirun stdout is a pseudo-terminal even when the job's output goes to a file,
+        // so there the launcher decides (--progress).
+        interactive = isRoot && (forceProgress || (isatty(1) == 1 && ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] == nil))
         guard isRoot else { metricsFile = nil; return }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

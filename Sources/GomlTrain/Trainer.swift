@@ -134,38 +134,45 @@ public final class Trainer {
         }
     }
 
+    private var timings = StepTimings()
+    private var clock: UInt64 = 0
+
+    /// Charges the time since the last lap to `phase`.
+    private func lap(_ phase: WritableKeyPath<StepTimings, Double>) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        timings[keyPath: phase] += Double(now - clock) / 1e9
+        clock = now
+    }
+
+    /// Leaf `leaf` of the exact reduction tree: one micro-shard's gradient into `buffer` (zeroed).
+    private func microShardGradient(_ leaf: Int, into buffer: FloatBuffer) {
+        let micro = options.microBatch, first = leaf * micro
+        load(sequences: first..<(first + micro), into: model, from: train, offsets: offsets)
+        clock = DispatchTime.now().uptimeNanoseconds
+        model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
+        lap(\.forward)
+        model.backward(UnsafePointer(params.base), buffer.base)
+        lap(\.backward)
+        for row in 0..<micro { sequenceLosses[first + row] = model.lossSum(sequence: row) }
+    }
+
     /// One optimiser step on the next global batch. Every rank returns the same result.
     public func trainStep() -> StepResult {
         let attempted = step + 1
-        var timings = StepTimings()
-        var clock = DispatchTime.now().uptimeNanoseconds
-        func lap(_ phase: WritableKeyPath<StepTimings, Double>) {
-            let now = DispatchTime.now().uptimeNanoseconds
-            timings[keyPath: phase] += Double(now - clock) / 1e9
-            clock = now
-        }
+        timings = StepTimings()
+        clock = DispatchTime.now().uptimeNanoseconds
         sampler.next(into: &offsets)
         sequenceLosses.update(repeating: 0)
-        let scale = 1 / Float(tokensPerStep)
-        let p = UnsafePointer(params.base)
         if let tree {
             let micro = options.microBatch
-            let leaves = (myShard.lowerBound / micro)..<(myShard.upperBound / micro)
-            tree.reduceLocal(leaves) { leaf, buffer in
-                let sequences = (leaf * micro)..<((leaf + 1) * micro)
-                load(sequences: sequences, into: model, from: train, offsets: offsets)
-                clock = DispatchTime.now().uptimeNanoseconds
-                model.forward(p, gradScale: scale)
-                lap(\.forward)
-                model.backward(p, buffer.base)
-                lap(\.backward)
-                for (row, g) in sequences.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
+            tree.reduceLocal((myShard.lowerBound / micro)..<(myShard.upperBound / micro)) { leaf, buffer in
+                microShardGradient(leaf, into: buffer)
             }
             clock = DispatchTime.now().uptimeNanoseconds
             tree.reduceAcrossRanks(comm)
         } else {
             pool.run()
-            // Workers other than 0 finished within worker 0's time (equal shards): charge the wait to backward.
+            // Other workers finish within worker 0's time (equal shards): the wait counts as backward.
             timings.forward = workerTimings.forward
             timings.backward = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9 - timings.forward
             clock = DispatchTime.now().uptimeNanoseconds
@@ -175,7 +182,9 @@ public final class Trainer {
         // Each slot is non-zero on one rank only, so this sum is exact; then a fixed-order total.
         comm.allReduceSum(sequenceLosses)
         lap(\.reduce)
-        let loss = sequenceLosses.reduce(0, +) / Double(tokensPerStep)
+        var lossSum = 0.0
+        for value in sequenceLosses { lossSum += value }
+        let loss = lossSum / Double(tokensPerStep)
         // The reduced gradient is identical on every rank, so its norm and the stop decision are too.
         let norm = globalNorm(UnsafeBufferPointer(grads.pointer))
         let lr = options.schedule.rate(atStep: attempted)

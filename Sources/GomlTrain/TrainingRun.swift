@@ -15,6 +15,8 @@ public struct RunSettings {
     public var peakGFLOPS: Double = 0
     /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
     public var stopAfter: Int? = nil
+    /// Show the live progress line even where stdout's kind cannot be told (under mpirun).
+    public var progress = false
     public init() {}
 }
 
@@ -48,7 +50,7 @@ public final class TrainingRun {
         header = Array(repeating: 0, count: Self.headerFields)
         gathered = Array(repeating: 0, count: Self.headerFields * trainer.comm.size)
         log = try RankZeroLog(isRoot: trainer.comm.isRoot, directory: settings.outDirectory,
-                              resumeStep: settings.resumeFrom?.step)
+                              resumeStep: settings.resumeFrom?.step, forceProgress: settings.progress)
     }
 
     /// Restores parameters, moments and generators from a checkpoint (every rank reads it).

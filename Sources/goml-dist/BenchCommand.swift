@@ -49,10 +49,13 @@ struct BenchCommand: ParsableCommand {
         var totals: [Double] = [], phases: [StepTimings] = []
         totals.reserveCapacity(steps)
         phases.reserveCapacity(steps)
+        var allocationsBefore = 0
         for i in 0..<(warmup + steps) {
+            if i == warmup { allocationsBefore = heapAllocationCount() ?? 0 }
             let r = trainer.trainStep()
             if i >= warmup { totals.append(r.timings.total); phases.append(r.timings) }
         }
+        let allocations = heapAllocationCount().map { $0 - allocationsBefore }
         comm.finalize()
         guard comm.isRoot else { return }
         func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
@@ -72,8 +75,18 @@ struct BenchCommand: ParsableCommand {
             "sgemm_gflops": peak.rounded(), "reduction": o.reduction.rawValue, "blas_core": BLAS.coreName,
             "forward_ms": split[0].1, "backward_ms": split[1].1, "reduce_ms": split[2].1, "optimizer_ms": split[3].1,
         ]
+        if let allocations {
+            print("heap allocations during the \(steps) timed steps: \(allocations)")
+        }
         let text = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
         print(String(decoding: text, as: UTF8.self))
+    }
+
+    /// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations`
+    /// is preloaded (see Tests/EndToEndTests/AllocationTests.swift); nil otherwise.
+    private func heapAllocationCount() -> Int? {
+        guard let symbol = dlsym(nil, "goml_heap_allocations") else { return nil }
+        return Int(unsafeBitCast(symbol, to: (@convention(c) () -> Int).self)())
     }
 
     private func benchSampling(_ trainer: Trainer, threads: Int) {

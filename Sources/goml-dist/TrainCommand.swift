@@ -22,6 +22,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("ckpt-every"), help: "Checkpoint every N steps (0: only at the end).") var ckptEvery: Int = 0
     @Option(help: "Checkpoints to keep.") var keep: Int = 3
     @Option(help: "Continue from a checkpoint file, or an output directory's latest.") var resume: String?
+    @Flag(help: "Show a live progress line with ETA (launch/train sets it when its output is a terminal).") var progress = false
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -51,6 +52,7 @@ struct TrainCommand: ParsableCommand {
             settings.outDirectory = out
             settings.threads = threads
             settings.stopAfter = stopAfter
+            settings.progress = progress
             if let resume {
                 let ckpt = try Checkpoint.loadTraining(try Checkpoint.resolve(resume))
                 let saved = try? JSONDecoder().decode(TrainingOptions.self, from: Data(ckpt.optionsJSON.utf8))

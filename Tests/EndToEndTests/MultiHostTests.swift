@@ -227,11 +227,11 @@ private struct MultiHostCluster {
     func disk(_ host: String) -> String { dir + "/disks/" + host }
 
     func script(_ arguments: [String], timeout: Double) -> MultiHostResult {
-        multiHostRun(multiHostRoot + "/launch/cluster", arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
+        multiHostRun("/bin/bash", [multiHostRoot + "/launch/cluster"] + arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
     }
 
     private func trainCommand(hostfile: String, trainArguments: [String]) -> [String] {
-        ["run", "--", multiHostRoot + "/launch/train", "--bin", multiHostBinary, "--hosts", hostfile,
+        ["run", "--", "/bin/bash", multiHostRoot + "/launch/train", "--bin", multiHostBinary, "--hosts", hostfile,
          "--agent", multiHostRoot + "/launch/netns-agent", "--net", multiHostSubnet, "--"] + trainArguments
     }
 
@@ -241,7 +241,7 @@ private struct MultiHostCluster {
     }
 
     func startTrain(hostfile: String, trainArguments: [String]) throws -> MultiHostJob {
-        try multiHostStart(multiHostRoot + "/launch/cluster", trainCommand(hostfile: hostfile, trainArguments: trainArguments),
+        try multiHostStart("/bin/bash", [multiHostRoot + "/launch/cluster"] + trainCommand(hostfile: hostfile, trainArguments: trainArguments),
                            environment: ["GOML_CLUSTER": name])
     }
 
@@ -314,6 +314,10 @@ extension MultiHostTests {
         guard FileManager.default.isExecutableFile(atPath: multiHostBinary) else {
             XCTFail("goml-dist binary not found at \(multiHostBinary): build it (swift build -c release --product goml-dist) or set GOML_DIST_BIN")
             throw MultiHostError("no binary")
+        }
+        guard FileManager.default.isExecutableFile(atPath: multiHostRoot + "/launch/netns-agent") else {
+            XCTFail("launch/netns-agent is not executable: mpirun runs it as its rsh agent (chmod +x; git mode 100755)")
+            throw MultiHostError("agent not executable")
         }
         multiHostRemoveAbandonedClusters()
         let cluster = MultiHostCluster(name: "mh\(getpid())")

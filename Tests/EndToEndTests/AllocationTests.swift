@@ -1,0 +1,45 @@
+// A steady-state training step allocates nothing. A malloc-counting shim (LD_PRELOAD) counts
+// every heap allocation in the process; `goml-dist bench` reads the count before and after its
+// timed steps and prints the difference.
+
+import Foundation
+import XCTest
+
+final class AllocationTests: XCTestCase {
+    static let shimSource = """
+    #define _GNU_SOURCE
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <stdatomic.h>
+    extern void *__libc_malloc(size_t);
+    extern void *__libc_calloc(size_t, size_t);
+    extern void *__libc_realloc(void *, size_t);
+    extern void *__libc_memalign(size_t, size_t);
+    static atomic_long allocations;
+    void *malloc(size_t n) { atomic_fetch_add(&allocations, 1); return __libc_malloc(n); }
+    void *calloc(size_t a, size_t b) { atomic_fetch_add(&allocations, 1); return __libc_calloc(a, b); }
+    void *realloc(void *p, size_t n) { atomic_fetch_add(&allocations, 1); return __libc_realloc(p, n); }
+    void *memalign(size_t a, size_t n) { atomic_fetch_add(&allocations, 1); return __libc_memalign(a, n); }
+    void *aligned_alloc(size_t a, size_t n) { atomic_fetch_add(&allocations, 1); return __libc_memalign(a, n); }
+    int posix_memalign(void **p, size_t a, size_t n) {
+        atomic_fetch_add(&allocations, 1);
+        *p = __libc_memalign(a, n);
+        return *p ? 0 : 12;
+    }
+    long goml_heap_allocations(void) { return allocations; }
+    """
+
+    func testSteadyStateStepsDoNotAllocate() throws {
+        let dir = Harness.temporaryDirectory("malloc")
+        try Self.shimSource.write(toFile: dir + "/count.c", atomically: true, encoding: .utf8)
+        let cc = Harness.run("/usr/bin/env", ["cc", "-O2", "-shared", "-fPIC", "-o", dir + "/count.so", dir + "/count.c"], timeout: 120)
+        Harness.assertSuccess(cc, "compiling the malloc-counting shim")
+        for (mode, extra) in [("allreduce, 2 workers", ["--threads", "2"]), ("allreduce, 1 worker", ["--threads", "1"]),
+                              ("exact", ["--reduction", "exact"])] {
+            let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20"] + extra,
+                                timeout: 300, environment: ["LD_PRELOAD": dir + "/count.so"])
+            Harness.assertSuccess(r, mode)
+            XCTAssertTrue(r.stdout.contains("heap allocations during the 20 timed steps: 0"), "\(mode):\n\(r.stdout)")
+        }
+    }
+}
