@@ -21,6 +21,17 @@ PRESETS = {"tiny": (Config(dim=64, layers=2, heads=4, ffn=172, seq_len=64), 8),
 DATA = os.path.join(here, "..", "..", "shared", "data", "tinyshakespeare.txt")
 
 
+def train_step(model, opt, sampler):
+    """What the anchors time: sample + forward + backward + clip + AdamW + loss.item()."""
+    x, y = sampler.next()
+    _, loss = model(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
 def bench(name, threads, steps):
     torch.set_num_threads(threads)
     cfg, B = PRESETS[name]
@@ -33,13 +44,7 @@ def bench(name, threads, steps):
     times = []
     for i in range(3 + steps):
         t = time.perf_counter()
-        x, y = sampler.next()
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss.item()
+        train_step(model, opt, sampler)
         if i >= 3:
             times.append(time.perf_counter() - t)
     ms = statistics.median(times) * 1000
@@ -63,13 +68,7 @@ def time_to_quality():
         t = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, 1e-3, 1e-4, 100, 2000)
-        x, y = sampler.next()
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss.item()
+        train_step(model, opt, sampler)
         seconds += time.perf_counter() - t
         if step % 250 == 0:
             model.eval()

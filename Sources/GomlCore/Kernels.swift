@@ -174,17 +174,21 @@ func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFl
     }
 }
 
-/// Softmax of the first `valid` entries in place; entries valid..<width become 0 (the mask).
-@inline(__always) func softmaxRowCausal(_ row: FloatPointer, valid: Int, width: Int) {
-    let m = maximum(row, valid)
+/// Σ exp(row[i] − shift) over n entries; with `out`, also writes each exp(row[i] − shift) there.
+@inline(__always) func sumOfShiftedExp(_ row: ConstFloatPointer, _ n: Int, shift: Float, out: FloatPointer? = nil) -> Float {
     var total = Vec()
-    forEachChunk(valid) { i, w in
-        var e = exp(load(row + i, w) - m)
+    forEachChunk(n) { i, w in
+        var e = exp(load(row + i, w) - shift)
         if w < 8 { for j in w..<8 { e[j] = 0 } }
         total += e
-        store(e, row + i, w)
+        if let out { store(e, out + i, w) }
     }
-    let inv = 1 / total.sum()
+    return total.sum()
+}
+
+/// Softmax of the first `valid` entries in place; entries valid..<width become 0 (the mask).
+@inline(__always) func softmaxRowCausal(_ row: FloatPointer, valid: Int, width: Int) {
+    let inv = 1 / sumOfShiftedExp(row, valid, shift: maximum(row, valid), out: row)
     forEachChunk(valid) { i, w in store(load(row + i, w) * inv, row + i, w) }
     if valid < width { (row + valid).update(repeating: 0, count: width - valid) }
 }
@@ -266,13 +270,7 @@ func crossEntropyForward(_ losses: FloatPointer, _ dLogits: FloatPointer?, _ log
     for n in 0..<rows {
         let row = logits + n * V
         let m = maximum(row, V)
-        var total = Vec()
-        forEachChunk(V) { i, w in
-            var e = exp(load(row + i, w) - m)
-            if w < 8 { for j in w..<8 { e[j] = 0 } }
-            total += e
-        }
-        let sumExp = total.sum()
+        let sumExp = sumOfShiftedExp(row, V, shift: m)
         let target = Int(targets[n])
         losses[n] = (m + log(sumExp)) - row[target]
         if let dLogits {
