@@ -22,14 +22,16 @@ public final class FloatBuffer {
 
     public func zero() { pointer.update(repeating: 0) }
 
-    /// self[i] += other[i], in a fixed order of operations.
-    public func add(_ other: UnsafePointer<Float>) {
-        let b = base
-        forEachChunk(count) { i, w in store(load(b + i, w) + load(other + i, w), b + i, w) }
-    }
+    /// self[i] += other[i].
+    public func add(_ other: UnsafePointer<Float>) { addInPlace(base, other, count: count) }
 
     /// True when every value is finite.
     public var allFinite: Bool { pointer.allSatisfy { $0.isFinite } }
+}
+
+/// destination[i] += source[i] for i in 0..<count.
+public func addInPlace(_ destination: UnsafeMutablePointer<Float>, _ source: UnsafePointer<Float>, count: Int) {
+    forEachChunk(count) { i, w in store(load(destination + i, w) + load(source + i, w), destination + i, w) }
 }
 
 /// FNV-1a over the float bit patterns, folded in order: one flipped bit changes it.

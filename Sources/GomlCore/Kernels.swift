@@ -48,13 +48,15 @@ func linearForward(_ out: FloatPointer, _ inp: ConstFloatPointer, _ weight: Cons
          beta: 0, out, ldc: outFeatures)
 }
 
-/// dInp[N,I] = dOut · W (overwritten, or accumulated when `accumulateInput`); dWeight += dOutᵀ · inp.
+/// dInp[N,I] = dOut · W (overwritten, or accumulated when `accumulateInput`);
+/// dWeight += dOutᵀ · inp (or overwritten when `accumulateWeight` is false).
 func linearBackward(_ dInp: FloatPointer, _ dWeight: FloatPointer, _ dOut: ConstFloatPointer, _ inp: ConstFloatPointer,
-                    _ weight: ConstFloatPointer, rows: Int, inFeatures: Int, outFeatures: Int, accumulateInput: Bool = false) {
+                    _ weight: ConstFloatPointer, rows: Int, inFeatures: Int, outFeatures: Int, accumulateInput: Bool = false,
+                    accumulateWeight: Bool = true) {
     gemm(false, false, m: rows, n: inFeatures, k: outFeatures, dOut, lda: outFeatures, weight, ldb: inFeatures,
          beta: accumulateInput ? 1 : 0, dInp, ldc: inFeatures)
     gemm(true, false, m: outFeatures, n: inFeatures, k: rows, dOut, lda: outFeatures, inp, ldb: inFeatures,
-         beta: 1, dWeight, ldc: inFeatures)
+         beta: accumulateWeight ? 1 : 0, dWeight, ldc: inFeatures)
 }
 
 // MARK: - LayerNorm

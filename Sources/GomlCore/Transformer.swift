@@ -124,38 +124,48 @@ public final class Transformer {
     }
 
     /// Back-propagates the loss gradient prepared by the last `forward(_:gradScale:)`,
-    /// ACCUMULATING (+=) into `grads` (same layout as params).
-    public func backward(_ params: UnsafePointer<Float>, _ grads: UnsafeMutablePointer<Float>) {
+    /// ACCUMULATING (+=) into `grads` (same layout as params), or overwriting them when
+    /// `accumulate` is false (which saves zeroing the buffer first).
+    public func backward(_ params: UnsafePointer<Float>, _ grads: UnsafeMutablePointer<Float>, accumulate: Bool = true) {
         let cfg = config, N = rows, C = cfg.dim, F = cfg.ffn, V = cfg.vocab, H = cfg.heads, T = seqLen
         let p = { (view: TensorView) in params + view.offset }
         let g = { (view: TensorView) in grads + view.offset }
         let dx = dResidual
+        if !accumulate {
+            // Matrix gradients are written by their products (beta 0); the rest are sums over rows.
+            for t in layout.tensors where !t.isMatrix || t.offset == layout.embedding.offset {
+                (grads + t.offset).update(repeating: 0, count: t.count)
+            }
+        }
+        let once = accumulate   // accumulateWeight for the matrix products
         // logits = LN(x) Woutᵀ
-        linearBackward(dNormed, g(layout.output), dLogits, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V)
+        linearBackward(dNormed, g(layout.output), dLogits, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V,
+                       accumulateWeight: once)
         dx.update(repeating: 0, count: N * C)
         layerNormBackward(dx, g(layout.normWeight), g(layout.normBias), dNormed, residuals[cfg.layers], p(layout.normWeight),
                           lnFinalMean, lnFinalRstd, rows: N, C: C)
         for (l, a) in blocks.enumerated().reversed() {
             let w = layout.layers[l]
             // x = x + ffn(h) W2ᵀ
-            linearBackward(dGate, g(w.w2), dx, a.gate, p(w.w2), rows: N, inFeatures: F, outFeatures: C)
+            linearBackward(dGate, g(w.w2), dx, a.gate, p(w.w2), rows: N, inFeatures: F, outFeatures: C, accumulateWeight: once)
             if let u3 = a.u3, let w3 = w.w3 {
                 swigluBackward(dGate, dU3, dGate, a.u1, u3, count: N * F)   // dGate now holds dU1
-                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F)
-                linearBackward(dNormed, g(w3), dU3, a.ln2, p(w3), rows: N, inFeatures: C, outFeatures: F, accumulateInput: true)
+                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F, accumulateWeight: once)
+                linearBackward(dNormed, g(w3), dU3, a.ln2, p(w3), rows: N, inFeatures: C, outFeatures: F, accumulateInput: true,
+                               accumulateWeight: once)
             } else {
                 geluBackward(dGate, dGate, a.u1, count: N * F)
-                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F)
+                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F, accumulateWeight: once)
             }
             // h = LN(x) before the FFN: the residual gradient gains the norm's input gradient
             layerNormBackward(dx, g(w.ffnNormWeight), g(w.ffnNormBias), dNormed, a.residualMid, p(w.ffnNormWeight),
                               a.ln2Mean, a.ln2Rstd, rows: N, C: C)
             // x = x + a Woᵀ
-            linearBackward(dAttention, g(w.wo), dx, a.attention, p(w.wo), rows: N, inFeatures: C, outFeatures: C)
+            linearBackward(dAttention, g(w.wo), dx, a.attention, p(w.wo), rows: N, inFeatures: C, outFeatures: C, accumulateWeight: once)
             attentionBackward(dQKV, dScores, dAttention, a.qkv, a.probs, B: batch, T: T, C: C, heads: H)
             ropeBackward(dQKV, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
             // q, k, v = h Wq,k,vᵀ; h = LN(x)
-            linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C)
+            linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, accumulateWeight: once)
             layerNormBackward(dx, g(w.attentionNormWeight), g(w.attentionNormBias), dNormed, residuals[l], p(w.attentionNormWeight),
                               a.ln1Mean, a.ln1Rstd, rows: N, C: C)
         }

@@ -94,15 +94,11 @@ public final class MPICommunicator: Communicator {
         }
     }
 
-    public func send(_ buffer: UnsafeBufferPointer<Float>, to destination: Int) {
-        check("MPI_Send") {
-            MPI_Send(buffer.baseAddress, Int32(buffer.count), goml_mpi_float(), Int32(destination), 7, world)
-        }
-    }
-
-    public func receive(_ buffer: UnsafeMutableBufferPointer<Float>, from source: Int) {
-        check("MPI_Recv") {
-            MPI_Recv(buffer.baseAddress, Int32(buffer.count), goml_mpi_float(), Int32(source), 7, world, goml_mpi_status_ignore())
+    public func exchange(_ outgoing: UnsafeBufferPointer<Float>, _ incoming: UnsafeMutableBufferPointer<Float>, with partner: Int) {
+        check("MPI_Sendrecv") {
+            MPI_Sendrecv(outgoing.baseAddress, Int32(outgoing.count), goml_mpi_float(), Int32(partner), 7,
+                         incoming.baseAddress, Int32(incoming.count), goml_mpi_float(), Int32(partner), 7,
+                         world, goml_mpi_status_ignore())
         }
     }
 

@@ -17,8 +17,8 @@ public protocol Communicator: AnyObject {
     /// Every rank's `send` (same length everywhere), concatenated in rank order.
     func allGather(_ send: UnsafeBufferPointer<Double>, into receive: UnsafeMutableBufferPointer<Double>)
     func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int)
-    func send(_ buffer: UnsafeBufferPointer<Float>, to destination: Int)
-    func receive(_ buffer: UnsafeMutableBufferPointer<Float>, from source: Int)
+    /// Sends `outgoing` to `partner` while receiving `incoming` from it (no deadlock).
+    func exchange(_ outgoing: UnsafeBufferPointer<Float>, _ incoming: UnsafeMutableBufferPointer<Float>, with partner: Int)
     func barrier()
     /// Ends every rank of the job with `code`, after printing `message` (once, from this rank).
     func abort(_ message: String, code: Int32) -> Never
@@ -52,11 +52,8 @@ public final class SingleProcessCommunicator: Communicator {
         _ = receive.initialize(from: send)
     }
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) {}
-    public func send(_ buffer: UnsafeBufferPointer<Float>, to destination: Int) {
-        preconditionFailure("a single process has no rank \(destination) to send to")
-    }
-    public func receive(_ buffer: UnsafeMutableBufferPointer<Float>, from source: Int) {
-        preconditionFailure("a single process has no rank \(source) to receive from")
+    public func exchange(_ outgoing: UnsafeBufferPointer<Float>, _ incoming: UnsafeMutableBufferPointer<Float>, with partner: Int) {
+        preconditionFailure("a single process has no rank \(partner) to exchange with")
     }
     public func barrier() {}
     public func abort(_ message: String, code: Int32) -> Never {

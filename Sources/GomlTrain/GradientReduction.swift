@@ -16,6 +16,8 @@ public final class TreeReducer {
     /// partials[0] is the result; deeper levels hold right subtrees while they are built.
     private let partials: [FloatBuffer]
     private let incoming: FloatBuffer
+    /// The slice each halving level started from, for the doubling phase (64 levels: any world size).
+    private var spans = [(Int, Int)](repeating: (0, 0), count: 64)
 
     public init(result: FloatBuffer, leaves: Int) {
         var depth = 0
@@ -24,8 +26,8 @@ public final class TreeReducer {
         incoming = FloatBuffer(count: result.count)
     }
 
-    /// Sums leaves lo..<hi into partials[0]. `leaf(i, buffer)` must write leaf i's gradient
-    /// into the zeroed buffer.
+    /// Sums leaves lo..<hi into partials[0]. `leaf(i, buffer)` must overwrite the buffer with
+    /// leaf i's gradient.
     public func reduceLocal(_ range: Range<Int>, leaf: (Int, FloatBuffer) -> Void) {
         reduce(range.lowerBound, range.upperBound, depth: 0, leaf: leaf)
     }
@@ -33,7 +35,6 @@ public final class TreeReducer {
     private func reduce(_ lo: Int, _ hi: Int, depth: Int, leaf: (Int, FloatBuffer) -> Void) {
         let out = partials[depth]
         if hi - lo == 1 {
-            out.zero()
             leaf(lo, out)
             return
         }
@@ -43,21 +44,33 @@ public final class TreeReducer {
         out.add(partials[depth + 1].base)
     }
 
-    /// Combines the ranks' subtree sums along the tree (rank r + s joins rank r at level s),
-    /// then broadcasts rank 0's total so every rank holds the same bits.
+    /// Combines the ranks' subtree sums along the tree: ranks r and r + 2^s are siblings at
+    /// level s. Done as recursive halving then doubling (each rank reduces a shrinking slice,
+    /// then slices are exchanged back), so the traffic equals an all-reduce's; every element
+    /// is still summed left + right in tree order, so every rank ends with the same bits.
     public func reduceAcrossRanks(_ comm: Communicator) {
-        let result = partials[0]
-        var stride = 1
-        while stride < comm.size {
-            if comm.rank % (2 * stride) == 0 {
-                comm.receive(incoming.pointer, from: comm.rank + stride)
-                result.add(incoming.base)
-            } else {
-                comm.send(UnsafeBufferPointer(result.pointer), to: comm.rank - stride)
-                break
-            }
-            stride *= 2
+        let result = partials[0].pointer
+        var lo = 0, hi = result.count, level = 0
+        var distance = 1
+        while distance < comm.size {
+            let partner = comm.rank ^ distance, mid = lo + (hi - lo) / 2
+            let (keep, give) = comm.rank & distance == 0 ? (lo..<mid, mid..<hi) : (mid..<hi, lo..<mid)
+            comm.exchange(UnsafeBufferPointer(rebasing: result[give]), UnsafeMutableBufferPointer(rebasing: incoming.pointer[keep]),
+                          with: partner)
+            addInPlace(result.baseAddress! + keep.lowerBound, incoming.base + keep.lowerBound, count: keep.count)
+            spans[level] = (lo, hi)
+            (lo, hi) = (keep.lowerBound, keep.upperBound)
+            level += 1
+            distance *= 2
         }
-        comm.broadcast(UnsafeMutableRawBufferPointer(result.pointer), root: 0)
+        while level > 0 {
+            level -= 1
+            distance /= 2
+            let (outerLo, outerHi) = spans[level]
+            let missing = lo == outerLo ? hi..<outerHi : outerLo..<lo
+            comm.exchange(UnsafeBufferPointer(rebasing: result[lo..<hi]), UnsafeMutableBufferPointer(rebasing: result[missing]),
+                          with: comm.rank ^ distance)
+            (lo, hi) = (outerLo, outerHi)
+        }
     }
 }

@@ -99,15 +99,14 @@ public final class Trainer {
 
     public var workers: Int { models.count }
 
-    /// Forward and backward of one worker's sequences into its gradient buffer (zeroed first).
+    /// Forward and backward of one worker's sequences, overwriting its gradient buffer.
     private func forwardBackward(worker: Int) {
         let model = models[worker], range = workerShards[worker], grads = workerGrads[worker]
         load(sequences: range, into: model, from: train, offsets: offsets)
-        grads.zero()
         let start = DispatchTime.now().uptimeNanoseconds
         model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
         let middle = DispatchTime.now().uptimeNanoseconds
-        model.backward(UnsafePointer(params.base), grads.base)
+        model.backward(UnsafePointer(params.base), grads.base, accumulate: false)
         if worker == 0 {
             workerTimings.forward = Double(middle - start) / 1e9
             workerTimings.backward = Double(DispatchTime.now().uptimeNanoseconds - middle) / 1e9
@@ -144,14 +143,14 @@ public final class Trainer {
         clock = now
     }
 
-    /// Leaf `leaf` of the exact reduction tree: one micro-shard's gradient into `buffer` (zeroed).
+    /// Leaf `leaf` of the exact reduction tree: one micro-shard's gradient, overwriting `buffer`.
     private func microShardGradient(_ leaf: Int, into buffer: FloatBuffer) {
         let micro = options.microBatch, first = leaf * micro
         load(sequences: first..<(first + micro), into: model, from: train, offsets: offsets)
         clock = DispatchTime.now().uptimeNanoseconds
         model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
         lap(\.forward)
-        model.backward(UnsafePointer(params.base), buffer.base)
+        model.backward(UnsafePointer(params.base), buffer.base, accumulate: false)
         lap(\.backward)
         for row in 0..<micro { sequenceLosses[first + row] = model.lossSum(sequence: row) }
     }

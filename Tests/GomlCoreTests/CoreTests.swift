@@ -44,6 +44,26 @@ final class CoreTests: XCTestCase {
         XCTAssertGreaterThan(abs(2 * Double(grads[i]) - numeric), 0.5 * abs(numeric), "a doubled gradient would be detected")
     }
 
+    func testOverwritingBackwardEqualsAccumulatingIntoZeros() {
+        for kind in FFNKind.allCases {
+            let config = GradientCheck.smallConfig(kind)
+            let layout = ParameterLayout(config)
+            let model = Transformer(config: config, batch: 2)
+            var rng = Xoshiro256(seed: 11)
+            var params = [Float](repeating: 0, count: layout.count)
+            params.withUnsafeMutableBufferPointer { layout.initialise($0, rng: &rng, std: 0.3) }
+            for i in 0..<model.rows { model.tokens[i] = Int32(rng.nextBelow(config.vocab)); model.targets[i] = Int32(rng.nextBelow(config.vocab)) }
+            var accumulated = [Float](repeating: 0, count: layout.count)
+            var overwritten = [Float](repeating: .nan, count: layout.count)   // garbage that must not survive
+            params.withUnsafeBufferPointer { p in
+                model.forward(p.baseAddress!, gradScale: 0.01)
+                accumulated.withUnsafeMutableBufferPointer { model.backward(p.baseAddress!, $0.baseAddress!) }
+                overwritten.withUnsafeMutableBufferPointer { model.backward(p.baseAddress!, $0.baseAddress!, accumulate: false) }
+            }
+            XCTAssertEqual(overwritten.map(\.bitPattern), accumulated.map(\.bitPattern), "\(kind)")
+        }
+    }
+
     func testScheduleFollowsSpec() {
         let s = LearningRateSchedule(maxLR: 1e-3, minLR: 1e-4, warmup: 100, totalSteps: 2000)
         XCTAssertEqual(s.rate(atStep: 1), 1e-5, accuracy: 1e-15)
