@@ -11,6 +11,8 @@ public struct RunSettings {
     public var outDirectory = "out"
     public var dataName = "demo text"
     public var threads = 1
+    /// Continue from a checkpoint: every rank sets `resume`; rank 0 alone holds the checkpoint.
+    public var resume = false
     public var resumeFrom: TrainingCheckpoint? = nil
     public var peakGFLOPS: Double = 0
     /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
@@ -53,20 +55,30 @@ public final class TrainingRun {
                               resumeStep: settings.resumeFrom?.step, forceProgress: settings.progress)
     }
 
-    /// Restores parameters, moments and generators from a checkpoint (every rank reads it).
-    func restore(_ ckpt: TrainingCheckpoint) {
-        _ = trainer.params.pointer.update(from: ckpt.params)
-        _ = trainer.optimizer.m.update(from: ckpt.m)
-        _ = trainer.optimizer.v.update(from: ckpt.v)
-        trainer.optimizer.step = ckpt.adamStep
-        trainer.step = ckpt.step
-        if let words = ckpt.generators["batch"] { trainer.sampler.rng = Xoshiro256(state: words) }
-        if let words = ckpt.generators["sample"] { sampleRNG = Xoshiro256(state: words) }
+    /// Restores parameters, moments, step and generators: rank 0 read the checkpoint (only its
+    /// host need see the output directory) and broadcasts it.
+    func restore() {
+        var state = [UInt64](repeating: 0, count: 10)   // step, Adam step, batch and sample generators
+        if let ckpt = settings.resumeFrom {
+            _ = trainer.params.pointer.update(from: ckpt.params)
+            _ = trainer.optimizer.m.update(from: ckpt.m)
+            _ = trainer.optimizer.v.update(from: ckpt.v)
+            state = [UInt64(ckpt.step), UInt64(ckpt.adamStep)] + (ckpt.generators["batch"] ?? trainer.sampler.rng.stateWords)
+                + (ckpt.generators["sample"] ?? sampleRNG.stateWords)
+        }
+        for buffer in [trainer.params.pointer, trainer.optimizer.m, trainer.optimizer.v] {
+            comm.broadcast(UnsafeMutableRawBufferPointer(buffer), root: 0)
+        }
+        state.withUnsafeMutableBytes { comm.broadcast($0, root: 0) }
+        trainer.step = Int(state[0])
+        trainer.optimizer.step = Int(state[1])
+        trainer.sampler.rng = Xoshiro256(state: Array(state[2..<6]))
+        sampleRNG = Xoshiro256(state: Array(state[6..<10]))
     }
 
     public func run() throws {
         let o = trainer.options
-        if let ckpt = settings.resumeFrom { restore(ckpt) } else { trainer.initialiseParameters() }
+        if settings.resume { restore() } else { trainer.initialiseParameters() }
         printHeader()
         let started = Date()
         var trainSeconds = 0.0

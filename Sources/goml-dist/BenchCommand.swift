@@ -37,13 +37,15 @@ struct BenchCommand: ParsableCommand {
             }
             return try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes), workers: threads)
         }
+        // The ceiling MFU is quoted against: sgemm on all of this rank's cores.
+        BLAS.setThreads(threads)
+        let peak = sampling ? 0 : BLAS.measureSgemmGFLOPS()
         configureBLAS(cores: threads, trainer: trainer)
         if sampling {
             if comm.isRoot { benchSampling(trainer, threads: threads) }
             comm.finalize()
             return
         }
-        let peak = BLAS.measureSgemmGFLOPS()
         trainer.initialiseParameters()
         let o = trainer.options
         var totals: [Double] = [], phases: [StepTimings] = []

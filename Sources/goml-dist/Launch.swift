@@ -50,10 +50,16 @@ func agreeOnSetup<T>(_ comm: Communicator, code: Int32 = 2, _ body: () throws ->
     return result!
 }
 
+/// This machine's name without a DNS lookup (Foundation's hostName may resolve it).
+func localHostName() -> String {
+    var name = [CChar](repeating: 0, count: 256)
+    return gethostname(&name, name.count - 1) == 0 ? String(cString: name) : "this host"
+}
+
 /// Reads a training text, with errors that name the file and the fix.
 func readText(_ path: String) throws -> [UInt8] {
     guard FileManager.default.fileExists(atPath: path) else {
-        throw FileError("data file \(path) not found on \(ProcessInfo.processInfo.hostName); pass --data with a path readable on every host")
+        throw FileError("data file \(path) not found on \(localHostName()); pass --data with a path readable on every host")
     }
     guard let data = FileManager.default.contents(atPath: path) else {
         throw FileError("data file \(path) is not readable (check permissions)")

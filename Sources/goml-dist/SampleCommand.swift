@@ -41,6 +41,7 @@ struct SampleCommand: ParsableCommand {
             }
         } catch { fail("\(error)") }
         print("")
+        fflush(stdout)
         let seconds = Date().timeIntervalSince(start)
         FileHandle.standardError.write(Data(String(format: "goml-dist: %d bytes in %.2f s (%.0f tokens/s)\n", tokens, seconds, Double(tokens) / seconds).utf8))
     }

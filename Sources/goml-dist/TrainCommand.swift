@@ -43,6 +43,22 @@ struct TrainCommand: ParsableCommand {
         return o
     }
 
+    /// The checkpoint to resume from, refused when it cannot continue this run unchanged.
+    func checkedCheckpoint(_ path: String, options: TrainingOptions) throws -> TrainingCheckpoint {
+        let ckpt = try Checkpoint.loadTraining(try Checkpoint.resolve(path))
+        if ckpt.config != options.model {
+            throw ConfigError("checkpoint \(ckpt.path) holds model \(ckpt.config.summary) but the options ask for \(options.model.summary); pass the same --config/overrides as the original run")
+        }
+        if let saved = try? JSONDecoder().decode(TrainingOptions.self, from: Data(ckpt.optionsJSON.utf8)),
+           case let diffs = options.sameTrajectory(as: saved), !diffs.isEmpty {
+            throw ConfigError("resuming \(ckpt.path) with different options (\(diffs.joined(separator: "; "))); pass the original run's options")
+        }
+        if ckpt.step >= options.steps {
+            throw ConfigError("checkpoint \(ckpt.path) is at step \(ckpt.step), not before --steps \(options.steps); raise --steps to continue")
+        }
+        return ckpt
+    }
+
     func run() throws {
         let comm = makeCommunicator(parallel)
         let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
@@ -54,18 +70,9 @@ struct TrainCommand: ParsableCommand {
             settings.stopAfter = stopAfter
             settings.progress = progress
             if let resume {
-                let ckpt = try Checkpoint.loadTraining(try Checkpoint.resolve(resume))
-                let saved = try? JSONDecoder().decode(TrainingOptions.self, from: Data(ckpt.optionsJSON.utf8))
-                if ckpt.config != options.model {
-                    throw ConfigError("checkpoint \(ckpt.path) holds model \(ckpt.config.summary) but the options ask for \(options.model.summary); pass the same --config/overrides as the original run")
-                }
-                if let saved, case let diffs = options.sameTrajectory(as: saved), !diffs.isEmpty {
-                    throw ConfigError("resuming \(ckpt.path) with different options (\(diffs.joined(separator: "; "))); pass the original run's options")
-                }
-                if ckpt.step >= options.steps {
-                    throw ConfigError("checkpoint \(ckpt.path) is at step \(ckpt.step), not before --steps \(options.steps); raise --steps to continue")
-                }
-                settings.resumeFrom = ckpt
+                settings.resume = true
+                // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.
+                if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options) }
             }
             let bytes: [UInt8]
             if let data {
@@ -76,9 +83,11 @@ struct TrainCommand: ParsableCommand {
             }
             return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes), workers: threads), settings)
         }
-        configureBLAS(cores: threads, trainer: trainer)
         var run = settings
+        // The ceiling MFU is quoted against: sgemm on all of this rank's cores (rank 0 measures).
+        BLAS.setThreads(threads)
         if comm.isRoot { run.peakGFLOPS = BLAS.measureSgemmGFLOPS(size: 512, repeats: 4) }
+        configureBLAS(cores: threads, trainer: trainer)
         let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run) }
         do {
             try training.run()
