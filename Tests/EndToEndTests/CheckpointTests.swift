@@ -49,12 +49,15 @@ final class CheckpointTests: XCTestCase {
         let out = Harness.temporaryDirectory("killed")
         let launcher = Process()
         launcher.executableURL = URL(fileURLWithPath: Harness.packageRoot + "/launch/train")
-        launcher.arguments = ["--np", "2", "--max-restarts", "1", "--"] + run(out, steps: steps, extra: ["--ckpt-every", "100", "--log-every", "500"])
+        // --bin: the launcher must not build (`swift test` holds the build directory's lock).
+        launcher.arguments = ["--bin", Harness.binary, "--np", "2", "--max-restarts", "1", "--"]
+            + run(out, steps: steps, extra: ["--ckpt-every", "100", "--log-every", "500"]).dropFirst()   // launch/train adds `train`
         launcher.environment = Harness.environment.merging(["GOML_DIST_BIN": Harness.binary]) { $1 }
         let log = Harness.temporaryDirectory("launchlog") + "/log"
         FileManager.default.createFile(atPath: log, contents: nil)
-        launcher.standardOutput = FileHandle(forWritingAtPath: log)
-        launcher.standardError = FileHandle(forWritingAtPath: log)
+        let logHandle = FileHandle(forWritingAtPath: log)   // one handle: one file offset for both streams
+        launcher.standardOutput = logHandle
+        launcher.standardError = logHandle
         try launcher.run()
         // Wait for a checkpoint, then kill one rank of the job.
         let deadline = Date().addingTimeInterval(300)
@@ -62,13 +65,13 @@ final class CheckpointTests: XCTestCase {
         let victim = Harness.run("/usr/bin/pgrep", ["-n", "-f", "goml-dist train .*--out \(out)"], timeout: 10).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
         guard let pid = Int32(victim) else {
-            launcher.terminate()
+            kill(launcher.processIdentifier, SIGKILL)
             launcher.waitUntilExit()
             return XCTFail("no rank found to kill; launcher output:\n\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
         }
         kill(pid, SIGKILL)
         while launcher.isRunning && Date() < deadline.addingTimeInterval(300) { Thread.sleep(forTimeInterval: 0.2) }
-        if launcher.isRunning { launcher.terminate() }
+        if launcher.isRunning { kill(launcher.processIdentifier, SIGKILL) }
         launcher.waitUntilExit()
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         XCTAssertEqual(launcher.terminationStatus, 0, text.suffix(3000).description)
