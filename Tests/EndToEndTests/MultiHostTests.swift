@@ -37,7 +37,7 @@ final class MultiHostTests: XCTestCase {
         XCTAssertTrue(launched.output.contains("host host2 is not reachable"), "no message naming host2:\n\(launched.tail)")
         XCTAssertLessThan(launched.seconds, 30, "the reachability check took \(Int(launched.seconds)) s")
 
-        let raw = cluster.rawMpirun(hostfile: multiHostRoot + "/hostfiles/netns-2hosts", ranks: 2,
+        let raw = cluster.rawMpirun(hostfile: Harness.packageRoot + "/hostfiles/netns-2hosts", ranks: 2,
                                     trainArguments: multiHostTinyArguments(out: out), timeout: 90)
         XCTAssertFalse(raw.timedOut, "mpirun hung with host2 off the network\n\(raw.tail)")
         XCTAssertNotEqual(raw.status, 0, "mpirun succeeded with host2 off the network\n\(raw.tail)")
@@ -105,7 +105,7 @@ final class MultiHostTests: XCTestCase {
     /// an error naming host2 and its rank, not a hang.
     func testDataFileMissingOnOneHostNamesIt() throws {
         let cluster = try multiHostStartCluster()
-        try FileManager.default.copyItem(atPath: multiHostCorpus, toPath: cluster.disk("host1") + "/data.txt")
+        try FileManager.default.copyItem(atPath: Harness.corpus, toPath: cluster.disk("host1") + "/data.txt")
         var arguments = multiHostTinyArguments(out: cluster.local + "/run")
         arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
         let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
@@ -131,17 +131,12 @@ final class MultiHostTests: XCTestCase {
 
 // MARK: - Helpers (private to this file)
 
-private let multiHostRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-private let multiHostCorpus = multiHostRoot + "/../shared/data/tinyshakespeare.txt"
 private let multiHostSubnet = "10.231.0.0/24"
 
-private var multiHostBinary: String {
-    ProcessInfo.processInfo.environment["GOML_DIST_BIN"] ?? multiHostRoot + "/.build/release/goml-dist"
-}
 
 private func multiHostTinyArguments(out: String, steps: Int = 20) -> [String] {
     ["--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-     "--log-every", steps > 100 ? "1000" : "1", "--data", multiHostCorpus, "--out", out]
+     "--log-every", steps > 100 ? "1000" : "1", "--data", Harness.corpus, "--out", out]
 }
 
 private struct MultiHostResult {
@@ -183,12 +178,8 @@ private func multiHostStart(_ executable: String, _ arguments: [String], environ
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    process.currentDirectoryURL = URL(fileURLWithPath: multiHostRoot)
-    var env = ProcessInfo.processInfo.environment
-    env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-    env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-    env["OPENBLAS_CORETYPE"] = env["OPENBLAS_CORETYPE"] ?? "Haswell"
-    process.environment = env.merging(extra) { $1 }
+    process.currentDirectoryURL = URL(fileURLWithPath: Harness.packageRoot)
+    process.environment = Harness.environment.merging(extra) { $1 }
     let outputPath = NSTemporaryDirectory() + "goml-multihost-\(UUID().uuidString.prefix(8)).log"
     _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
     let handle = FileHandle(forWritingAtPath: outputPath)!
@@ -213,16 +204,6 @@ private func multiHostLineCount(_ path: String) -> Int {
     ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").count
 }
 
-/// Per-step losses of OUT/metrics.jsonl, as written (the decimal text, for exact comparisons).
-private func multiHostLossTexts(_ outDirectory: String) -> [String] {
-    let text = (try? String(contentsOfFile: outDirectory + "/metrics.jsonl", encoding: .utf8)) ?? ""
-    return text.split(separator: "\n").compactMap { line in
-        guard let r = line.range(of: "\"loss\":") else { return nil }
-        return String(line[r.upperBound...].prefix { $0 != "," && $0 != "}" })
-    }
-}
-
-private func multiHostLosses(_ outDirectory: String) -> [Double] { multiHostLossTexts(outDirectory).compactMap(Double.init) }
 
 /// One test's cluster (launch/cluster with GOML_CLUSTER = name).
 private struct MultiHostCluster {
@@ -234,12 +215,12 @@ private struct MultiHostCluster {
     func disk(_ host: String) -> String { dir + "/disks/" + host }
 
     func script(_ arguments: [String], timeout: Double) -> MultiHostResult {
-        multiHostRun("/bin/bash", [multiHostRoot + "/launch/cluster"] + arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
+        multiHostRun("/bin/bash", [Harness.packageRoot + "/launch/cluster"] + arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
     }
 
     private func trainCommand(hostfile: String, trainArguments: [String]) -> [String] {
-        ["run", "--", "/bin/bash", multiHostRoot + "/launch/train", "--bin", multiHostBinary, "--hosts", hostfile,
-         "--agent", multiHostRoot + "/launch/netns-agent", "--net", multiHostSubnet, "--"] + trainArguments
+        ["run", "--", "/bin/bash", Harness.packageRoot + "/launch/train", "--bin", Harness.binary, "--hosts", hostfile,
+         "--agent", Harness.packageRoot + "/launch/netns-agent", "--net", multiHostSubnet, "--"] + trainArguments
     }
 
     /// launch/train --hosts on the head node.
@@ -248,16 +229,16 @@ private struct MultiHostCluster {
     }
 
     func startTrain(hostfile: String, trainArguments: [String]) throws -> MultiHostJob {
-        try multiHostStart("/bin/bash", [multiHostRoot + "/launch/cluster"] + trainCommand(hostfile: hostfile, trainArguments: trainArguments),
+        try multiHostStart("/bin/bash", [Harness.packageRoot + "/launch/cluster"] + trainCommand(hostfile: hostfile, trainArguments: trainArguments),
                            environment: ["GOML_CLUSTER": name])
     }
 
     /// mpirun alone on the head node, with the agent and the subnet but no checks.
     func rawMpirun(hostfile: String, ranks: Int, trainArguments: [String], timeout: Double) -> MultiHostResult {
         script(["run", "--", "mpirun", "-np", String(ranks), "--hostfile", hostfile, "--bind-to", "none",
-                "--mca", "plm_rsh_agent", multiHostRoot + "/launch/netns-agent",
+                "--mca", "plm_rsh_agent", Harness.packageRoot + "/launch/netns-agent",
                 "--mca", "btl_tcp_if_include", multiHostSubnet, "--mca", "oob_tcp_if_include", multiHostSubnet,
-                "-x", "OPENBLAS_CORETYPE", multiHostBinary, "train"] + trainArguments, timeout: timeout)
+                "-x", "OPENBLAS_CORETYPE", Harness.binary, "train"] + trainArguments, timeout: timeout)
     }
 
     func setLink(_ host: String, up: Bool) throws {
@@ -314,11 +295,11 @@ extension MultiHostTests {
             XCTFail("MultiHostTests need root to create network namespaces (run as root, as CI does)")
             throw MultiHostError("not root")
         }
-        guard FileManager.default.isExecutableFile(atPath: multiHostBinary) else {
-            XCTFail("goml-dist binary not found at \(multiHostBinary): build it (swift build -c release --product goml-dist) or set GOML_DIST_BIN")
+        guard FileManager.default.isExecutableFile(atPath: Harness.binary) else {
+            XCTFail("goml-dist binary not found at \(Harness.binary): build it (swift build -c release --product goml-dist) or set GOML_DIST_BIN")
             throw MultiHostError("no binary")
         }
-        guard FileManager.default.isExecutableFile(atPath: multiHostRoot + "/launch/netns-agent") else {
+        guard FileManager.default.isExecutableFile(atPath: Harness.packageRoot + "/launch/netns-agent") else {
             XCTFail("launch/netns-agent is not executable: mpirun runs it as its rsh agent (chmod +x; git mode 100755)")
             throw MultiHostError("agent not executable")
         }
@@ -342,9 +323,9 @@ extension MultiHostTests {
         addTeardownBlock { try? FileManager.default.removeItem(atPath: singleOut) }
         let run = exact ? "run-exact" : "run"
         let reduction = ["--reduction", exact ? "exact" : "allreduce"]
-        let single = multiHostRun(multiHostBinary, ["train", "--single"] + multiHostTinyArguments(out: singleOut) + reduction, timeout: 120)
+        let single = multiHostRun(Harness.binary, ["train", "--single"] + multiHostTinyArguments(out: singleOut) + reduction, timeout: 120)
         XCTAssertEqual(single.status, 0, "--single run failed\n\(single.tail)")
-        let expected = multiHostLosses(singleOut)
+        let expected = Harness.losses(singleOut)
         XCTAssertEqual(expected.count, 20, "--single wrote \(expected.count) losses")
 
         let before = cluster.receivedBytes("host2")
@@ -356,13 +337,13 @@ extension MultiHostTests {
 
         // Rank 0's files are on host1's disk, and nowhere else.
         let host1Run = cluster.disk("host1") + "/" + run
-        let got = multiHostLosses(host1Run)
+        let got = Harness.losses(host1Run)
         XCTAssertEqual(got.count, 20, "host1's metrics.jsonl has \(got.count) losses\n\(r.tail)")
         for (step, (a, b)) in zip(got, expected).enumerated() {
             XCTAssertLessThanOrEqual(abs(a - b) / abs(b), 1e-5, "step \(step + 1): loss \(a) on the cluster, \(b) single")
         }
         if exact {
-            XCTAssertEqual(multiHostLossTexts(host1Run), multiHostLossTexts(singleOut),
+            XCTAssertEqual(Harness.lossTexts(host1Run), Harness.lossTexts(singleOut),
                            "--reduction exact: the cluster's losses are not byte-identical to --single's")
         }
         let latest = (try? String(contentsOfFile: host1Run + "/latest", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
