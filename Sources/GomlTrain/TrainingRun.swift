@@ -19,6 +19,9 @@ public struct RunSettings {
     public var stopAfter: Int? = nil
     /// Show the live progress line even where stdout's kind cannot be told (under mpirun).
     public var progress = false
+    /// Fault injection for tests: this rank nudges one parameter after its first step, as a
+    /// replica that silently diverged would.
+    public var divergingRank: Int? = nil
     public init() {}
 }
 
@@ -91,6 +94,7 @@ public final class TrainingRun {
                 throw RunFailure(message: "non-finite \(result.loss.isFinite ? "gradient norm" : "loss") at step \(result.step) (loss \(result.loss), grad norm \(result.gradNorm)); stopped without writing a checkpoint — lower --lr or check the data", code: 5)
             }
             let step = result.step
+            if settings.divergingRank == comm.rank && step == 1 { trainer.params.pointer[0] += 1e-3 }
             var record: [(String, String)] = [
                 ("step", "\(step)"), ("loss", "\(result.loss)"), ("lr", "\(result.lr)"), ("grad_norm", "\(result.gradNorm)"),
                 ("ms", String(format: "%.3f", result.timings.total * 1000)),

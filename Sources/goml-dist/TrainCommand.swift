@@ -23,6 +23,8 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Checkpoints to keep.") var keep: Int = 3
     @Option(help: "Continue from a checkpoint file, or an output directory's latest.") var resume: String?
     @Flag(help: "Show a live progress line with ETA (launch/train sets it when its output is a terminal).") var progress = false
+    @Option(name: .customLong("fault-diverge-rank"), help: ArgumentHelp("Make this rank's replica diverge after step 1 (tests the replica checks).", visibility: .hidden))
+    var faultDivergeRank: Int?
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -69,6 +71,7 @@ struct TrainCommand: ParsableCommand {
             settings.threads = threads
             settings.stopAfter = stopAfter
             settings.progress = progress
+            settings.divergingRank = faultDivergeRank
             if let resume {
                 settings.resume = true
                 // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.

@@ -50,6 +50,18 @@ final class ExactReductionTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("power-of-two world size"), r.output)
     }
 
+    /// A replica that drifts from the others is caught at the next parameter checksum, naming
+    /// the ranks and the step, and the whole job stops.
+    func testADivergedReplicaStopsTheJob() {
+        let out = Harness.temporaryDirectory("diverge")
+        let r = Harness.mpirun(np: 4, ["train", "--config", "tiny", "--steps", "30", "--eval-every", "0", "--checksum-every", "5",
+                                      "--fault-diverge-rank", "2", "--data", Harness.corpus, "--out", out], timeout: 120)
+        XCTAssertFalse(r.timedOut)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("ranks 0 and 2 disagree on the parameter checksum before step 6"), r.output)
+        XCTAssertEqual(Harness.losses(out).count, 5, "stopped at the first check after the divergence")
+    }
+
     /// A rank that stops responding (SIGSTOP) ends the job with the timeout message instead of a hang.
     func testAStoppedRankEndsTheJobAfterTheTimeout() throws {
         let out = Harness.temporaryDirectory("sigstop")
