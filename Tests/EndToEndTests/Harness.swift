@@ -49,9 +49,20 @@ enum Harness {
         do { try process.run() } catch {
             return Result(status: -1, stdout: "", stderr: "cannot start \(executable): \(error)", timedOut: false, seconds: 0)
         }
+        let timedOut = waitForExit(process, started: start, timeout: timeout)
+        // Generated text may hold any bytes: decode leniently.
+        let out = String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
+        let err = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
+        return Result(status: process.terminationStatus, stdout: out, stderr: err, timedOut: timedOut,
+                      seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Waits for `process` to end; past `timeout` seconds from `started`, ends it (TERM, then
+    /// KILL). Returns whether it timed out.
+    static func waitForExit(_ process: Process, started: Date, timeout: Double) -> Bool {
         var timedOut = false
         while process.isRunning {
-            if Date().timeIntervalSince(start) > timeout {
+            if Date().timeIntervalSince(started) > timeout {
                 timedOut = true
                 process.terminate()
                 Thread.sleep(forTimeInterval: 2)
@@ -61,11 +72,7 @@ enum Harness {
             Thread.sleep(forTimeInterval: 0.05)
         }
         process.waitUntilExit()
-        // Generated text may hold any bytes: decode leniently.
-        let out = String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
-        let err = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
-        return Result(status: process.terminationStatus, stdout: out, stderr: err, timedOut: timedOut,
-                      seconds: Date().timeIntervalSince(start))
+        return timedOut
     }
 
     static func goml(_ arguments: [String], timeout: Double = 300) -> Result {

@@ -155,18 +155,7 @@ private struct MultiHostJob {
 
     /// Waits for the exit, or kills the process after `timeout` seconds.
     func wait(timeout: Double) -> MultiHostResult {
-        var timedOut = false
-        while process.isRunning {
-            if Date().timeIntervalSince(started) > timeout {
-                timedOut = true
-                process.terminate()
-                Thread.sleep(forTimeInterval: 2)
-                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-                break
-            }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        process.waitUntilExit()
+        let timedOut = Harness.waitForExit(process, started: started, timeout: timeout)
         let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
         try? FileManager.default.removeItem(atPath: outputPath)
         return MultiHostResult(status: process.terminationStatus, output: output, timedOut: timedOut,

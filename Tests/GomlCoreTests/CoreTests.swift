@@ -6,6 +6,21 @@ import Foundation
 import XCTest
 
 final class CoreTests: XCTestCase {
+    /// GradientCheck's small model with random weights (std 0.3) and a random batch of 2.
+    func randomModel(_ kind: FFNKind, seed: UInt64) -> (ParameterLayout, Transformer, [Float]) {
+        let config = GradientCheck.smallConfig(kind)
+        let layout = ParameterLayout(config)
+        let model = Transformer(config: config, batch: 2)
+        var rng = Xoshiro256(seed: seed)
+        var params = [Float](repeating: 0, count: layout.count)
+        params.withUnsafeMutableBufferPointer { layout.initialise($0, rng: &rng, std: 0.3) }
+        for i in 0..<model.rows {
+            model.tokens[i] = Int32(rng.nextBelow(config.vocab))
+            model.targets[i] = Int32(rng.nextBelow(config.vocab))
+        }
+        return (layout, model, params)
+    }
+
     func testGradientsMatchFiniteDifferencesForBothFFNKinds() {
         for kind in FFNKind.allCases {
             for r in GradientCheck.run(config: GradientCheck.smallConfig(kind)) {
@@ -18,13 +33,7 @@ final class CoreTests: XCTestCase {
     func testGradientCheckCatchesAWrongGradient() {
         // Corrupt the analytic gradient of one tensor through the same code path the check uses:
         // a model whose W2 gradient is doubled must be flagged for W2 (and only be close elsewhere).
-        let config = GradientCheck.smallConfig(.swiglu)
-        let layout = ParameterLayout(config)
-        let model = Transformer(config: config, batch: 2)
-        var rng = Xoshiro256(seed: 3)
-        var params = [Float](repeating: 0, count: layout.count)
-        params.withUnsafeMutableBufferPointer { layout.initialise($0, rng: &rng, std: 0.3) }
-        for i in 0..<model.rows { model.tokens[i] = Int32(rng.nextBelow(config.vocab)); model.targets[i] = Int32(rng.nextBelow(config.vocab)) }
+        let (layout, model, params) = randomModel(.swiglu, seed: 3)
         var grads = [Float](repeating: 0, count: layout.count)
         params.withUnsafeBufferPointer { p in
             model.forward(p.baseAddress!, gradScale: 1 / Float(model.rows))
@@ -46,13 +55,7 @@ final class CoreTests: XCTestCase {
 
     func testOverwritingBackwardEqualsAccumulatingIntoZeros() {
         for kind in FFNKind.allCases {
-            let config = GradientCheck.smallConfig(kind)
-            let layout = ParameterLayout(config)
-            let model = Transformer(config: config, batch: 2)
-            var rng = Xoshiro256(seed: 11)
-            var params = [Float](repeating: 0, count: layout.count)
-            params.withUnsafeMutableBufferPointer { layout.initialise($0, rng: &rng, std: 0.3) }
-            for i in 0..<model.rows { model.tokens[i] = Int32(rng.nextBelow(config.vocab)); model.targets[i] = Int32(rng.nextBelow(config.vocab)) }
+            let (layout, model, params) = randomModel(kind, seed: 11)
             var accumulated = [Float](repeating: 0, count: layout.count)
             var overwritten = [Float](repeating: .nan, count: layout.count)   // garbage that must not survive
             params.withUnsafeBufferPointer { p in
