@@ -24,9 +24,6 @@ public final class FloatBuffer {
 
     /// self[i] += other[i].
     public func add(_ other: UnsafePointer<Float>) { addInPlace(base, other, count: count) }
-
-    /// True when every value is finite.
-    public var allFinite: Bool { pointer.allSatisfy { $0.isFinite } }
 }
 
 /// destination[i] += source[i] for i in 0..<count.

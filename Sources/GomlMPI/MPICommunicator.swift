@@ -102,10 +102,6 @@ public final class MPICommunicator: Communicator {
         }
     }
 
-    public func barrier() {
-        check("MPI_Barrier") { MPI_Barrier(world) }
-    }
-
     public func abort(_ message: String, code: Int32) -> Never {
         FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8))
         MPI_Abort(world, code)

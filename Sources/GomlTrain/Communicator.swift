@@ -19,7 +19,6 @@ public protocol Communicator: AnyObject {
     func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int)
     /// Sends `outgoing` to `partner` while receiving `incoming` from it (no deadlock).
     func exchange(_ outgoing: UnsafeBufferPointer<Float>, _ incoming: UnsafeMutableBufferPointer<Float>, with partner: Int)
-    func barrier()
     /// Ends every rank of the job with `code`, after printing `message` (once, from this rank).
     func abort(_ message: String, code: Int32) -> Never
     func finalize()
@@ -55,7 +54,6 @@ public final class SingleProcessCommunicator: Communicator {
     public func exchange(_ outgoing: UnsafeBufferPointer<Float>, _ incoming: UnsafeMutableBufferPointer<Float>, with partner: Int) {
         preconditionFailure("a single process has no rank \(partner) to exchange with")
     }
-    public func barrier() {}
     public func abort(_ message: String, code: Int32) -> Never {
         FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8))
         exit(code)
