@@ -145,9 +145,9 @@ public final class Trainer {
 
     /// Leaf `leaf` of the exact reduction tree: one micro-shard's gradient, overwriting `buffer`.
     private func microShardGradient(_ leaf: Int, into buffer: FloatBuffer) {
+        lap(\.reduce)   // the tree additions since the previous leaf
         let micro = options.microBatch, first = leaf * micro
         load(sequences: first..<(first + micro), into: model, from: train, offsets: offsets)
-        clock = DispatchTime.now().uptimeNanoseconds
         model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
         lap(\.forward)
         model.backward(UnsafePointer(params.base), buffer.base, accumulate: false)
@@ -167,7 +167,6 @@ public final class Trainer {
             tree.reduceLocal((myShard.lowerBound / micro)..<(myShard.upperBound / micro)) { leaf, buffer in
                 microShardGradient(leaf, into: buffer)
             }
-            clock = DispatchTime.now().uptimeNanoseconds
             tree.reduceAcrossRanks(comm)
         } else {
             pool.run()
