@@ -1,11 +1,11 @@
+// Xoshiro256: the one seeded generator behind initialisation, batch sampling and text
+// sampling. Its whole state is four words, so checkpoints can store and restore it.
+
 #if canImport(Glibc)
 import Glibc
 #else
 import Darwin
 #endif
-
-// Xoshiro256: the one seeded generator behind initialisation, batch sampling and text
-// sampling. Its whole state is four words, so checkpoints can store and restore it.
 
 public struct Xoshiro256: RandomNumberGenerator, Sendable, Equatable {
     public var state: (UInt64, UInt64, UInt64, UInt64)

@@ -1,3 +1,6 @@
+// `goml-dist bench`: times full training steps (or text generation) and prints the figures
+// BENCHMARKS.md records; the last line is JSON for scripts. Timing only, no maths here.
+
 import ArgumentParser
 import Foundation
 import GomlCore

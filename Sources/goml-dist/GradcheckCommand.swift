@@ -1,3 +1,6 @@
+// `goml-dist gradcheck`: runs GomlCore's finite-difference check for each FFN kind and
+// fails past a stated tolerance.
+
 import ArgumentParser
 import Foundation
 import GomlCore

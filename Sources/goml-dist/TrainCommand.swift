@@ -1,3 +1,6 @@
+// `goml-dist train`: parses the options, checks them on every rank, and hands over to
+// GomlTrain's TrainingRun. Every rank runs this; rank 0 alone reads a resumed checkpoint.
+
 import ArgumentParser
 import Foundation
 import GomlCore

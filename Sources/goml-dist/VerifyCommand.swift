@@ -1,3 +1,6 @@
+// `goml-dist verify`: recomputes a PyTorch reference dump with GomlIO's ReferenceDump and
+// prints one line per compared quantity; exit 1 when any is out of tolerance.
+
 import ArgumentParser
 import GomlCore
 import GomlIO
