@@ -59,7 +59,7 @@ struct OptimizationOptions: ParsableArguments {
 }
 
 struct ParallelOptions: ParsableArguments {
-    @Option(help: "BLAS threads per rank (default: cores on the node / ranks on the node).") var threads: Int?
+    @Option(help: "Cores per rank (default: the node's cores / its ranks): worker threads that split the rank's sequences, one BLAS thread each, or BLAS threads when the sequences do not split evenly.") var threads: Int?
     @Flag(help: "Run in this process without MPI (for debuggers and valgrind).") var single = false
     @Option(name: .customLong("collective-timeout"), help: "Seconds a collective may wait before the job is ended (0: never).")
     var collectiveTimeout: Double = 300
