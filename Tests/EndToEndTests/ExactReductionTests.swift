@@ -10,12 +10,7 @@ final class ExactReductionTests: XCTestCase {
          "--log-every", "10", "--reduction", "exact", "--data", Harness.corpus, "--out", out] + extra
     }
 
-    func validationTexts(_ out: String) -> [String] {
-        let text = (try? String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").compactMap { line in
-            line.range(of: "\"val_loss\":").map { String(line[$0.upperBound...].prefix { $0 != "," && $0 != "}" }) }
-        }
-    }
+    func validationTexts(_ out: String) -> [String] { Harness.fieldTexts(out, "val_loss") }
 
     func testEveryWorldSizeGivesTheSameBits() throws {
         let single = Harness.temporaryDirectory("exact-single")

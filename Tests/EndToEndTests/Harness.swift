@@ -100,14 +100,17 @@ enum Harness {
         }
     }
 
-    /// Per-step losses as written (the exact decimal text, for byte-level comparisons).
-    static func lossTexts(_ outDirectory: String) -> [String] {
+    /// The values of `field` in OUT/metrics.jsonl as written (the exact decimal text, for
+    /// byte-level comparisons), from the records that have it.
+    static func fieldTexts(_ outDirectory: String, _ field: String) -> [String] {
         guard let text = try? String(contentsOfFile: outDirectory + "/metrics.jsonl", encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { line in
-            guard let r = line.range(of: "\"loss\":") else { return nil }
+            guard let r = line.range(of: "\"\(field)\":") else { return nil }
             return String(line[r.upperBound...].prefix { $0 != "," && $0 != "}" })
         }
     }
+
+    static func lossTexts(_ outDirectory: String) -> [String] { fieldTexts(outDirectory, "loss") }
 
     static func losses(_ outDirectory: String) -> [Double] { lossTexts(outDirectory).compactMap(Double.init) }
 
