@@ -51,7 +51,8 @@ public final class TrainingRun {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         optionsJSON = String(decoding: try encoder.encode(trainer.options), as: UTF8.self)
-        configHash = contentChecksum(Array(optionsJSON.utf8).map { Float($0) }.withUnsafeBufferPointer { $0 })
+        // The hash of the options' bytes (each widened to a float so the one checksum serves).
+        configHash = Array(optionsJSON.utf8).map { Float($0) }.withUnsafeBufferPointer { contentChecksum($0) }
         header = Array(repeating: 0, count: Self.headerFields)
         gathered = Array(repeating: 0, count: Self.headerFields * trainer.comm.size)
         log = try RankZeroLog(isRoot: trainer.comm.isRoot, directory: settings.outDirectory,
