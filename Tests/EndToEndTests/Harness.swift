@@ -10,7 +10,7 @@ enum Harness {
     static var binary: String {
         ProcessInfo.processInfo.environment["GOML_DIST_BIN"] ?? packageRoot + "/.build/release/goml-dist"
     }
-    static var corpus: String { packageRoot + "/../shared/data/tinyshakespeare.txt" }
+    static var corpus: String { packageRoot + "/data/tinyshakespeare.txt" }
     static var fixtures: String { packageRoot + "/Tests/Fixtures" }
 
     struct Result {

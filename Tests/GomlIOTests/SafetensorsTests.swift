@@ -497,10 +497,8 @@ final class SafetensorsTests: XCTestCase {
             .deletingLastPathComponent()  // GomlIOTests
             .deletingLastPathComponent()  // Tests
             .deletingLastPathComponent()  // package root
-        let path = packageRoot.appendingPathComponent("../shared/fixtures/tiny_step.safetensors").standardized.path
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw XCTSkip("fixture not found at \(path)")
-        }
+        // A missing fixture must fail, not skip: it is part of the repository.
+        let path = packageRoot.appendingPathComponent("Tests/Fixtures/tiny_step.safetensors").path
         let file = try SafetensorsFile(path: path)
 
         let tokens = try file.tensor("tokens")
