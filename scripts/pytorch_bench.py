@@ -1,5 +1,5 @@
 """The anchors' PyTorch measurement, re-run on this machine so goml-dist is compared on the
-same CPU: the SPEC model from shared/anchors/reference_pytorch.py (sdpa attention,
+same CPU: the model of docs/model.md in plain PyTorch (scripts/reference_pytorch.py) (sdpa attention,
 torch.optim.AdamW with decay on 2-D params, clip_grad_norm_(1.0)). A step = sample batch +
 forward + backward + clip + AdamW + loss.item(); 3 warm-up steps; median over the rest.
 
@@ -10,7 +10,7 @@ Needs torch (pip install torch); not part of the product or its tests.
 import argparse, json, os, statistics, sys, time
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(here, "..", "..", "shared", "anchors"))
+sys.path.insert(0, here)
 import torch  # noqa: E402
 from reference_pytorch import (Config, Transformer, init_weights, torch_adamw, BatchSampler,  # noqa: E402
                                load_bytes, eval_loss, lr_at, flops_per_token)
@@ -18,7 +18,7 @@ from reference_pytorch import (Config, Transformer, init_weights, torch_adamw, B
 PRESETS = {"tiny": (Config(dim=64, layers=2, heads=4, ffn=172, seq_len=64), 8),
            "nano": (Config(dim=128, layers=4, heads=4, ffn=344, seq_len=64), 12),
            "small": (Config(dim=384, layers=6, heads=6, ffn=1024, seq_len=256), 8)}
-DATA = os.path.join(here, "..", "..", "shared", "data", "tinyshakespeare.txt")
+DATA = os.path.join(here, "..", "data", "tinyshakespeare.txt")
 
 
 def train_step(model, opt, sampler):
