@@ -15,6 +15,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .target(name: "CStopSignal"),
         .target(name: "GomlCore", dependencies: ["CBLAS"], swiftSettings: optimise),
         .target(name: "GomlIO", dependencies: ["GomlCore"], swiftSettings: optimise),
         .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO"], swiftSettings: optimise),
@@ -22,7 +23,7 @@ let package = Package(
         .executableTarget(
             name: "goml-dist",
             dependencies: [
-                "GomlCore", "GomlIO", "GomlTrain", "GomlMPI",
+                "GomlCore", "GomlIO", "GomlTrain", "GomlMPI", "CStopSignal",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimise

@@ -4,10 +4,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.build/release/goml-dist"
 
-# Installs the Debian packages the build and mpirun need, when any is missing.
+# Installs the Debian packages the build and mpirun need, and any named (launch/slurm asks
+# for slurm-wlm and munge), when any is missing.
 ensure_packages() {
     local missing=()
-    for p in libopenmpi-dev openmpi-bin libopenblas-dev; do
+    for p in libopenmpi-dev openmpi-bin libopenblas-dev "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -22,6 +22,11 @@ public struct RunSettings {
     /// Fault injection for tests: this rank nudges one parameter after its first step, as a
     /// replica that silently diverged would.
     public var divergingRank: Int? = nil
+    /// Polled before every step: the signal that asked this rank to stop, 0 when none. A request
+    /// on any rank stops every rank after the same step, with a checkpoint.
+    public var stopSignal: () -> Int32 = { 0 }
+    /// The scheduler's allocation (Slurm job, nodes, tasks), for the header.
+    public var allocation: String? = nil
     public init() {}
 }
 
@@ -30,6 +35,8 @@ public struct RunFailure: Error, CustomStringConvertible {
     public let message: String
     public let code: Int32
     public var description: String { message }
+    /// Exit code of a run stopped by a signal after writing its checkpoint (resume it).
+    public static let stoppedCode: Int32 = 8
 }
 
 public final class TrainingRun {
@@ -83,12 +90,14 @@ public final class TrainingRun {
     public func run() throws {
         let o = trainer.options
         if settings.resume { restore() } else { trainer.initialiseParameters() }
+        var checkpointedStep = settings.resume ? trainer.step : -1
         printHeader()
         let started = Date()
         var trainSeconds = 0.0
         let lastStep = min(o.steps, settings.stopAfter ?? o.steps)
         while trainer.step < lastStep {
-            try agreeOnHeader(nextStep: trainer.step + 1)
+            let stopSignal = try agreeOnHeader(nextStep: trainer.step + 1)
+            if stopSignal != 0 { try stop(by: stopSignal, checkpointedStep: checkpointedStep) }
             let result = trainer.trainStep()
             trainSeconds += result.timings.total
             guard result.finite else {
@@ -112,9 +121,24 @@ public final class TrainingRun {
             }
             log.metrics(record)
             if comm.isRoot && o.sampleEvery > 0 && step % o.sampleEvery == 0 { sample() }
-            if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == lastStep { try checkpoint() }
+            if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == lastStep {
+                try checkpoint()
+                checkpointedStep = step
+            }
         }
         log.line(String(format: "done: %d steps in %.1f s (%.1f s training)", trainer.step, Date().timeIntervalSince(started), trainSeconds))
+    }
+
+    /// Every rank learnt of the stop request from the same header: each has finished the same
+    /// step, so the checkpoint (unless this step has one) continues the run unchanged.
+    private func stop(by signal: Int32, checkpointedStep: Int) throws {
+        if checkpointedStep != trainer.step { try checkpoint() }
+        if comm.isRoot {
+            let name = signal == SIGTERM ? "SIGTERM" : signal == SIGUSR1 ? "SIGUSR1" : "signal \(signal)"
+            let path = (try? Checkpoint.resolve(settings.outDirectory)) ?? settings.outDirectory
+            log.line("stopped by \(name) after step \(trainer.step) of \(trainer.options.steps); checkpoint \(path); continue with the same command and --resume \(settings.outDirectory)")
+        }
+        throw RunFailure(message: "", code: RunFailure.stoppedCode)
     }
 
     /// Rank 0 writes the checkpoint; a failure there ends the whole job, so no rank goes on alone.
@@ -151,11 +175,14 @@ public final class TrainingRun {
         }
     }
 
-    static let headerFields = 7
+    /// Fields every rank must agree on, then the stop request (a signal number, 0 for none).
+    static let comparedFields = 7
+    static let headerFields = comparedFields + 1
 
     /// Every rank shares (step, options hash, data position, and every --checksum-every steps a
-    /// parameter checksum); any difference names the ranks and stops the job.
-    private func agreeOnHeader(nextStep: Int) throws {
+    /// parameter checksum); any difference names the ranks and stops the job. Returns the
+    /// signal that asked any rank to stop (0: go on), the same on every rank.
+    private func agreeOnHeader(nextStep: Int) throws -> Int32 {
         func split(_ v: UInt64) -> (Double, Double) { (Double(v >> 32), Double(v & 0xFFFF_FFFF)) }
         let checksum = trainer.options.checksumEvery > 0 && (nextStep - 1) % trainer.options.checksumEvery == 0
             ? trainer.parameterChecksum() : 0
@@ -164,15 +191,17 @@ public final class TrainingRun {
         (header[3], header[4]) = split(data)
         (header[5], header[6]) = split(checksum)
         header[0] = Double(nextStep)
+        header[Self.comparedFields] = Double(settings.stopSignal())
         comm.noteStep(nextStep)
         header.withUnsafeBufferPointer { h in gathered.withUnsafeMutableBufferPointer { comm.allGather(h, into: $0) } }
-        let n = Self.headerFields
-        for r in 1..<max(1, comm.size) where Array(gathered[(r * n)..<((r + 1) * n)]) != Array(gathered[0..<n]) {
+        let n = Self.headerFields, compared = Self.comparedFields
+        for r in 1..<max(1, comm.size) where Array(gathered[(r * n)..<(r * n + compared)]) != Array(gathered[0..<compared]) {
             let what = gathered[r * n] != gathered[0] ? "step"
                 : (gathered[r * n + 1], gathered[r * n + 2]) != (gathered[1], gathered[2]) ? "options/config"
                 : (gathered[r * n + 3], gathered[r * n + 4]) != (gathered[3], gathered[4]) ? "data position" : "parameter checksum"
             throw RunFailure(message: comm.isRoot ? "ranks 0 and \(r) disagree on the \(what) before step \(nextStep); replicas diverged — stopping" : "", code: 6)
         }
+        return Int32((0..<comm.size).map { gathered[$0 * n + compared] }.max() ?? 0)
     }
 
     private func printHeader() {
@@ -180,6 +209,7 @@ public final class TrainingRun {
         let resume = settings.resumeFrom.map { " resumed from \($0.path) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
         log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)")
+        if let allocation = settings.allocation { log.line(allocation) }
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
     }

@@ -18,11 +18,24 @@ var launchedByMPI: Bool {
     return ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].contains { env[$0] != nil }
 }
 
-/// Cores this rank uses: --threads, or this node's cores shared among its ranks. The exact
-/// reduction uses one: OpenBLAS's threaded sgemm splits some products differently from its
-/// single-threaded path and rounds them differently.
+/// Cores this rank uses: --threads, or under Slurm the job's --cpus-per-task, or this node's
+/// cores shared among its ranks. The exact reduction uses one: OpenBLAS's threaded sgemm
+/// splits some products differently from its single-threaded path and rounds them differently.
 func coresPerRank(_ parallel: ParallelOptions, _ comm: Communicator, exact: Bool) -> Int {
-    exact ? 1 : parallel.threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
+    if exact { return 1 }
+    if let threads = parallel.threads { return threads }
+    if let slurm = ProcessInfo.processInfo.environment["SLURM_CPUS_PER_TASK"].flatMap(Int.init), slurm > 0 { return slurm }
+    return max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
+}
+
+/// The Slurm job this runs in, for the run's header: nil outside Slurm.
+func slurmAllocation() -> String? {
+    let env = ProcessInfo.processInfo.environment
+    guard let job = env["SLURM_JOB_ID"] else { return nil }
+    let nodes = env["SLURM_JOB_NUM_NODES"] ?? env["SLURM_NNODES"] ?? "?"
+    let tasks = env["SLURM_NTASKS"].map { ", \($0) task(s)" } ?? ""
+    let cpus = env["SLURM_CPUS_PER_TASK"].map { ", \($0) cpu(s) per task" } ?? ""
+    return "slurm job \(job): \(nodes) node(s) \(env["SLURM_JOB_NODELIST"] ?? "")\(tasks)\(cpus)"
 }
 
 /// Worker threads that split the batch each run one BLAS thread; a single worker gets them all.

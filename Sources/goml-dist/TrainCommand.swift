@@ -2,6 +2,7 @@
 // GomlTrain's TrainingRun. Every rank runs this; rank 0 alone reads a resumed checkpoint.
 
 import ArgumentParser
+import CStopSignal
 import Foundation
 import GomlCore
 import GomlIO
@@ -66,6 +67,8 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let comm = makeCommunicator(parallel)
+        // After MPI's set-up, so that ours is SIGTERM's handler.
+        _ = goml_stop_signal_install()
         let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
         let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
             let options = try self.options()
@@ -75,6 +78,8 @@ struct TrainCommand: ParsableCommand {
             settings.stopAfter = stopAfter
             settings.progress = progress
             settings.divergingRank = faultDivergeRank
+            settings.stopSignal = { goml_stop_signal_received() }
+            settings.allocation = slurmAllocation()
             if let resume {
                 settings.resume = true
                 // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.

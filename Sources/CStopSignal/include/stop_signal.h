@@ -1,0 +1,14 @@
+// A stop request by signal (SIGTERM: what Slurm and most schedulers send before SIGKILL;
+// SIGUSR1: what mpirun forwards to the ranks without killing them),
+// recorded by a handler that only stores the signal number (async-signal-safe); the training
+// loop polls it between steps.
+#ifndef GOML_STOP_SIGNAL_H
+#define GOML_STOP_SIGNAL_H
+
+/// Installs the handler for SIGTERM and SIGUSR1. Returns 0, or -1 when sigaction fails.
+int goml_stop_signal_install(void);
+
+/// The signal that asked this process to stop, or 0 when none has arrived.
+int goml_stop_signal_received(void);
+
+#endif

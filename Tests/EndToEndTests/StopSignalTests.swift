@@ -1,0 +1,122 @@
+// StopSignalTests: SIGTERM (what schedulers send before SIGKILL) under plain mpirun. Every rank
+// finishes the same step, rank 0 writes a checkpoint, the job ends with status 8 and one line
+// saying how to resume; resuming ends with the parameters of a run that never stopped.
+
+import Foundation
+import GomlIO
+import XCTest
+
+/// The tiny training every stop test runs: long enough to be signalled mid-run.
+func stopTestArguments(_ out: String, steps: Int = 300) -> [String] {
+    ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--threads", "1", "--eval-every", "0",
+     "--eval-batches", "2", "--log-every", "50", "--data", Harness.corpus, "--out", out]
+}
+
+/// Steps recorded so far in OUT/metrics.jsonl.
+func recordedSteps(_ out: String) -> Int { Harness.fieldTexts(out, "step").count }
+
+/// Waits until OUT has recorded more than `steps` steps, while `running` holds; false if that
+/// never happened.
+func waitForTraining(_ out: String, past steps: Int = 0, running: () -> Bool, timeout: Double = 120) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while recordedSteps(out) <= steps && running() && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+    return recordedSteps(out) > steps && running()
+}
+
+final class StopSignalTests: XCTestCase {
+    /// A background `mpirun -np 2 goml-dist …` with its output in one file.
+    struct Job {
+        let process: Process
+        let log: String
+        var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+    }
+
+    func startMpirun(_ arguments: [String], mpiOptions: [String] = []) throws -> Job {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
+        process.arguments = ["-np", "2"] + Harness.mpirunOptions + mpiOptions + [Harness.binary] + arguments
+        process.environment = Harness.environment
+        let log = Harness.temporaryDirectory("stoplog") + "/log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = FileHandle(forWritingAtPath: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        return Job(process: process, log: log)
+    }
+
+    /// The ranks of the job writing to `out` (their command lines name it).
+    func rankPIDs(_ out: String) -> [Int32] {
+        Harness.run("/usr/bin/pgrep", ["-f", "goml-dist train .*--out \(out)( |$)"], timeout: 10).stdout
+            .split(separator: "\n").compactMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
+            .filter { pid in
+                // mpirun's own command line names the output too: keep the goml-dist processes.
+                let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? ""
+                return exe.hasSuffix("/goml-dist")
+            }
+    }
+
+    func finish(_ job: Job, timeout: Double = 120) -> Bool {
+        Harness.waitForExit(job.process, started: Date(), timeout: timeout)
+    }
+
+    /// SIGTERM to one rank: both stop after the same step with a checkpoint and status 8; the
+    /// resumed run's losses and final parameter bytes equal an uninterrupted run's.
+    func testSigtermOnOneRankCheckpointsAndResumesExactly() throws {
+        let reference = Harness.temporaryDirectory("stopref")
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(reference)), "uninterrupted run")
+
+        let out = Harness.temporaryDirectory("stopped")
+        let job = try startMpirun(stopTestArguments(out))
+        guard waitForTraining(out, running: { job.process.isRunning }) else {
+            _ = finish(job, timeout: 5)
+            return XCTFail("training did not get going\n\(job.output.suffix(3000))")
+        }
+        let ranks = rankPIDs(out)
+        XCTAssertEqual(ranks.count, 2, "expected the job's two ranks")
+        guard let victim = ranks.last else { _ = finish(job, timeout: 5); return }
+        kill(victim, SIGTERM)
+        XCTAssertFalse(finish(job), "the job did not end after SIGTERM\n\(job.output.suffix(3000))")
+        let text = job.output
+        XCTAssertEqual(job.process.terminationStatus, 8, text.suffix(3000).description)
+        let ckpt = try Checkpoint.loadTraining(Checkpoint.resolve(out))
+        XCTAssertGreaterThan(ckpt.step, 0)
+        XCTAssertLessThan(ckpt.step, 300, "the run was not stopped mid-way")
+        XCTAssertEqual(recordedSteps(out), ckpt.step, "every recorded step is in the checkpoint")
+        XCTAssertTrue(text.contains("stopped by SIGTERM after step \(ckpt.step) of 300") && text.contains("--resume \(out)"), text.suffix(3000).description)
+
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(out) + ["--resume", out]), "resumed run")
+        XCTAssertEqual(Harness.lossTexts(out), Harness.lossTexts(reference), "per-step losses, bit for bit")
+        XCTAssertEqual(try Harness.checkpointTensorBytes(out), try Harness.checkpointTensorBytes(reference), "final parameter bytes")
+    }
+
+    /// SIGTERM to mpirun itself: it forwards SIGTERM to the ranks and kills them
+    /// odls_base_sigkill_timeout seconds later (1 by default); with time given, they checkpoint.
+    /// SIGUSR1 to mpirun (forwarded, nothing killed) stops the job the same way, with status 8.
+    func testSignalsToMpirunStopWithACheckpoint() throws {
+        let out = Harness.temporaryDirectory("termmpirun")
+        let job = try startMpirun(stopTestArguments(out, steps: 100_000), mpiOptions: ["--mca", "odls_base_sigkill_timeout", "5"])
+        guard waitForTraining(out, running: { job.process.isRunning }) else {
+            _ = finish(job, timeout: 5)
+            return XCTFail("training did not get going\n\(job.output.suffix(3000))")
+        }
+        kill(job.process.processIdentifier, SIGTERM)
+        XCTAssertFalse(finish(job), "the job did not end after SIGTERM\n\(job.output.suffix(3000))")
+        let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
+        XCTAssertGreaterThan(step, 0)
+        XCTAssertTrue(job.output.contains("stopped by SIGTERM after step \(step) of 100000"), job.output.suffix(3000).description)
+
+        let usr1 = try startMpirun(stopTestArguments(out, steps: 100_000) + ["--resume", out])
+        guard waitForTraining(out, past: step, running: { usr1.process.isRunning }) else {
+            _ = finish(usr1, timeout: 5)
+            return XCTFail("the resumed training did not get going\n\(usr1.output.suffix(3000))")
+        }
+        kill(usr1.process.processIdentifier, SIGUSR1)
+        XCTAssertFalse(finish(usr1), "the job did not end after SIGUSR1\n\(usr1.output.suffix(3000))")
+        XCTAssertEqual(usr1.process.terminationStatus, 8, usr1.output.suffix(3000).description)
+        let later = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
+        XCTAssertGreaterThan(later, step)
+        XCTAssertTrue(usr1.output.contains("stopped by SIGUSR1 after step \(later) of 100000"), usr1.output.suffix(3000).description)
+    }
+}
