@@ -88,7 +88,7 @@ final class StopSignalTests: XCTestCase {
 
         Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(out) + ["--resume", out]), "resumed run")
         XCTAssertEqual(Harness.lossTexts(out), Harness.lossTexts(reference), "per-step losses, bit for bit")
-        XCTAssertEqual(try Harness.checkpointTensorBytes(out), try Harness.checkpointTensorBytes(reference), "final parameter bytes")
+        XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(reference), "final parameter bytes differ from the uninterrupted run's")
     }
 
     /// SIGTERM to mpirun itself: it forwards SIGTERM to the ranks and kills them

@@ -1,0 +1,197 @@
+// SlurmTests: launch/slurm/train.sbatch on a real Slurm cluster — munged, slurmctld and slurmd
+// on this machine, brought up by launch/slurm/local-cluster (one node, this machine's CPUs) in
+// a directory of its own and taken down again by every test, also when it fails, leaving no
+// daemon running. Needs root (the scripts install slurm-wlm and munge when missing).
+
+import Foundation
+import GomlIO
+import XCTest
+
+final class SlurmTests: XCTestCase {
+    static let script = Harness.packageRoot + "/launch/slurm/train.sbatch"
+    static let steps = 300
+
+    /// The uninterrupted run the stopped jobs must reproduce (plain mpirun, 2 ranks of 1 thread,
+    /// as the jobs below get from Slurm).
+    static let reference: String = {
+        let out = Harness.temporaryDirectory("slurmref")
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(out, steps: steps)), "uninterrupted run")
+        return out
+    }()
+
+    struct Cluster {
+        let directory: String
+        var environment: [String: String] {
+            // A port of its own, so a cluster a developer has up on the default one is left alone.
+            ["SLURM_CONF": directory + "/slurm.conf", "GOML_SLURM_DIR": directory, "GOML_SLURM_PORT": "6837",
+             "GOML_DIST_BIN": Harness.binary]
+        }
+
+        func run(_ tool: String, _ arguments: [String], timeout: Double = 60) -> Harness.Result {
+            Harness.run("/usr/bin/" + tool, arguments, timeout: timeout, environment: environment)
+        }
+
+        /// Submits the example script with `options` for sbatch and `training` for goml-dist train;
+        /// returns the job id, or the run's result when sbatch failed.
+        func submit(_ options: [String], _ training: [String], log: String) -> (Int?, Harness.Result) {
+            let r = run("sbatch", ["--parsable", "--output", log] + options + [SlurmTests.script] + training)
+            return (Int(r.stdout.split(separator: ";").first?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""), r)
+        }
+
+        /// The job's state and exit code as scontrol shows them ("RUNNING", "0:0").
+        func state(_ job: Int) -> (state: String, exitCode: String) {
+            let text = run("scontrol", ["show", "job", "-o", String(job)], timeout: 30).stdout
+            func field(_ name: String) -> String {
+                guard let r = text.range(of: " \(name)=") else { return "" }
+                return String(text[r.upperBound...].prefix { $0 != " " && $0 != "\n" })
+            }
+            return (field("JobState"), field("ExitCode"))
+        }
+
+        /// Waits until the job's state is one of `states`; returns the last state seen.
+        func wait(_ job: Int, for states: Set<String>, timeout: Double = 180) -> (state: String, exitCode: String) {
+            let deadline = Date().addingTimeInterval(timeout)
+            var current = state(job)
+            while !states.contains(current.state) && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.3)
+                current = state(job)
+            }
+            return current
+        }
+
+        /// Waits until the job has trained past `steps` steps in `out` while it runs.
+        func waitForTraining(_ job: Int, _ out: String, past steps: Int = 0, timeout: Double = 120) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while recordedSteps(out) <= steps && Date() < deadline {
+                if !["PENDING", "CONFIGURING", "RUNNING", ""].contains(state(job).state) { return false }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+            return recordedSteps(out) > steps && state(job).state == "RUNNING"
+        }
+    }
+
+    /// Brings a cluster up in a fresh directory; the teardown takes it down and checks that no
+    /// Slurm or munge process is left.
+    func startCluster() throws -> Cluster {
+        let cluster = Cluster(directory: Harness.temporaryDirectory("slurm"))
+        let script = Harness.packageRoot + "/launch/slurm/local-cluster"
+        addTeardownBlock {
+            let down = Harness.run(script, ["down"], timeout: 120, environment: cluster.environment)
+            XCTAssertEqual(down.status, 0, "local-cluster down failed\n\(down.output)")
+            let left = Harness.run("/usr/bin/pgrep", ["-a", "-f", "\(cluster.directory)|slurmstepd"], timeout: 10).stdout
+                .split(separator: "\n").filter { !$0.contains("pgrep") }
+            XCTAssertEqual(left, [], "processes left after local-cluster down")
+        }
+        let up = Harness.run(script, ["up"], timeout: 900, environment: cluster.environment)
+        guard up.status == 0 else { throw ClusterError(message: "local-cluster up failed (exit \(up.status))\n\(up.output)") }
+        return cluster
+    }
+
+    struct ClusterError: Error, CustomStringConvertible {
+        let message: String
+        var description: String { message }
+    }
+
+    func text(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    /// The example script as submitted: 2 ranks on the node, no hostfile, threads from
+    /// --cpus-per-task, the job named in the header; then 1 task of 1 CPU on this 2-core node
+    /// (without Slurm goml-dist would give that rank both cores).
+    func testBatchScriptTrainsInTheAllocation() throws {
+        let cluster = try startCluster()
+        let host = localHostName()
+        let out = Harness.temporaryDirectory("slurmrun")
+        let log = out + "/job.log"
+        let (job, submitted) = cluster.submit(["--wait"], trainingWithoutThreads(out, steps: 20), log: log)
+        guard let job else { return XCTFail("sbatch failed\n\(submitted.output)") }
+        XCTAssertEqual(submitted.status, 0, "the job failed\n\(text(log).suffix(3000))")
+        let output = text(log)
+        XCTAssertTrue(output.contains("world 2 rank(s), 1 BLAS thread(s) per rank"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("slurm job \(job): 1 node(s) \(host), 2 task(s), 1 cpu(s) per task"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("done: 20 steps"), output.suffix(3000).description)
+        XCTAssertEqual(cluster.state(job).exitCode, "0:0")
+        XCTAssertEqual(try Checkpoint.loadTraining(Checkpoint.resolve(out)).step, 20)
+        XCTAssertEqual(Harness.losses(out).count, 20)
+
+        let one = Harness.temporaryDirectory("slurmone")
+        let (oneJob, oneRun) = cluster.submit(["--wait", "--ntasks-per-node=1", "--cpus-per-task=1"], trainingWithoutThreads(one, steps: 5), log: one + "/job.log")
+        XCTAssertNotNil(oneJob, oneRun.output)
+        XCTAssertEqual(oneRun.status, 0, text(one + "/job.log").suffix(3000).description)
+        XCTAssertTrue(text(one + "/job.log").contains("world 1 rank(s), 1 BLAS thread(s) per rank"), text(one + "/job.log").suffix(3000).description)
+    }
+
+    /// `scancel --batch --signal=TERM` mid-run: the script has the ranks stop after the same step,
+    /// rank 0 checkpoints, the job ends with status 8 without requeueing; a second sbatch of the
+    /// same script resumes from OUT/latest and ends with an uninterrupted run's losses and bytes.
+    func testTermMidRunCheckpointsAndASecondJobResumesExactly() throws {
+        let reference = Self.reference
+        let cluster = try startCluster()
+        let out = Harness.temporaryDirectory("slurmterm")
+        let log = out + "/job.log"
+        let training = Array(stopTestArguments(out, steps: Self.steps).dropFirst())
+        let (submitted, result) = cluster.submit([], training, log: log)
+        guard let job = submitted else { return XCTFail("sbatch failed\n\(result.output)") }
+        guard cluster.waitForTraining(job, out) else {
+            return XCTFail("the job did not get going: \(cluster.state(job))\n\(text(log).suffix(3000))")
+        }
+        let cancel = cluster.run("scancel", ["--batch", "--signal=TERM", String(job)])
+        XCTAssertEqual(cancel.status, 0, cancel.output)
+        let ended = cluster.wait(job, for: ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"])
+        XCTAssertEqual(ended.exitCode, "8:0", "job state \(ended.state)\n\(text(log).suffix(3000))")
+        let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
+        XCTAssertGreaterThan(step, 0)
+        XCTAssertLessThan(step, Self.steps, "the job was not stopped mid-run")
+        let output = text(log)
+        XCTAssertTrue(output.contains("stopped by SIGUSR1 after step \(step) of \(Self.steps)"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("submit this script again"), output.suffix(3000).description)
+        XCTAssertFalse(output.contains("requeueing"), output.suffix(3000).description)
+
+        let (again, resumed) = cluster.submit(["--wait"], training, log: out + "/job2.log")
+        XCTAssertNotNil(again, resumed.output)
+        XCTAssertEqual(resumed.status, 0, text(out + "/job2.log").suffix(3000).description)
+        XCTAssertTrue(text(out + "/job2.log").contains("resumes from \(out)/ckpt-"), text(out + "/job2.log").suffix(3000).description)
+        XCTAssertEqual(Harness.lossTexts(out), Harness.lossTexts(reference), "per-step losses, bit for bit")
+        XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(reference), "final parameter bytes differ from the uninterrupted run's")
+    }
+
+    /// The time-limit warning (--signal=B:USR1@120, sent here with scancel): the run stops with a
+    /// checkpoint, the job requeues itself and, started again, resumes to the uninterrupted
+    /// run's parameters. (A requeued job waits 120 s to start; the test lets it start at once.)
+    func testTimeLimitWarningRequeuesAndTheJobResumes() throws {
+        let reference = Self.reference
+        let cluster = try startCluster()
+        let out = Harness.temporaryDirectory("slurmrequeue")
+        let log = out + "/job.log"
+        let (submitted, result) = cluster.submit([], Array(stopTestArguments(out, steps: Self.steps).dropFirst()), log: log)
+        guard let job = submitted else { return XCTFail("sbatch failed\n\(result.output)") }
+        guard cluster.waitForTraining(job, out) else {
+            return XCTFail("the job did not get going: \(cluster.state(job))\n\(text(log).suffix(3000))")
+        }
+        XCTAssertEqual(cluster.run("scancel", ["--batch", "--signal=USR1", String(job)]).status, 0)
+        let requeued = cluster.wait(job, for: ["PENDING", "COMPLETED", "FAILED"])
+        XCTAssertEqual(requeued.state, "PENDING", "the job did not requeue\n\(text(log).suffix(3000))")
+        let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
+        XCTAssertLessThan(step, Self.steps, "the job was not stopped mid-run")
+        XCTAssertEqual(cluster.run("scontrol", ["update", "JobId=\(job)", "StartTime=now"]).status, 0)
+        let ended = cluster.wait(job, for: ["COMPLETED", "FAILED", "CANCELLED"])
+        let output = text(log)
+        XCTAssertEqual(ended.state, "COMPLETED", output.suffix(3000).description)
+        XCTAssertTrue(output.contains("stopped by SIGUSR1 after step \(step) of \(Self.steps)"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("requeueing job \(job)"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("job \(job) (start 1) resumes from \(out)/ckpt-"), output.suffix(3000).description)
+        XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(reference), "final parameter bytes differ from the uninterrupted run's")
+    }
+
+    /// Training options without --threads, so goml-dist takes its threads from Slurm.
+    func trainingWithoutThreads(_ out: String, steps: Int) -> [String] {
+        var arguments = Array(stopTestArguments(out, steps: steps).dropFirst())
+        if let i = arguments.firstIndex(of: "--threads") { arguments.removeSubrange(i...(i + 1)) }
+        return arguments
+    }
+
+    func localHostName() -> String {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count - 1)
+        return String(cString: name).split(separator: ".").first.map(String.init) ?? ""
+    }
+}
