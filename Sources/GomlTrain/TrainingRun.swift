@@ -201,7 +201,9 @@ public final class TrainingRun {
                 : (gathered[r * n + 3], gathered[r * n + 4]) != (gathered[3], gathered[4]) ? "data position" : "parameter checksum"
             throw RunFailure(message: comm.isRoot ? "ranks 0 and \(r) disagree on the \(what) before step \(nextStep); replicas diverged — stopping" : "", code: 6)
         }
-        return Int32((0..<comm.size).map { gathered[$0 * n + compared] }.max() ?? 0)
+        var stopSignal = 0.0
+        for r in 0..<comm.size { stopSignal = max(stopSignal, gathered[r * n + compared]) }
+        return Int32(stopSignal)
     }
 
     private func printHeader() {
