@@ -48,6 +48,16 @@ final class SlurmTests: XCTestCase {
             return (field("JobState"), field("ExitCode"))
         }
 
+        static let ended: Set<String> = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"]
+
+        /// Submits and waits for the job to end (polling: sbatch --wait checks only every few
+        /// seconds); returns its exit code as scontrol shows it ("0:0"), or sbatch's failure.
+        func submitAndWait(_ options: [String], _ training: [String], log: String) -> (job: Int?, exitCode: String, sbatch: Harness.Result) {
+            let (job, r) = submit(options, training, log: log)
+            guard let job else { return (nil, "", r) }
+            return (job, wait(job, for: Self.ended).exitCode, r)
+        }
+
         /// Waits until the job's state is one of `states`; returns the last state seen.
         func wait(_ job: Int, for states: Set<String>, timeout: Double = 180) -> (state: String, exitCode: String) {
             let deadline = Date().addingTimeInterval(timeout)
@@ -102,21 +112,20 @@ final class SlurmTests: XCTestCase {
         let host = localHostName()
         let out = Harness.temporaryDirectory("slurmrun")
         let log = out + "/job.log"
-        let (job, submitted) = cluster.submit(["--wait"], trainingWithoutThreads(out, steps: 20), log: log)
-        guard let job else { return XCTFail("sbatch failed\n\(submitted.output)") }
-        XCTAssertEqual(submitted.status, 0, "the job failed\n\(text(log).suffix(3000))")
+        let (submitted, exitCode, sbatch) = cluster.submitAndWait([], trainingWithoutThreads(out, steps: 20), log: log)
+        guard let job = submitted else { return XCTFail("sbatch failed\n\(sbatch.output)") }
+        XCTAssertEqual(exitCode, "0:0", "the job failed\n\(text(log).suffix(3000))")
         let output = text(log)
         XCTAssertTrue(output.contains("world 2 rank(s), 1 BLAS thread(s) per rank"), output.suffix(3000).description)
         XCTAssertTrue(output.contains("slurm job \(job): 1 node(s) \(host), 2 task(s), 1 cpu(s) per task"), output.suffix(3000).description)
         XCTAssertTrue(output.contains("done: 20 steps"), output.suffix(3000).description)
-        XCTAssertEqual(cluster.state(job).exitCode, "0:0")
         XCTAssertEqual(try Checkpoint.loadTraining(Checkpoint.resolve(out)).step, 20)
         XCTAssertEqual(Harness.losses(out).count, 20)
 
         let one = Harness.temporaryDirectory("slurmone")
-        let (oneJob, oneRun) = cluster.submit(["--wait", "--ntasks-per-node=1", "--cpus-per-task=1"], trainingWithoutThreads(one, steps: 5), log: one + "/job.log")
+        let (oneJob, oneExit, oneRun) = cluster.submitAndWait(["--ntasks-per-node=1", "--cpus-per-task=1"], trainingWithoutThreads(one, steps: 5), log: one + "/job.log")
         XCTAssertNotNil(oneJob, oneRun.output)
-        XCTAssertEqual(oneRun.status, 0, text(one + "/job.log").suffix(3000).description)
+        XCTAssertEqual(oneExit, "0:0", text(one + "/job.log").suffix(3000).description)
         XCTAssertTrue(text(one + "/job.log").contains("world 1 rank(s), 1 BLAS thread(s) per rank"), text(one + "/job.log").suffix(3000).description)
     }
 
@@ -136,7 +145,7 @@ final class SlurmTests: XCTestCase {
         }
         let cancel = cluster.run("scancel", ["--batch", "--signal=TERM", String(job)])
         XCTAssertEqual(cancel.status, 0, cancel.output)
-        let ended = cluster.wait(job, for: ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"])
+        let ended = cluster.wait(job, for: Cluster.ended)
         XCTAssertEqual(ended.exitCode, "8:0", "job state \(ended.state)\n\(text(log).suffix(3000))")
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertGreaterThan(step, 0)
@@ -146,9 +155,9 @@ final class SlurmTests: XCTestCase {
         XCTAssertTrue(output.contains("submit this script again"), output.suffix(3000).description)
         XCTAssertFalse(output.contains("requeueing"), output.suffix(3000).description)
 
-        let (again, resumed) = cluster.submit(["--wait"], training, log: out + "/job2.log")
+        let (again, resumedExit, resumed) = cluster.submitAndWait([], training, log: out + "/job2.log")
         XCTAssertNotNil(again, resumed.output)
-        XCTAssertEqual(resumed.status, 0, text(out + "/job2.log").suffix(3000).description)
+        XCTAssertEqual(resumedExit, "0:0", text(out + "/job2.log").suffix(3000).description)
         XCTAssertTrue(text(out + "/job2.log").contains("resumes from \(out)/ckpt-"), text(out + "/job2.log").suffix(3000).description)
         XCTAssertEqual(Harness.lossTexts(out), Harness.lossTexts(reference), "per-step losses, bit for bit")
         XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(reference), "final parameter bytes differ from the uninterrupted run's")
@@ -173,7 +182,7 @@ final class SlurmTests: XCTestCase {
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertLessThan(step, Self.steps, "the job was not stopped mid-run")
         XCTAssertEqual(cluster.run("scontrol", ["update", "JobId=\(job)", "StartTime=now"]).status, 0)
-        let ended = cluster.wait(job, for: ["COMPLETED", "FAILED", "CANCELLED"])
+        let ended = cluster.wait(job, for: Cluster.ended)
         let output = text(log)
         XCTAssertEqual(ended.state, "COMPLETED", output.suffix(3000).description)
         XCTAssertTrue(output.contains("stopped by SIGUSR1 after step \(step) of \(Self.steps)"), output.suffix(3000).description)
