@@ -91,6 +91,34 @@ final class StopSignalTests: XCTestCase {
         XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(reference), "final parameter bytes differ from the uninterrupted run's")
     }
 
+    /// SIGTERM to launch/train: it has mpirun forward SIGUSR1, the job stops with a checkpoint
+    /// and the launcher exits 8 without restarting it.
+    func testSigtermToTheLauncherStopsTheJob() throws {
+        let out = Harness.temporaryDirectory("launcherstop")
+        let launcher = Process()
+        launcher.executableURL = URL(fileURLWithPath: Harness.packageRoot + "/launch/train")
+        // --bin: the launcher must not build (`swift test` holds the build directory's lock).
+        launcher.arguments = ["--bin", Harness.binary, "--np", "2", "--max-restarts", "2", "--"] + stopTestArguments(out, steps: 100_000).dropFirst()
+        launcher.environment = Harness.environment
+        let log = Harness.temporaryDirectory("launcherlog") + "/log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = FileHandle(forWritingAtPath: log)
+        launcher.standardOutput = handle
+        launcher.standardError = handle
+        try launcher.run()
+        let job = Job(process: launcher, log: log)
+        guard waitForTraining(out, running: { launcher.isRunning }) else {
+            _ = finish(job, timeout: 5)
+            return XCTFail("training did not get going\n\(job.output.suffix(3000))")
+        }
+        kill(launcher.processIdentifier, SIGTERM)
+        XCTAssertFalse(finish(job), "the launcher did not end after SIGTERM\n\(job.output.suffix(3000))")
+        XCTAssertEqual(launcher.terminationStatus, 8, job.output.suffix(3000).description)
+        let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
+        XCTAssertTrue(job.output.contains("stopped by SIGUSR1 after step \(step) of 100000"), job.output.suffix(3000).description)
+        XCTAssertFalse(job.output.contains("restart"), job.output.suffix(3000).description)
+    }
+
     /// SIGTERM to mpirun itself: it forwards SIGTERM to the ranks and kills them
     /// odls_base_sigkill_timeout seconds later (1 by default); with time given, they checkpoint.
     /// SIGUSR1 to mpirun (forwarded, nothing killed) stops the job the same way, with status 8.
