@@ -21,6 +21,8 @@ final class SlurmTests: XCTestCase {
 
     struct Cluster {
         let directory: String
+        /// Nodes above one are network-namespace hosts, and Slurm's commands run on their head.
+        var nodes = 1
         var environment: [String: String] {
             // A port of its own, so a cluster a developer has up on the default one is left alone.
             ["SLURM_CONF": directory + "/slurm.conf", "GOML_SLURM_DIR": directory, "GOML_SLURM_PORT": "6837",
@@ -28,7 +30,9 @@ final class SlurmTests: XCTestCase {
         }
 
         func run(_ tool: String, _ arguments: [String], timeout: Double = 60) -> Harness.Result {
-            Harness.run("/usr/bin/" + tool, arguments, timeout: timeout, environment: environment)
+            if nodes == 1 { return Harness.run("/usr/bin/" + tool, arguments, timeout: timeout, environment: environment) }
+            return Harness.run(Harness.packageRoot + "/launch/cluster", ["run", "head", "--", "/usr/bin/" + tool] + arguments,
+                               timeout: timeout, environment: environment.merging(["GOML_CLUSTER": "gomlslurm"]) { $1 })
         }
 
         /// Submits the example script with `options` for sbatch and `training` for goml-dist train;
@@ -82,8 +86,8 @@ final class SlurmTests: XCTestCase {
 
     /// Brings a cluster up in a fresh directory; the teardown takes it down and checks that no
     /// Slurm or munge process is left.
-    func startCluster() throws -> Cluster {
-        let cluster = Cluster(directory: Harness.temporaryDirectory("slurm"))
+    func startCluster(nodes: Int = 1) throws -> Cluster {
+        let cluster = Cluster(directory: Harness.temporaryDirectory("slurm"), nodes: nodes)
         let script = Harness.packageRoot + "/launch/slurm/local-cluster"
         addTeardownBlock {
             let down = Harness.run(script, ["down"], timeout: 120, environment: cluster.environment)
@@ -91,8 +95,10 @@ final class SlurmTests: XCTestCase {
             let left = Harness.run("/usr/bin/pgrep", ["-a", "-f", "\(cluster.directory)|slurmstepd"], timeout: 10).stdout
                 .split(separator: "\n").filter { !$0.contains("pgrep") }
             XCTAssertEqual(left, [], "processes left after local-cluster down")
+            let namespaces = Harness.run("/usr/sbin/ip", ["netns", "list"], timeout: 10).stdout
+            XCTAssertFalse(namespaces.contains("gomlslurm-"), "network namespaces left after local-cluster down: \(namespaces)")
         }
-        let up = Harness.run(script, ["up"], timeout: 900, environment: cluster.environment)
+        let up = Harness.run(script, ["up", String(nodes)], timeout: 900, environment: cluster.environment)
         guard up.status == 0 else { throw ClusterError(message: "local-cluster up failed (exit \(up.status))\n\(up.output)") }
         return cluster
     }
@@ -189,6 +195,25 @@ final class SlurmTests: XCTestCase {
         XCTAssertTrue(output.contains("requeueing job \(job)"), output.suffix(3000).description)
         XCTAssertTrue(output.contains("job \(job) (start 1) resumes from \(out)/ckpt-"), output.suffix(3000).description)
         XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(reference), "final parameter bytes differ from the uninterrupted run's")
+    }
+
+    /// Two nodes (network-namespace hosts, one slurmd each), one rank per node: mpirun starts
+    /// the second node's daemon through Slurm (srun), the ranks talk over TCP between the hosts,
+    /// and the run ends with the parameters of the same run on one machine.
+    func testTwoNodesOneRankEach() throws {
+        let single = Harness.temporaryDirectory("slurmtwo-ref")
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(single, steps: 20)), "the run on one machine")
+        let cluster = try startCluster(nodes: 2)
+        let out = Harness.temporaryDirectory("slurmtwo")
+        let log = out + "/job.log"
+        let (submitted, exitCode, sbatch) = cluster.submitAndWait(["--nodes=2", "--ntasks-per-node=1"],
+                                                                  Array(stopTestArguments(out, steps: 20).dropFirst()), log: log)
+        guard let job = submitted else { return XCTFail("sbatch failed\n\(sbatch.output)") }
+        XCTAssertEqual(exitCode, "0:0", "the job failed\n\(text(log).suffix(3000))")
+        let output = text(log)
+        XCTAssertTrue(output.contains("slurm job \(job): 2 node(s) host[1-2], 2 task(s), 1 cpu(s) per task"), output.suffix(3000).description)
+        XCTAssertTrue(text(cluster.directory + "/slurmd-host2.log").contains("launch task StepId=\(job)."), "no step of the job ran on host2")
+        XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(single), "final parameter bytes differ from the run on one machine")
     }
 
     /// Training options without --threads, so goml-dist takes its threads from Slurm.
