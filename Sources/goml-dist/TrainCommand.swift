@@ -66,8 +66,10 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
+        // Before MPI's set-up, so that a stop request during start-up does not kill the rank
+        // (SIGUSR1's default), and again after it, so that ours stays the handler.
+        _ = goml_stop_signal_install()
         let comm = makeCommunicator(parallel)
-        // After MPI's set-up, so that ours is SIGTERM's handler.
         _ = goml_stop_signal_install()
         let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
         let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
