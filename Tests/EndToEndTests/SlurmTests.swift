@@ -73,6 +73,17 @@ final class SlurmTests: XCTestCase {
             return current
         }
 
+        /// Waits until every node is idle (no job running or completing on it).
+        func waitForIdleNodes(timeout: Double = 60) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                let states = Set(run("sinfo", ["-h", "-N", "-o", "%t"], timeout: 30).stdout.split(separator: "\n").map(String.init))
+                if states == ["idle"] { return true }
+                Thread.sleep(forTimeInterval: 0.3)
+            }
+            return false
+        }
+
         /// Waits until the job has trained past `steps` steps in `out` while it runs.
         func waitForTraining(_ job: Int, _ out: String, past steps: Int = 0, timeout: Double = 120) -> Bool {
             let deadline = Date().addingTimeInterval(timeout)
@@ -187,6 +198,8 @@ final class SlurmTests: XCTestCase {
         XCTAssertEqual(requeued.state, "PENDING", "the job did not requeue\n\(text(log).suffix(3000))")
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertLessThan(step, Self.steps, "the job was not stopped mid-run")
+        // The requeued job's first run ends on the node (completing) before it may start again.
+        XCTAssertTrue(cluster.waitForIdleNodes(), "the node did not become idle after the requeue")
         XCTAssertEqual(cluster.run("scontrol", ["update", "JobId=\(job)", "StartTime=now"]).status, 0)
         let ended = cluster.wait(job, for: Cluster.ended)
         let output = text(log)
