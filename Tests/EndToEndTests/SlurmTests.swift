@@ -198,8 +198,12 @@ final class SlurmTests: XCTestCase {
         XCTAssertEqual(requeued.state, "PENDING", "the job did not requeue\n\(text(log).suffix(3000))")
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertLessThan(step, Self.steps, "the job was not stopped mid-run")
-        // The requeued job's first run ends on the node (completing) before it may start again.
+        // The requeued job's first run ends on the node (completing) before it may start again,
+        // and not within the second its credential was revoked: slurmd compares those times in
+        // whole seconds and would refuse the new start ("job credential revoked"). Slurm's own
+        // 120 s delay before a requeued job starts is what normally keeps them apart.
         XCTAssertTrue(cluster.waitForIdleNodes(), "the node did not become idle after the requeue")
+        Thread.sleep(forTimeInterval: 2)
         XCTAssertEqual(cluster.run("scontrol", ["update", "JobId=\(job)", "StartTime=now"]).status, 0)
         let ended = cluster.wait(job, for: Cluster.ended)
         let output = text(log)
