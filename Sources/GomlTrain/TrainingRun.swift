@@ -36,7 +36,7 @@ public struct RunFailure: Error, CustomStringConvertible {
     public let code: Int32
     public var description: String { message }
     /// Exit code of a run stopped by a signal after writing its checkpoint (resume it).
-    public static let stoppedCode: Int32 = 8
+    public static let stoppedCode: Int32 = 10
 }
 
 public final class TrainingRun {

@@ -147,7 +147,7 @@ final class SlurmTests: XCTestCase {
     }
 
     /// `scancel --batch --signal=TERM` mid-run: the script has the ranks stop after the same step,
-    /// rank 0 checkpoints, the job ends with status 8 without requeueing; a second sbatch of the
+    /// rank 0 checkpoints, the job ends with status 10 without requeueing; a second sbatch of the
     /// same script resumes from OUT/latest and ends with an uninterrupted run's losses and bytes.
     func testTermMidRunCheckpointsAndASecondJobResumesExactly() throws {
         let reference = Self.reference
@@ -163,7 +163,7 @@ final class SlurmTests: XCTestCase {
         let cancel = cluster.run("scancel", ["--batch", "--signal=TERM", String(job)])
         XCTAssertEqual(cancel.status, 0, cancel.output)
         let ended = cluster.wait(job, for: Cluster.ended)
-        XCTAssertEqual(ended.exitCode, "8:0", "job state \(ended.state)\n\(text(log).suffix(3000))")
+        XCTAssertEqual(ended.exitCode, "10:0", "job state \(ended.state)\n\(text(log).suffix(3000))")
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertGreaterThan(step, 0)
         XCTAssertLessThan(step, Self.steps, "the job was not stopped mid-run")

@@ -1,5 +1,5 @@
 // StopSignalTests: SIGTERM (what schedulers send before SIGKILL) under plain mpirun. Every rank
-// finishes the same step, rank 0 writes a checkpoint, the job ends with status 8 and one line
+// finishes the same step, rank 0 writes a checkpoint, the job ends with status 10 and one line
 // saying how to resume; resuming ends with the parameters of a run that never stopped.
 
 import Foundation
@@ -61,7 +61,7 @@ final class StopSignalTests: XCTestCase {
         Harness.waitForExit(job.process, started: Date(), timeout: timeout)
     }
 
-    /// SIGTERM to one rank: both stop after the same step with a checkpoint and status 8; the
+    /// SIGTERM to one rank: both stop after the same step with a checkpoint and status 10; the
     /// resumed run's losses and final parameter bytes equal an uninterrupted run's.
     func testSigtermOnOneRankCheckpointsAndResumesExactly() throws {
         let reference = Harness.temporaryDirectory("stopref")
@@ -79,7 +79,7 @@ final class StopSignalTests: XCTestCase {
         kill(victim, SIGTERM)
         XCTAssertFalse(finish(job), "the job did not end after SIGTERM\n\(job.output.suffix(3000))")
         let text = job.output
-        XCTAssertEqual(job.process.terminationStatus, 8, text.suffix(3000).description)
+        XCTAssertEqual(job.process.terminationStatus, 10, text.suffix(3000).description)
         let ckpt = try Checkpoint.loadTraining(Checkpoint.resolve(out))
         XCTAssertGreaterThan(ckpt.step, 0)
         XCTAssertLessThan(ckpt.step, 300, "the run was not stopped mid-way")
@@ -92,7 +92,7 @@ final class StopSignalTests: XCTestCase {
     }
 
     /// SIGTERM to launch/train: it has mpirun forward SIGUSR1, the job stops with a checkpoint
-    /// and the launcher exits 8 without restarting it.
+    /// and the launcher exits 10 without restarting it.
     func testSigtermToTheLauncherStopsTheJob() throws {
         let out = Harness.temporaryDirectory("launcherstop")
         let launcher = Process()
@@ -113,7 +113,7 @@ final class StopSignalTests: XCTestCase {
         }
         kill(launcher.processIdentifier, SIGTERM)
         XCTAssertFalse(finish(job), "the launcher did not end after SIGTERM\n\(job.output.suffix(3000))")
-        XCTAssertEqual(launcher.terminationStatus, 8, job.output.suffix(3000).description)
+        XCTAssertEqual(launcher.terminationStatus, 10, job.output.suffix(3000).description)
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertTrue(job.output.contains("stopped by SIGUSR1 after step \(step) of 100000"), job.output.suffix(3000).description)
         XCTAssertFalse(job.output.contains("restart"), job.output.suffix(3000).description)
@@ -121,7 +121,7 @@ final class StopSignalTests: XCTestCase {
 
     /// SIGTERM to mpirun itself: it forwards SIGTERM to the ranks and kills them
     /// odls_base_sigkill_timeout seconds later (1 by default); with time given, they checkpoint.
-    /// SIGUSR1 to mpirun (forwarded, nothing killed) stops the job the same way, with status 8.
+    /// SIGUSR1 to mpirun (forwarded, nothing killed) stops the job the same way, with status 10.
     func testSignalsToMpirunStopWithACheckpoint() throws {
         let out = Harness.temporaryDirectory("termmpirun")
         let job = try startMpirun(stopTestArguments(out, steps: 100_000), mpiOptions: ["--mca", "odls_base_sigkill_timeout", "5"])
@@ -142,7 +142,7 @@ final class StopSignalTests: XCTestCase {
         }
         kill(usr1.process.processIdentifier, SIGUSR1)
         XCTAssertFalse(finish(usr1), "the job did not end after SIGUSR1\n\(usr1.output.suffix(3000))")
-        XCTAssertEqual(usr1.process.terminationStatus, 8, usr1.output.suffix(3000).description)
+        XCTAssertEqual(usr1.process.terminationStatus, 10, usr1.output.suffix(3000).description)
         let later = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertGreaterThan(later, step)
         XCTAssertTrue(usr1.output.contains("stopped by SIGUSR1 after step \(later) of 100000"), usr1.output.suffix(3000).description)
