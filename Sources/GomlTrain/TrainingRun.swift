@@ -17,8 +17,10 @@ public struct RunSettings {
     public var peakGFLOPS: Double = 0
     /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
     public var stopAfter: Int? = nil
-    /// Show the live progress line even where stdout's kind cannot be told (under mpirun).
-    public var progress = false
+    /// The live progress line: on, off, or nil to show it when the output is a terminal.
+    public var progress: Bool? = nil
+    /// Redraw OUT/loss.svg every this many steps (0: only at the end).
+    public var plotEvery = 0
     /// Fault injection for tests: this rank nudges one parameter after its first step, as a
     /// replica that silently diverged would.
     public var divergingRank: Int? = nil
@@ -56,7 +58,8 @@ public final class TrainingRun {
         header = Array(repeating: 0, count: Self.headerFields)
         gathered = Array(repeating: 0, count: Self.headerFields * trainer.comm.size)
         log = try RankZeroLog(isRoot: trainer.comm.isRoot, directory: settings.outDirectory,
-                              resumeStep: settings.resumeFrom?.step, forceProgress: settings.progress)
+                              resumeStep: settings.resumeFrom?.step, progress: settings.progress)
+        try describeRun()
     }
 
     /// Restores parameters, moments, step and generators: rank 0 read the checkpoint (only its
@@ -111,10 +114,40 @@ public final class TrainingRun {
                 log.line(String(format: "step %6d | val loss %.4f | %.1f s", step, validation, Date().timeIntervalSince(started)))
             }
             log.metrics(record)
+            if comm.isRoot && settings.plotEvery > 0 && step % settings.plotEvery == 0 { plot() }
             if comm.isRoot && o.sampleEvery > 0 && step % o.sampleEvery == 0 { sample() }
             if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == lastStep { try checkpoint() }
         }
         log.line(String(format: "done: %d steps in %.1f s (%.1f s training)", trainer.step, Date().timeIntervalSince(started), trainSeconds))
+        if comm.isRoot {
+            plot()
+            let out = settings.outDirectory
+            log.line("wrote \(out)/metrics.jsonl, the loss curves \(out)/loss.svg and checkpoints (\(out)/latest names the newest)")
+        }
+    }
+
+    /// Rank 0 writes OUT/run.json: what `goml-dist plot` puts in its titles and legends. Runs
+    /// during set-up, so a failure ends every rank together.
+    private func describeRun() throws {
+        guard comm.isRoot else { return }
+        let o = trainer.options
+        let summary = "\(o.model.summary), batch \(o.batch), lr \(o.lr), \(comm.size) rank(s)"
+        let object: [String: Any] = ["summary": summary, "world_size": comm.size, "options": optionsJSON]
+        do {
+            try DurableFile.write(Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])), to: settings.outDirectory + "/run.json")
+        } catch {
+            throw RunFailure(message: "cannot write \(settings.outDirectory)/run.json: \(error)", code: 2)
+        }
+    }
+
+    /// Rank 0 redraws OUT/loss.svg from the metrics written so far; a failure is reported, not fatal.
+    private func plot() {
+        let out = settings.outDirectory
+        do {
+            try LossPlot.write(runs: [try RunCurves.load(directory: out)], x: .step, to: out + "/loss.svg")
+        } catch {
+            log.line("could not draw \(out)/loss.svg: \(error)")
+        }
     }
 
     /// Rank 0 writes the checkpoint; a failure there ends the whole job, so no rank goes on alone.

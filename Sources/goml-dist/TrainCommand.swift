@@ -25,14 +25,16 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("ckpt-every"), help: "Checkpoint every N steps (0: only at the end).") var ckptEvery: Int = 0
     @Option(help: "Checkpoints to keep.") var keep: Int = 3
     @Option(help: "Continue from a checkpoint file, or an output directory's latest.") var resume: String?
-    @Flag(help: "Show a live progress line with ETA (launch/train sets it when its output is a terminal).") var progress = false
+    @Flag(inversion: .prefixedNo, help: "A live progress line (step, loss, tokens/s, ETA) between logged lines; default: on when the output is a terminal.")
+    var progress: Bool?
+    @Option(name: .customLong("plot-every"), help: "Redraw OUT/loss.svg every N steps (0: only at the end).") var plotEvery: Int = 0
     @Option(name: .customLong("fault-diverge-rank"), help: ArgumentHelp("Make this rank's replica diverge after step 1 (tests the replica checks).", visibility: .hidden))
     var faultDivergeRank: Int?
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
     func validate() throws {
-        for (name, value) in [("eval-every", evalEvery), ("sample-every", sampleEvery), ("ckpt-every", ckptEvery), ("checksum-every", checksumEvery)] where value < 0 {
+        for (name, value) in [("eval-every", evalEvery), ("sample-every", sampleEvery), ("ckpt-every", ckptEvery), ("checksum-every", checksumEvery), ("plot-every", plotEvery)] where value < 0 {
             throw ValidationError("--\(name) is \(value); it must be ≥ 0")
         }
         if logEvery <= 0 { throw ValidationError("--log-every must be positive") }
@@ -74,6 +76,7 @@ struct TrainCommand: ParsableCommand {
             settings.threads = threads
             settings.stopAfter = stopAfter
             settings.progress = progress
+            settings.plotEvery = plotEvery
             settings.divergingRank = faultDivergeRank
             if let resume {
                 settings.resume = true
