@@ -94,7 +94,9 @@ public enum LossPlot {
 
         """
         s += "<text class=\"title\" x=\"\(width / 2)\" y=\"26\" text-anchor=\"middle\" font-size=\"17\" font-weight=\"bold\">\(escape(title(runs)))</text>\n"
-        let subtitle = runs.count == 1 ? runs[0].summary : runs.map { $0.summary.isEmpty ? $0.name : "\($0.name): \($0.summary)" }.joined(separator: " · ")
+        // One description when the runs share it; otherwise each run's goes into its legend row.
+        let sameSummary = Set(runs.map(\.summary)).count == 1
+        let subtitle = sameSummary ? runs[0].summary : ""
         if !subtitle.isEmpty {
             s += "<text class=\"subtitle\" x=\"\(width / 2)\" y=\"46\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">\(escape(subtitle))</text>\n"
         }
@@ -137,21 +139,23 @@ public enum LossPlot {
         }
 
         // Legend, top right inside the plot: one row per run and series.
-        var rows: [(String, String, Bool, Bool)] = []   // text, colour, dashed, faint
+        var rows: [(text: String, colour: String, dashed: Bool)] = []
         for (i, run) in runs.enumerated() {
-            let colour = palette[i % palette.count], prefix = runs.count > 1 ? run.name + " — " : ""
-            rows.append((prefix + "training (smoothed; raw faint)", colour, false, false))
+            let colour = palette[i % palette.count]
+            let described = sameSummary || run.summary.isEmpty ? run.name : "\(run.name) (\(run.summary))"
+            let prefix = runs.count > 1 ? described + " — " : ""
+            rows.append((prefix + "training (smoothed; raw faint)", colour, false))
             if let last = run.validation.last {
-                rows.append((prefix + String(format: "validation (last %.4f)", last.loss), colour, true, false))
+                rows.append((prefix + String(format: "validation (last %.4f)", last.loss), colour, true))
             }
         }
-        let legendWidth = 24 + 7.2 * Double(rows.map(\.0.count).max()!) + 16, legendHeight = Double(rows.count) * 20 + 10
+        let legendWidth = 24 + 7.2 * Double(rows.map(\.text.count).max()!) + 16, legendHeight = Double(rows.count) * 20 + 10
         let lx = left + plotWidth - legendWidth - 10, ly = top + 10
         s += "<g class=\"legend\">\n<rect x=\"\(lx)\" y=\"\(ly)\" width=\"\(legendWidth)\" height=\"\(legendHeight)\" fill=\"white\" fill-opacity=\"0.9\" stroke=\"#bbb\"/>\n"
         for (r, row) in rows.enumerated() {
             let y = ly + 18 + Double(r) * 20
-            s += "<line x1=\"\(lx + 8)\" y1=\"\(y - 4)\" x2=\"\(lx + 30)\" y2=\"\(y - 4)\" stroke=\"\(row.1)\" stroke-width=\"2.2\"\(row.2 ? " stroke-dasharray=\"7 4\"" : "")/>"
-            s += "<text x=\"\(lx + 38)\" y=\"\(y)\">\(escape(row.0))</text>\n"
+            s += "<line x1=\"\(lx + 8)\" y1=\"\(y - 4)\" x2=\"\(lx + 30)\" y2=\"\(y - 4)\" stroke=\"\(row.colour)\" stroke-width=\"2.2\"\(row.dashed ? " stroke-dasharray=\"7 4\"" : "")/>"
+            s += "<text class=\"legend-entry\" x=\"\(lx + 38)\" y=\"\(y)\">\(escape(row.text))</text>\n"
         }
         s += "</g>\n</svg>\n"
         return s

@@ -66,11 +66,15 @@ final class PlotTests: XCTestCase {
         XCTAssertEqual(svg.texts["x-label"], "step")
         XCTAssertEqual(svg.texts["y-label"], "loss (nats per byte)")
         XCTAssertTrue(svg.texts["title"]?.contains("runA") == true && svg.texts["title"]?.contains("runB") == true, "\(svg.texts)")
-        XCTAssertTrue(svg.texts["subtitle"]?.contains("C64 L2") == true, "the config is named: \(svg.texts)")
+        // The runs differ (lr), so each legend entry names its run's model and options.
+        let legend = svg.texts["legend-entry"] ?? ""
+        XCTAssertTrue(legend.contains("C64 L2") && legend.contains("lr 0.001") && legend.contains("lr 0.003"), legend)
 
         let timed = Harness.goml(["plot", a, "--x", "time", "--out", out], timeout: 60)
         Harness.assertSuccess(timed, "plot --x time")
-        XCTAssertEqual(SVGSummary.parse(out)?.texts["x-label"], "wall time (s)")
+        let single = try XCTUnwrap(SVGSummary.parse(out))
+        XCTAssertEqual(single.texts["x-label"], "wall time (s)")
+        XCTAssertTrue(single.texts["subtitle"]?.contains("C64 L2") == true, "one run: its config in the subtitle: \(single.texts)")
     }
 
     func testTrainingWritesItsOwnPlot() throws {
