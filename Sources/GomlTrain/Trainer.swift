@@ -29,7 +29,8 @@ public final class Trainer {
     /// Steps completed so far.
     public var step = 0
 
-    private let train: [UInt8], validation: [UInt8]
+    /// Read-only views of the corpus (mapped files): nothing is copied.
+    private let train: ByteSource, validation: ByteSource
     public var trainBytes: Int { train.count }
     public var validationBytes: Int { validation.count }
     /// One model per worker thread; workers split this rank's shard (allreduce mode).
@@ -51,7 +52,7 @@ public final class Trainer {
     /// one BLAS thread); the exact reduction always uses one.
     public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1) throws {
         try options.validate(worldSize: comm.size)
-        try split.check(seqLen: options.model.seqLen, source: "data")
+        try split.check(seqLen: options.model.seqLen)
         self.options = options
         self.comm = comm
         layout = ParameterLayout(options.model)
@@ -124,12 +125,10 @@ public final class Trainer {
     }
 
     /// Loads sequences `range` of a batch (their start offsets) into the model's rows.
-    private func load(sequences range: Range<Int>, into model: Transformer, from data: [UInt8], offsets: [Int]) {
-        data.withUnsafeBufferPointer { bytes in
-            for (row, g) in range.enumerated() {
-                fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: bytes, offset: offsets[g],
-                             seqLen: model.seqLen)
-            }
+    private func load(sequences range: Range<Int>, into model: Transformer, from data: ByteSource, offsets: [Int]) {
+        for (row, g) in range.enumerated() {
+            fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: data, offset: offsets[g],
+                         seqLen: model.seqLen)
         }
     }
 
