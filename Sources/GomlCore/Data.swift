@@ -8,6 +8,14 @@ public struct DataError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
+/// What keeps a ByteSource's memory alive. A file mapping also takes pages out of this process
+/// once they have been read (they stay in the page cache every rank shares), so a rank's
+/// resident memory does not grow with the part of the corpus it has sampled.
+public protocol ByteSourceOwner: AnyObject {
+    /// Releases this process's mapping of the pages around `bytes`; the bytes stay readable.
+    func releasePages(around bytes: UnsafeRawBufferPointer)
+}
+
 /// Read-only bytes held in pieces, addressed as their concatenation. A sequence may run from
 /// one piece into the next: the corpus is one stream of bytes, as if the files were joined.
 /// GomlCore never owns the memory: `owner` (a file mapping, or a copy) keeps it alive.
@@ -17,9 +25,9 @@ public struct ByteSource: @unchecked Sendable {
     /// starts[i] is pieces[i]'s offset in the concatenation; starts[pieces.count] == count.
     private let starts: [Int]
     public let count: Int
-    private let owner: AnyObject?
+    private let owner: ByteSourceOwner?
 
-    public init(pieces: [UnsafeBufferPointer<UInt8>], owner: AnyObject?) {
+    public init(pieces: [UnsafeBufferPointer<UInt8>], owner: ByteSourceOwner?) {
         self.pieces = pieces.filter { $0.count > 0 }
         var starts = [0]
         for piece in self.pieces { starts.append(starts.last! + piece.count) }
@@ -61,10 +69,26 @@ public struct ByteSource: @unchecked Sendable {
 
     @inline(__always)
     func start(ofPiece i: Int) -> Int { starts[i] }
+
+    /// Tells the owner that bytes offset..<offset+count have been read (allocates nothing).
+    public func releasePages(offset: Int, count: Int) {
+        guard let owner else { return }
+        var piece = piece(containing: offset), position = offset
+        let end = min(offset + count, self.count)
+        while position < end {
+            let upTo = min(end, starts[piece + 1])
+            let raw = UnsafeRawBufferPointer(pieces[piece])
+            owner.releasePages(around: UnsafeRawBufferPointer(rebasing: raw[(position - starts[piece])..<(upTo - starts[piece])]))
+            position = upTo
+            piece += 1
+        }
+    }
 }
 
 /// Owns the bytes of `ByteSource(copying:)`.
-private final class ByteStorage {
+private final class ByteStorage: ByteSourceOwner {
+    func releasePages(around bytes: UnsafeRawBufferPointer) {}
+
     let buffer: UnsafeMutableBufferPointer<UInt8>
     init(_ bytes: [UInt8]) {
         buffer = .allocate(capacity: max(1, bytes.count))

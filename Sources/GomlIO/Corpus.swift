@@ -17,9 +17,35 @@ public struct CorpusFile: Sendable {
     public let size: Int
 }
 
-/// Unmaps the corpus's files when the last view of them goes.
-final class CorpusMapping {
+/// The corpus's file maps: unmapped when the last view of them goes.
+final class CorpusMapping: ByteSourceOwner {
+    /// In address order once `seal()` ran.
     var regions: [(base: UnsafeMutableRawPointer, length: Int)] = []
+    /// Page tables map at most this span around a fault (fault-around never crosses it).
+    static let releaseBlock = 2 << 20
+
+    func seal() { regions.sort { $0.base < $1.base } }
+
+    /// Drops this process's mapping of the 2 MiB-aligned blocks around `bytes`, clipped to
+    /// their file's map (never a neighbour's memory). The pages stay in the page cache; a
+    /// later read maps them again. Without this, resident memory climbs with every sampled
+    /// sequence (the kernel maps up to 16 pages around each fault) towards the corpus size.
+    func releasePages(around bytes: UnsafeRawBufferPointer) {
+        guard let start = bytes.baseAddress, bytes.count > 0 else { return }
+        var low = 0, high = regions.count - 1
+        while low < high {
+            let mid = (low + high + 1) / 2
+            if UnsafeRawPointer(regions[mid].base) <= start { low = mid } else { high = mid - 1 }
+        }
+        let region = regions[low]
+        let base = Int(bitPattern: region.base), block = Self.releaseBlock
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let regionEnd = base + (region.length + page - 1) / page * page
+        let first = max(base, Int(bitPattern: start) / block * block)
+        let last = min(regionEnd, (Int(bitPattern: start) + bytes.count + block - 1) / block * block)
+        if first < last { madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED) }
+    }
+
     deinit {
         for region in regions {
             goml_corpus_unguard(region.base)
@@ -82,6 +108,7 @@ public struct Corpus {
             guard goml_corpus_guard(base, size, path) == 0 else { throw FileError("out of memory guarding the map of \(path)") }
             pieces.append(UnsafeBufferPointer(start: base.assumingMemoryBound(to: UInt8.self), count: size))
         }
+        mapping.seal()
         return Corpus(files: files, bytes: ByteSource(pieces: pieces, owner: mapping), fingerprint: hasher.finish())
     }
 

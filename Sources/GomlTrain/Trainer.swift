@@ -132,6 +132,11 @@ public final class Trainer {
         }
     }
 
+    /// The pages this step's sequences were read from leave the process (see ByteSourceOwner).
+    private func releaseSequences(_ range: Range<Int>) {
+        for g in range { train.releasePages(offset: offsets[g], count: options.model.seqLen + 1) }
+    }
+
     private var timings = StepTimings()
     private var clock: UInt64 = 0
 
@@ -166,9 +171,11 @@ public final class Trainer {
             tree.reduceLocal((myShard.lowerBound / micro)..<(myShard.upperBound / micro)) { leaf, buffer in
                 microShardGradient(leaf, into: buffer)
             }
+            releaseSequences(myShard)
             tree.reduceAcrossRanks(comm)
         } else {
             pool.run()
+            releaseSequences(myShard)
             // Other workers finish within worker 0's time (equal shards): the wait counts as backward.
             timings.forward = workerTimings.forward
             timings.backward = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9 - timings.forward
@@ -207,6 +214,7 @@ public final class Trainer {
             let end = min(start + model.batch, mine.upperBound)
             let chunk = (start..<end).map { all[$0] } + Array(repeating: all[end - 1], count: model.batch - (end - start))
             load(sequences: 0..<model.batch, into: model, from: validation, offsets: chunk)
+            for offset in chunk { validation.releasePages(offset: offset, count: T + 1) }
             model.forward(UnsafePointer(params.base))
             for g in start..<end { evalLosses[g] = model.lossSum(sequence: g - start) }
             start = end

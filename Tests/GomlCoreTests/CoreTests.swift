@@ -112,7 +112,8 @@ final class CoreTests: XCTestCase {
         let whole = ByteSource(copying: text)
         let cuts = [0, 1, 40, 41, 45, 130, 299, 300]   // pieces of 1, 39, 1, 4, 85, 169 and 1 bytes
         let parts = zip(cuts, cuts.dropFirst()).map { ByteSource(copying: Array(text[$0..<$1])) }
-        let pieced = ByteSource(pieces: parts.flatMap(\.pieces), owner: parts as AnyObject)
+        let owner = PartsOwner(parts)
+        let pieced = ByteSource(pieces: parts.flatMap(\.pieces), owner: owner)
         XCTAssertEqual(pieced.count, 300)
         XCTAssertEqual(pieced.bytes, text)
         let T = 8
@@ -129,6 +130,16 @@ final class CoreTests: XCTestCase {
         XCTAssertEqual(split.train.bytes, reference.train.bytes)
         XCTAssertEqual(split.validation.bytes, reference.validation.bytes)
         XCTAssertEqual(pieced.slice(38..<132).bytes, Array(text[38..<132]))
+        // Released ranges are handed to the owner piece by piece.
+        pieced.releasePages(offset: 39, count: 8)
+        XCTAssertEqual(owner.released, [1, 1, 4, 2])
+    }
+
+    final class PartsOwner: ByteSourceOwner {
+        let parts: [ByteSource]
+        var released: [Int] = []
+        init(_ parts: [ByteSource]) { self.parts = parts }
+        func releasePages(around bytes: UnsafeRawBufferPointer) { released.append(bytes.count) }
     }
 
     func testInvalidConfigsAreRejectedWithTheirReason() {
