@@ -17,36 +17,53 @@ public struct CorpusFile: Sendable {
     public let size: Int
 }
 
-/// The corpus's file maps: unmapped when the last view of them goes.
+/// The corpus's file maps: unmapped when the last view of them goes. Not thread-safe: the
+/// trainer releases pages from one thread.
 final class CorpusMapping: ByteSourceOwner {
     /// In address order once `seal()` ran.
     var regions: [(base: UnsafeMutableRawPointer, length: Int)] = []
     /// Page tables map at most this span around a fault (fault-around never crosses it).
     static let releaseBlock = 2 << 20
+    /// Distinct blocks read since the last release; released together when this many gather,
+    /// so a small corpus read over and over costs one release per `pendingCapacity` blocks.
+    static let pendingCapacity = 64
+    private let pending = UnsafeMutablePointer<(start: Int, end: Int)>.allocate(capacity: pendingCapacity)
+    private var pendingCount = 0
+    private let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     func seal() { regions.sort { $0.base < $1.base } }
 
-    /// Drops this process's mapping of the 2 MiB-aligned blocks around `bytes`, clipped to
-    /// their file's map (never a neighbour's memory). The pages stay in the page cache; a
-    /// later read maps them again. Without this, resident memory climbs with every sampled
-    /// sequence (the kernel maps up to 16 pages around each fault) towards the corpus size.
+    /// Marks for release the 2 MiB-aligned blocks around `bytes`, clipped to their file's map
+    /// (never a neighbour's memory). Released pages stay in the page cache; a later read maps
+    /// them again. Without this, resident memory climbs with every sampled sequence (the kernel
+    /// maps up to 16 pages around each fault) towards the size of the corpus.
     func releasePages(around bytes: UnsafeRawBufferPointer) {
-        guard let start = bytes.baseAddress, bytes.count > 0 else { return }
+        guard let start = bytes.baseAddress, bytes.count > 0, !regions.isEmpty else { return }
         var low = 0, high = regions.count - 1
         while low < high {
             let mid = (low + high + 1) / 2
             if UnsafeRawPointer(regions[mid].base) <= start { low = mid } else { high = mid - 1 }
         }
-        let region = regions[low]
-        let base = Int(bitPattern: region.base), block = Self.releaseBlock
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let regionEnd = base + (region.length + page - 1) / page * page
+        let base = Int(bitPattern: regions[low].base), block = Self.releaseBlock
+        let regionEnd = base + (regions[low].length + pageSize - 1) / pageSize * pageSize
         let first = max(base, Int(bitPattern: start) / block * block)
         let last = min(regionEnd, (Int(bitPattern: start) + bytes.count + block - 1) / block * block)
-        if first < last { madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED) }
+        guard first < last else { return }
+        for i in 0..<pendingCount where pending[i].start == first && pending[i].end == last { return }
+        pending[pendingCount] = (first, last)
+        pendingCount += 1
+        if pendingCount == Self.pendingCapacity { releasePending() }
+    }
+
+    private func releasePending() {
+        for i in 0..<pendingCount {
+            madvise(UnsafeMutableRawPointer(bitPattern: pending[i].start), pending[i].end - pending[i].start, MADV_DONTNEED)
+        }
+        pendingCount = 0
     }
 
     deinit {
+        pending.deallocate()
         for region in regions {
             goml_corpus_unguard(region.base)
             munmap(region.base, region.length)
