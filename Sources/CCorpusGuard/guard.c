@@ -1,7 +1,7 @@
 // CCorpusGuard: a SIGBUS handler for the corpus's memory maps. A file truncated while it is
 // mapped makes reads past its new end fault with SIGBUS; inside a guarded mapping the handler
 // writes one line naming the file and ends the process (mpirun then ends the job). A SIGBUS
-// anywhere else keeps its default action. Only async-signal-safe calls in the handler.
+// anywhere else goes to the action installed before ours. Only async-signal-safe calls in the handler.
 #define _GNU_SOURCE
 #include "CCorpusGuard.h"
 #include <signal.h>
@@ -16,6 +16,7 @@ static size_t used, capacity;
 static char prefix[512];
 static int exit_code = 8;
 static int installed;
+static struct sigaction previous;   /* the handler before ours (e.g. the runtime's backtracer) */
 
 static void say(const char *text) {
     size_t n = strlen(text);
@@ -39,8 +40,8 @@ static void on_sigbus(int sig, siginfo_t *info, void *context) {
             _exit(exit_code);
         }
     }
-    // Not ours: the default action, when the faulting access repeats on return.
-    signal(sig, SIG_DFL);
+    /* Not ours: the previous action takes over when the faulting access repeats on return. */
+    sigaction(sig, &previous, NULL);
 }
 
 int goml_corpus_guard(const void *base, size_t length, const char *name) {
@@ -59,7 +60,7 @@ int goml_corpus_guard(const void *base, size_t length, const char *name) {
         action.sa_sigaction = on_sigbus;
         action.sa_flags = SA_SIGINFO;
         sigemptyset(&action.sa_mask);
-        if (sigaction(SIGBUS, &action, NULL) != 0) return -1;
+        if (sigaction(SIGBUS, &action, &previous) != 0) return -1;
         installed = 1;
     }
     return 0;
