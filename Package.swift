@@ -16,7 +16,8 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .target(name: "GomlCore", dependencies: ["CBLAS"], swiftSettings: optimise),
-        .target(name: "GomlIO", dependencies: ["GomlCore"], swiftSettings: optimise),
+        .target(name: "CCorpusGuard"),
+        .target(name: "GomlIO", dependencies: ["GomlCore", "CCorpusGuard"], swiftSettings: optimise),
         .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO"], swiftSettings: optimise),
         .target(name: "GomlMPI", dependencies: ["CMPI", "GomlTrain"], swiftSettings: optimise),
         .executableTarget(

@@ -29,7 +29,8 @@ public final class Trainer {
     /// Steps completed so far.
     public var step = 0
 
-    private let train: [UInt8], validation: [UInt8]
+    /// Read-only views of the corpus (mapped files): nothing is copied.
+    private let train: ByteSource, validation: ByteSource
     public var trainBytes: Int { train.count }
     public var validationBytes: Int { validation.count }
     /// One model per worker thread; workers split this rank's shard (allreduce mode).
@@ -51,7 +52,7 @@ public final class Trainer {
     /// one BLAS thread); the exact reduction always uses one.
     public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1) throws {
         try options.validate(worldSize: comm.size)
-        try split.check(seqLen: options.model.seqLen, source: "data")
+        try split.check(seqLen: options.model.seqLen)
         self.options = options
         self.comm = comm
         layout = ParameterLayout(options.model)
@@ -124,13 +125,16 @@ public final class Trainer {
     }
 
     /// Loads sequences `range` of a batch (their start offsets) into the model's rows.
-    private func load(sequences range: Range<Int>, into model: Transformer, from data: [UInt8], offsets: [Int]) {
-        data.withUnsafeBufferPointer { bytes in
-            for (row, g) in range.enumerated() {
-                fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: bytes, offset: offsets[g],
-                             seqLen: model.seqLen)
-            }
+    private func load(sequences range: Range<Int>, into model: Transformer, from data: ByteSource, offsets: [Int]) {
+        for (row, g) in range.enumerated() {
+            fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: data, offset: offsets[g],
+                         seqLen: model.seqLen)
         }
+    }
+
+    /// The pages this step's sequences were read from leave the process (see ByteSourceOwner).
+    private func releaseSequences(_ range: Range<Int>) {
+        for g in range { train.releasePages(offset: offsets[g], count: options.model.seqLen + 1) }
     }
 
     private var timings = StepTimings()
@@ -167,9 +171,11 @@ public final class Trainer {
             tree.reduceLocal((myShard.lowerBound / micro)..<(myShard.upperBound / micro)) { leaf, buffer in
                 microShardGradient(leaf, into: buffer)
             }
+            releaseSequences(myShard)
             tree.reduceAcrossRanks(comm)
         } else {
             pool.run()
+            releaseSequences(myShard)
             // Other workers finish within worker 0's time (equal shards): the wait counts as backward.
             timings.forward = workerTimings.forward
             timings.backward = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9 - timings.forward
@@ -208,6 +214,7 @@ public final class Trainer {
             let end = min(start + model.batch, mine.upperBound)
             let chunk = (start..<end).map { all[$0] } + Array(repeating: all[end - 1], count: model.batch - (end - start))
             load(sequences: 0..<model.batch, into: model, from: validation, offsets: chunk)
+            for offset in chunk { validation.releasePages(offset: offset, count: T + 1) }
             model.forward(UnsafePointer(params.base))
             for g in start..<end { evalLosses[g] = model.lossSum(sequence: g - start) }
             start = end

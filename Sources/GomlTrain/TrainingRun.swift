@@ -9,7 +9,9 @@ import GomlIO
 
 public struct RunSettings {
     public var outDirectory = "out"
-    public var dataName = "demo text"
+    /// The corpus as the header names it, and its fingerprint (stored in checkpoints).
+    public var dataName = ""
+    public var dataFingerprint = ""
     public var threads = 1
     /// Continue from a checkpoint: every rank sets `resume`; rank 0 alone holds the checkpoint.
     public var resume = false
@@ -159,7 +161,8 @@ public final class TrainingRun {
                     directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
                     params: UnsafeBufferPointer(trainer.params.pointer), m: UnsafeBufferPointer(trainer.optimizer.m),
                     v: UnsafeBufferPointer(trainer.optimizer.v), adamStep: trainer.optimizer.step,
-                    generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep)
+                    generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
+                    dataFingerprint: settings.dataFingerprint)
                 log.line("checkpoint \(path)")
             } catch {
                 ok = false

@@ -16,7 +16,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Global batch (default: the anchors' batch for the preset).") var batch: Int?
     @Option(help: "Timed steps, after warm-up.") var steps: Int = 20
     @Option(help: "Warm-up steps, not timed.") var warmup: Int = 3
-    @Option(help: "Text to draw batches from (default: random bytes).") var data: String?
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Text to draw batches from, files and directories as train's --data (default: random bytes).", valueName: "path"))
+    var data: [String] = []
     @Option(help: "Gradient reduction: allreduce or exact.") var reduction: String = "allreduce"
     @Option(name: .customLong("micro-batch"), help: "Sequences per micro-shard in exact mode.") var microBatch: Int = 1
     @OptionGroup var parallel: ParallelOptions
@@ -26,20 +27,22 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         let comm = makeCommunicator(parallel)
         let threads = coresPerRank(parallel, comm, exact: reduction == ReductionMode.exact.rawValue)
-        let trainer = agreeOnSetup(comm) { () throws -> Trainer in
+        let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
             var o = TrainingOptions(model: try model.model())
             o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
             o.steps = warmup + steps
             guard let mode = ReductionMode(rawValue: reduction) else { throw ValidationError("unknown --reduction '\(reduction)'") }
             o.reduction = mode
             o.microBatch = microBatch
-            let bytes: [UInt8]
-            if let data { bytes = try readText(data) } else {
-                var rng = Xoshiro256(seed: 99)
-                bytes = (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) }
+            if !data.isEmpty {
+                let corpus = try openData(data, validation: [])
+                return (try Trainer(options: o, comm: comm, split: corpus.split, workers: threads), corpus)
             }
-            return try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes), workers: threads)
+            var rng = Xoshiro256(seed: 99)
+            let bytes = (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) }
+            return (try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes), workers: threads), nil)
         }
+        if let corpus { agreeOnData(comm, corpus) }
         // The ceiling MFU is quoted against: sgemm on all of this rank's cores.
         BLAS.setThreads(threads)
         let peak = sampling ? 0 : BLAS.measureSgemmGFLOPS()

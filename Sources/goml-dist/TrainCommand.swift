@@ -16,7 +16,12 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var optimization: OptimizationOptions
     @OptionGroup var parallel: ParallelOptions
 
-    @Option(help: "Training text (bytes are tokens). Default: a short demo text built in.") var data: String?
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Training text (bytes are tokens): files and directories (every file below, in sorted path order, hidden names skipped), concatenated. Required; the repository ships data/tinyshakespeare.txt.", valueName: "path"))
+    var data: [String] = []
+    @Option(name: .customLong("val-data"), parsing: .upToNextOption, help: ArgumentHelp("Validation text, as --data; then all of --data trains (default: the last 10% of --data validates).", valueName: "path"))
+    var valData: [String] = []
+    @Flag(name: .customLong("allow-data-change"), help: "With --resume: continue even though the corpus differs from the checkpoint's.")
+    var allowDataChange = false
     @Option(help: "Output directory: metrics.jsonl and checkpoints.") var out: String = "out"
     @Option(name: .customLong("eval-every"), help: "Validation loss every N steps (and at the end).") var evalEvery: Int = 250
     @Option(name: .customLong("eval-batches"), help: "Validation batches (of --batch sequences).") var evalBatches: Int = 50
@@ -51,8 +56,15 @@ struct TrainCommand: ParsableCommand {
     }
 
     /// The checkpoint to resume from, refused when it cannot continue this run unchanged.
-    func checkedCheckpoint(_ path: String, options: TrainingOptions) throws -> TrainingCheckpoint {
+    func checkedCheckpoint(_ path: String, options: TrainingOptions, data: RunData) throws -> TrainingCheckpoint {
         let ckpt = try Checkpoint.loadTraining(try Checkpoint.resolve(path))
+        if let saved = ckpt.dataFingerprint, saved != data.identity {
+            let change = "checkpoint \(ckpt.path) was trained on data with fingerprint \(saved), but this run's is \(data.identity)"
+            guard allowDataChange else {
+                throw ConfigError("\(change); pass the original --data (and --val-data), or --allow-data-change to continue on this corpus")
+            }
+            FileHandle.standardError.write(Data("goml-dist: warning: \(change); continuing (--allow-data-change)\n".utf8))
+        }
         if ckpt.config != options.model {
             throw ConfigError("checkpoint \(ckpt.path) holds model \(ckpt.config.summary) but the options ask for \(options.model.summary); pass the same --config/overrides as the original run")
         }
@@ -69,7 +81,7 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         let comm = makeCommunicator(parallel)
         let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
-        let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
+        let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             let options = try self.options()
             var settings = RunSettings()
             settings.outDirectory = out
@@ -78,20 +90,17 @@ struct TrainCommand: ParsableCommand {
             settings.progress = progress
             settings.plotEvery = plotEvery
             settings.divergingRank = faultDivergeRank
+            let corpus = try openData(data, validation: valData)
+            settings.dataName = corpus.description
+            settings.dataFingerprint = corpus.identity
             if let resume {
                 settings.resume = true
                 // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.
-                if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options) }
+                if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options, data: corpus) }
             }
-            let bytes: [UInt8]
-            if let data {
-                bytes = try readText(data)
-                settings.dataName = data
-            } else {
-                bytes = Array(demoText.utf8)
-            }
-            return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes), workers: threads), settings)
+            return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads), settings, corpus)
         }
+        agreeOnData(comm, corpus)
         var run = settings
         // The ceiling MFU is quoted against: sgemm on all of this rank's cores (rank 0 measures).
         BLAS.setThreads(threads)

@@ -115,6 +115,23 @@ final class MultiHostTests: XCTestCase {
                       "no error naming host2 and rank 1:\n\(r.tail)")
     }
 
+    /// The same path on both hosts holds files of equal size and different content: the
+    /// ranks compare their corpora before training, and the one that differs names its host.
+    func testADifferentCorpusOnOneHostNamesIt() throws {
+        let cluster = try multiHostStartCluster()
+        let corpus = try XCTUnwrap(FileManager.default.contents(atPath: Harness.corpus))
+        try Data(corpus.prefix(100_000)).write(to: URL(fileURLWithPath: cluster.disk("host1") + "/data.txt"))
+        try Data(corpus.suffix(100_000)).write(to: URL(fileURLWithPath: cluster.disk("host2") + "/data.txt"))
+        var arguments = multiHostTinyArguments(out: cluster.local + "/run")
+        arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
+        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
+        XCTAssertFalse(r.timedOut, "the job hung on a different corpus on host2\n\(r.tail)")
+        XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("rank 1 on host2: its corpus differs from rank 0's on host1 (here 1 file, 100000 bytes, fingerprint "),
+                      "no error naming host2, rank 1 and host1:\n\(r.tail)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host1") + "/run/metrics.jsonl"), "training started")
+    }
+
     /// `up` replaces a cluster left behind, `down` removes everything and can be repeated.
     func testClusterUpAndDownLeaveNothingBehind() throws {
         let cluster = try multiHostStartCluster(hosts: 3)
