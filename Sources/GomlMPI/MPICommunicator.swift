@@ -1,6 +1,8 @@
 // MPICommunicator: the only Swift that imports CMPI. Every call is checked; a failure names
-// the call and aborts the whole job. All calls come from the thread that initialised MPI
-// (MPI_THREAD_FUNNELED). A watchdog ends the job when a collective makes no progress for
+// the call and aborts the whole job. MPI is initialised MPI_THREAD_SERIALIZED: blocking calls
+// come from the main thread, and during a training step's overlapped all-reduce the
+// ProgressThread alone calls MPI (the main thread computes, then waits for it), so calls never
+// overlap. A watchdog ends the job when a collective makes no progress for
 // `collectiveTimeout` seconds (a stopped rank or a lost host), instead of hanging forever.
 
 import CMPI
@@ -16,10 +18,13 @@ public final class MPICommunicator: Communicator {
     private let world: MPI_Comm
     private let watchdog: CollectiveWatchdog
 
-    /// Initialises MPI (funneled) and learns this rank's place on its node.
+    /// Started by the first non-blocking sum; owns MPI while sums are in flight.
+    private var progress: ProgressThread?
+
+    /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
     public init(collectiveTimeout: Double) {
         var provided: Int32 = 0
-        let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_funneled(), &provided)
+        let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
         if rc != goml_mpi_success() {
             FileHandle.standardError.write(Data("goml-dist: error: MPI_Init_thread failed (code \(rc)); is this an OpenMPI launch?\n".utf8))
             exit(2)
@@ -44,18 +49,19 @@ public final class MPICommunicator: Communicator {
         MPI_Get_processor_name(&name, &length)
         hostName = String(cString: name)
         watchdog = CollectiveWatchdog(rank: Int(r), host: hostName, timeout: collectiveTimeout)
-        if provided < goml_mpi_thread_funneled() {
-            abort("MPI granted thread level \(provided), below MPI_THREAD_FUNNELED; rebuild OpenMPI with thread support", code: 2)
+        if provided < goml_mpi_thread_serialized() {
+            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: 2)
         }
     }
 
     public func noteStep(_ step: Int) { watchdog.step = step }
 
-    /// Runs one MPI call under the watchdog and aborts the job, naming it, if it fails.
-    private func check(_ call: String, _ body: () -> Int32) {
-        watchdog.enter(call)
+    /// Runs one MPI call (under the watchdog unless `watched` is false: calls that return at
+    /// once, whose waiting the caller watches) and aborts the job, naming it, if it fails.
+    func check(_ call: String, watched: Bool = true, _ body: () -> Int32) {
+        if watched { watchdog.enter(call) }
         let rc = body()
-        watchdog.leave()
+        if watched { watchdog.leave() }
         if rc != goml_mpi_success() {
             var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
             var length: Int32 = 0
@@ -108,6 +114,24 @@ public final class MPICommunicator: Communicator {
         exit(code)
     }
 
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression) {
+        precondition(progress == nil, "buckets are registered once")
+        progress = ProgressThread(owner: self, world: world, buckets: buckets, compression: compression)
+    }
+
+    public func startAllReduceSum(bucket: Int) {
+        guard let progress else { preconditionFailure("startAllReduceSum before prepareNonBlockingSums") }
+        progress.enqueue(bucket)
+    }
+
+    public func waitForAllReduces() -> Double {
+        guard let progress else { return 0 }
+        watchdog.enter("MPI_Iallreduce (overlapped gradient buckets)")
+        let busy = progress.waitAll()
+        watchdog.leave()
+        return busy
+    }
+
     public func finalize() {
         watchdog.stop()
         MPI_Finalize()
@@ -148,5 +172,125 @@ final class CollectiveWatchdog: @unchecked Sendable {
             _exit(4)
         }
         return true
+    }
+}
+
+/// The communication thread of the overlapped all-reduce. OpenMPI 4.1's TCP transport advances
+/// a non-blocking collective only inside MPI calls, and backward is long stretches of BLAS with
+/// no MPI calls, so this thread starts each queued bucket and polls MPI_Test every
+/// `pollInterval` until all are done, sleeping in between so that it takes little of the core
+/// the compute threads use. Each bucket has a persistent all-reduce (MPIX_Allreduce_init, made
+/// on its first start), so a step builds no schedules. Buckets start and complete in queue order.
+final class ProgressThread: @unchecked Sendable {
+    private static let pollInterval: UInt32 = 200   // µs
+    private unowned let owner: MPICommunicator
+    private let world: MPI_Comm
+    private let buckets: [UnsafeMutableBufferPointer<Float>]
+    /// bf16: each bucket's wire copy (nil without compression).
+    private let staged: [UnsafeMutableBufferPointer<UInt16>?]
+    private let requests: UnsafeMutablePointer<MPI_Request?>
+    private let made: UnsafeMutableBufferPointer<Bool>
+    private let bf16Sum: MPI_Op?
+    private let queue: UnsafeMutablePointer<Int>    // bucket indices in start order, one step's worth
+    private let lock = NSLock()
+    private var enqueued = 0                        // under `lock`
+    private var started = 0, completed = 0          // this thread only
+    private var waited = 0                          // the waiting thread only
+    private let work = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
+    private var firstStart: UInt64 = 0, lastEnd: UInt64 = 0
+
+    init(owner: MPICommunicator, world: MPI_Comm, buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression) {
+        self.owner = owner
+        self.world = world
+        self.buckets = buckets
+        staged = buckets.map { compression == .bf16 ? .allocate(capacity: $0.count) : nil }
+        requests = .allocate(capacity: buckets.count)
+        requests.initialize(repeating: goml_mpi_request_null(), count: buckets.count)
+        made = .allocate(capacity: buckets.count)
+        made.initialize(repeating: false)
+        bf16Sum = compression == .bf16 ? goml_mpi_bf16_sum_op() : nil
+        queue = .allocate(capacity: buckets.count)
+        let thread = Thread { [unowned self] in self.serve() }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    /// Queues bucket `bucket`; with bf16, compresses it here, on the caller's thread.
+    func enqueue(_ bucket: Int) {
+        if let wire = staged[bucket] {
+            let values = buckets[bucket]
+            for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
+        }
+        lock.lock()
+        precondition(enqueued - waited < buckets.count, "a bucket started twice in one step")
+        queue[enqueued % buckets.count] = bucket
+        enqueued += 1
+        lock.unlock()
+        work.signal()
+    }
+
+    /// Waits for every queued sum; returns the seconds from the first start to the last end.
+    func waitAll() -> Double {
+        lock.lock()
+        let target = enqueued
+        lock.unlock()
+        let first = waited
+        while waited < target { done.wait(); waited += 1 }
+        return waited > first ? Double(lastEnd - firstStart) / 1e9 : 0
+    }
+
+    private func serve() {
+        while true {
+            work.wait()
+            repeat {
+                lock.lock()
+                let available = enqueued
+                lock.unlock()
+                while started < available {
+                    if started == completed { firstStart = DispatchTime.now().uptimeNanoseconds }
+                    start(queue[started % buckets.count])
+                    started += 1
+                }
+                while completed < started && test(queue[completed % buckets.count]) {
+                    finish(queue[completed % buckets.count])
+                    completed += 1
+                    lastEnd = DispatchTime.now().uptimeNanoseconds
+                    done.signal()
+                }
+                if completed < started { usleep(Self.pollInterval) }
+            } while completed < started
+        }
+    }
+
+    private func start(_ bucket: Int) {
+        let request = requests + bucket
+        if !made[bucket] {
+            made[bucket] = true
+            let values = buckets[bucket]
+            if let wire = staged[bucket] {
+                owner.check("MPIX_Allreduce_init", watched: false) {
+                    MPIX_Allreduce_init(goml_mpi_in_place(), wire.baseAddress, Int32(wire.count), goml_mpi_uint16(), bf16Sum,
+                                        world, goml_mpi_info_null(), request)
+                }
+            } else {
+                owner.check("MPIX_Allreduce_init", watched: false) {
+                    MPIX_Allreduce_init(goml_mpi_in_place(), values.baseAddress, Int32(values.count), goml_mpi_float(), goml_mpi_sum(),
+                                        world, goml_mpi_info_null(), request)
+                }
+            }
+        }
+        owner.check("MPI_Start", watched: false) { MPI_Start(request) }
+    }
+
+    private func test(_ bucket: Int) -> Bool {
+        var flag: Int32 = 0
+        owner.check("MPI_Test", watched: false) { MPI_Test(requests + bucket, &flag, goml_mpi_status_ignore()) }
+        return flag != 0
+    }
+
+    private func finish(_ bucket: Int) {
+        guard let wire = staged[bucket] else { return }
+        let values = buckets[bucket]
+        for i in 0..<values.count { values[i] = goml_bf16_to_float(wire[i]) }
     }
 }

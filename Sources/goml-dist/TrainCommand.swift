@@ -87,7 +87,10 @@ struct TrainCommand: ParsableCommand {
             } else {
                 bytes = Array(demoText.utf8)
             }
-            return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes), workers: threads), settings)
+            let communication = try parallel.communication(reduction: optimization.reduction)
+            settings.communication = communication
+            return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes), workers: threads,
+                                communication: communication), settings)
         }
         var run = settings
         // The ceiling MFU is quoted against: sgemm on all of this rank's cores (rank 0 measures).

@@ -34,7 +34,10 @@ final class AllocationTests: XCTestCase {
         try Self.shimSource.write(toFile: dir + "/count.c", atomically: true, encoding: .utf8)
         let cc = Harness.run("/usr/bin/env", ["cc", "-O2", "-shared", "-fPIC", "-o", dir + "/count.so", dir + "/count.c"], timeout: 120)
         Harness.assertSuccess(cc, "compiling the malloc-counting shim")
+        // Overlap is on by default; 50 kB buckets make several per step, summed across workers.
         for (mode, extra) in [("allreduce, 2 workers", ["--threads", "2"]), ("allreduce, 1 worker", ["--threads", "1"]),
+                              ("overlapped buckets, micro-batches, 2 workers", ["--threads", "2", "--bucket-mb", "0.05", "--micro-batch", "1"]),
+                              ("after backward", ["--threads", "2", "--no-overlap"]),
                               ("exact", ["--reduction", "exact"])] {
             let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20"] + extra,
                                 timeout: 300, environment: ["LD_PRELOAD": dir + "/count.so"])

@@ -51,7 +51,7 @@ final class MultiHostTests: XCTestCase {
         let cluster = try multiHostStartCluster()
         let out = cluster.local + "/run"
         var arguments = multiHostTinyArguments(out: out, steps: 10_000_000)
-        arguments += ["--collective-timeout", "20"]
+        arguments += ["--collective-timeout", "20", "--bucket-mb", "0.05"]   // cut during overlapped buckets
         let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
         // Wait until training is under way on both hosts: steps appear in rank 0's metrics.
         let metrics = cluster.disk("host1") + "/run/metrics.jsonl"
@@ -311,7 +311,8 @@ extension MultiHostTests {
         let singleOut = NSTemporaryDirectory() + "goml-multihost-single-\(UUID().uuidString.prefix(8))"
         addTeardownBlock { try? FileManager.default.removeItem(atPath: singleOut) }
         let run = exact ? "run-exact" : "run"
-        let reduction = ["--reduction", exact ? "exact" : "allreduce"]
+        // allreduce: 50 kB buckets, so several all-reduces overlap backward across the link.
+        let reduction = exact ? ["--reduction", "exact"] : ["--reduction", "allreduce", "--bucket-mb", "0.05"]
         let single = multiHostRun(Harness.binary, ["train", "--single"] + multiHostTinyArguments(out: singleOut) + reduction, timeout: 120)
         XCTAssertEqual(single.status, 0, "--single run failed\n\(single.tail)")
         let expected = Harness.losses(singleOut)
