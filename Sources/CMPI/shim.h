@@ -22,6 +22,8 @@ static inline MPI_Errhandler goml_mpi_errors_return(void) { return MPI_ERRORS_RE
 static inline int goml_mpi_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
 static inline MPI_Datatype goml_mpi_uint16(void) { return MPI_UINT16_T; }
 static inline MPI_Request goml_mpi_request_null(void) { return MPI_REQUEST_NULL; }
+static inline int goml_mpi_undefined(void) { return MPI_UNDEFINED; }
+static inline MPI_Comm goml_mpi_comm_null(void) { return MPI_COMM_NULL; }
 
 /* bfloat16 <-> float32, rounding to nearest even (NaN stays NaN). */
 static inline unsigned short goml_bf16_from_float(float value) {

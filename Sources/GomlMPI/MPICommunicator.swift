@@ -16,6 +16,10 @@ public final class MPICommunicator: Communicator {
     public let localSize: Int
     public let hostName: String
     private let world: MPI_Comm
+    /// This host's ranks, and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
+    private let node: MPI_Comm?, leaders: MPI_Comm?
+    /// Hosts in the job.
+    private let hosts: Int
     private let watchdog: CollectiveWatchdog
 
     /// Started by the first non-blocking sum; owns MPI while sums are in flight.
@@ -41,7 +45,13 @@ public final class MPICommunicator: Communicator {
         var lr: Int32 = 0, ls: Int32 = 0
         MPI_Comm_rank(node, &lr)
         MPI_Comm_size(node, &ls)
-        MPI_Comm_free(&node)
+        var leaders = goml_mpi_comm_null()
+        MPI_Comm_split(world, lr == 0 ? 0 : goml_mpi_undefined(), r, &leaders)
+        var hostCount = [Int32(lr == 0 ? 1 : 0)]
+        MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), world)
+        self.node = node
+        self.leaders = leaders
+        hosts = Int(hostCount[0])
         localRank = Int(lr)
         localSize = Int(ls)
         var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
@@ -114,9 +124,16 @@ public final class MPICommunicator: Communicator {
         exit(code)
     }
 
-    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression) {
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {
         precondition(progress == nil, "buckets are registered once")
-        progress = ProgressThread(owner: self, world: world, buckets: buckets, compression: compression)
+        let phases: [ProgressThread.Phase]
+        if hierarchical && localSize > 1 && hosts > 1 {
+            phases = localRank == 0 ? [.hostReduce, .allReduce, .hostBroadcast] : [.hostReduce, .hostBroadcast]
+        } else {
+            phases = [.allReduce]
+        }
+        progress = ProgressThread(owner: self, world: phases.count == 1 ? world : leaders, node: node, phases: phases,
+                                  buckets: buckets, compression: compression)
     }
 
     public func startAllReduceSum(bucket: Int) {
@@ -179,17 +196,25 @@ final class CollectiveWatchdog: @unchecked Sendable {
 /// a non-blocking collective only inside MPI calls, and backward is long stretches of BLAS with
 /// no MPI calls, so this thread starts each queued bucket and polls MPI_Test every
 /// `pollInterval` until all are done, sleeping in between so that it takes little of the core
-/// the compute threads use. Each bucket has a persistent all-reduce (MPIX_Allreduce_init, made
-/// on its first start), so a step builds no schedules. Buckets start and complete in queue order.
+/// the compute threads use. Every collective is persistent (MPIX_*_init, made on its first
+/// start), so a step builds no schedules. A bucket goes through `phases` — flat: one all-reduce
+/// over every rank; hierarchical: reduce to the host's first rank through shared memory, that
+/// rank's all-reduce across hosts, broadcast back inside the host. Each phase starts in bucket
+/// order on every rank (a bucket waits until the one before it has started that phase), as
+/// MPI requires of collectives on one communicator.
 final class ProgressThread: @unchecked Sendable {
+    enum Phase: Int { case hostReduce, allReduce, hostBroadcast }
     private static let pollInterval: UInt32 = 200   // µs
     private unowned let owner: MPICommunicator
-    private let world: MPI_Comm
+    private let world: MPI_Comm?, node: MPI_Comm?   // world: the all-reduce's ranks (every rank, or host leaders)
+    private let phases: [Phase]
     private let buckets: [UnsafeMutableBufferPointer<Float>]
-    /// bf16: each bucket's wire copy (nil without compression).
+    /// bf16: each bucket's wire copy across hosts (nil without compression).
     private let staged: [UnsafeMutableBufferPointer<UInt16>?]
-    private let requests: UnsafeMutablePointer<MPI_Request?>
+    private let requests: UnsafeMutablePointer<MPI_Request?>   // [phase kind × bucket]
     private let made: UnsafeMutableBufferPointer<Bool>
+    private let next: UnsafeMutableBufferPointer<Int>           // per bucket: phase in flight or to start
+    private let active: UnsafeMutableBufferPointer<Bool>
     private let bf16Sum: MPI_Op?
     private let queue: UnsafeMutablePointer<Int>    // bucket indices in start order, one step's worth
     private let lock = NSLock()
@@ -198,16 +223,25 @@ final class ProgressThread: @unchecked Sendable {
     private var waited = 0                          // the waiting thread only
     private let work = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
     private var firstStart: UInt64 = 0, lastEnd: UInt64 = 0
+    private var newStep = true                      // under `lock`: the next start opens the busy span
 
-    init(owner: MPICommunicator, world: MPI_Comm, buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression) {
+    init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
+         compression: GradientCompression) {
         self.owner = owner
         self.world = world
+        self.node = node
+        self.phases = phases
         self.buckets = buckets
-        staged = buckets.map { compression == .bf16 ? .allocate(capacity: $0.count) : nil }
-        requests = .allocate(capacity: buckets.count)
-        requests.initialize(repeating: goml_mpi_request_null(), count: buckets.count)
-        made = .allocate(capacity: buckets.count)
+        let crosses = phases.contains(.allReduce)
+        staged = buckets.map { compression == .bf16 && crosses ? .allocate(capacity: $0.count) : nil }
+        requests = .allocate(capacity: 3 * buckets.count)
+        requests.initialize(repeating: goml_mpi_request_null(), count: 3 * buckets.count)
+        made = .allocate(capacity: 3 * buckets.count)
         made.initialize(repeating: false)
+        next = .allocate(capacity: buckets.count)
+        next.initialize(repeating: 0)
+        active = .allocate(capacity: buckets.count)
+        active.initialize(repeating: false)
         bf16Sum = compression == .bf16 ? goml_mpi_bf16_sum_op() : nil
         queue = .allocate(capacity: buckets.count)
         let thread = Thread { [unowned self] in self.serve() }
@@ -215,12 +249,7 @@ final class ProgressThread: @unchecked Sendable {
         thread.start()
     }
 
-    /// Queues bucket `bucket`; with bf16, compresses it here, on the caller's thread.
     func enqueue(_ bucket: Int) {
-        if let wire = staged[bucket] {
-            let values = buckets[bucket]
-            for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
-        }
         lock.lock()
         precondition(enqueued - waited < buckets.count, "a bucket started twice in one step")
         queue[enqueued % buckets.count] = bucket
@@ -236,6 +265,9 @@ final class ProgressThread: @unchecked Sendable {
         lock.unlock()
         let first = waited
         while waited < target { done.wait(); waited += 1 }
+        lock.lock()
+        newStep = true
+        lock.unlock()
         return waited > first ? Double(lastEnd - firstStart) / 1e9 : 0
     }
 
@@ -245,14 +277,16 @@ final class ProgressThread: @unchecked Sendable {
             repeat {
                 lock.lock()
                 let available = enqueued
+                if available > started && newStep { newStep = false; firstStart = DispatchTime.now().uptimeNanoseconds }
                 lock.unlock()
                 while started < available {
-                    if started == completed { firstStart = DispatchTime.now().uptimeNanoseconds }
-                    start(queue[started % buckets.count])
+                    let bucket = queue[started % buckets.count]
+                    next[bucket] = 0
+                    active[bucket] = false
                     started += 1
                 }
-                while completed < started && test(queue[completed % buckets.count]) {
-                    finish(queue[completed % buckets.count])
+                advance()
+                while completed < started && next[queue[completed % buckets.count]] == phases.count {
                     completed += 1
                     lastEnd = DispatchTime.now().uptimeNanoseconds
                     done.signal()
@@ -262,34 +296,71 @@ final class ProgressThread: @unchecked Sendable {
         }
     }
 
-    private func start(_ bucket: Int) {
-        let request = requests + bucket
-        if !made[bucket] {
-            made[bucket] = true
-            let values = buckets[bucket]
-            if let wire = staged[bucket] {
-                owner.check("MPIX_Allreduce_init", watched: false) {
-                    MPIX_Allreduce_init(goml_mpi_in_place(), wire.baseAddress, Int32(wire.count), goml_mpi_uint16(), bf16Sum,
-                                        world, goml_mpi_info_null(), request)
+    /// Finishes and starts phases of the buckets in flight, in queue order.
+    private func advance() {
+        var previousStarted = Int.max   // phases the bucket before has started
+        for i in completed..<started {
+            let bucket = queue[i % buckets.count]
+            if active[bucket] && test(phases[next[bucket]], bucket) {
+                finish(phases[next[bucket]], bucket)
+                active[bucket] = false
+                next[bucket] += 1
+            }
+            if !active[bucket] && next[bucket] < phases.count && previousStarted > next[bucket] {
+                start(phases[next[bucket]], bucket)
+                active[bucket] = true
+            }
+            previousStarted = next[bucket] + (active[bucket] ? 1 : 0)
+        }
+    }
+
+    private func start(_ phase: Phase, _ bucket: Int) {
+        let slot = phase.rawValue * buckets.count + bucket, request = requests + slot
+        let values = buckets[bucket]
+        if phase == .allReduce, let wire = staged[bucket] {
+            for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
+        }
+        if !made[slot] {
+            made[slot] = true
+            let count = Int32(values.count)
+            switch phase {
+            case .hostReduce:
+                // The host's first rank sums in place; the others send their values.
+                let leader = owner.localRank == 0
+                owner.check("MPIX_Reduce_init", watched: false) {
+                    MPIX_Reduce_init(leader ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(values.baseAddress), leader ? values.baseAddress : nil,
+                                     count, goml_mpi_float(), goml_mpi_sum(), 0, node, goml_mpi_info_null(), request)
                 }
-            } else {
-                owner.check("MPIX_Allreduce_init", watched: false) {
-                    MPIX_Allreduce_init(goml_mpi_in_place(), values.baseAddress, Int32(values.count), goml_mpi_float(), goml_mpi_sum(),
-                                        world, goml_mpi_info_null(), request)
+            case .allReduce:
+                if let wire = staged[bucket] {
+                    owner.check("MPIX_Allreduce_init", watched: false) {
+                        MPIX_Allreduce_init(goml_mpi_in_place(), wire.baseAddress, count, goml_mpi_uint16(), bf16Sum, world,
+                                            goml_mpi_info_null(), request)
+                    }
+                } else {
+                    owner.check("MPIX_Allreduce_init", watched: false) {
+                        MPIX_Allreduce_init(goml_mpi_in_place(), values.baseAddress, count, goml_mpi_float(), goml_mpi_sum(), world,
+                                            goml_mpi_info_null(), request)
+                    }
+                }
+            case .hostBroadcast:
+                owner.check("MPIX_Bcast_init", watched: false) {
+                    MPIX_Bcast_init(values.baseAddress, count, goml_mpi_float(), 0, node, goml_mpi_info_null(), request)
                 }
             }
         }
         owner.check("MPI_Start", watched: false) { MPI_Start(request) }
     }
 
-    private func test(_ bucket: Int) -> Bool {
+    private func test(_ phase: Phase, _ bucket: Int) -> Bool {
         var flag: Int32 = 0
-        owner.check("MPI_Test", watched: false) { MPI_Test(requests + bucket, &flag, goml_mpi_status_ignore()) }
+        let request = requests + phase.rawValue * buckets.count + bucket
+        owner.check("MPI_Test", watched: false) { MPI_Test(request, &flag, goml_mpi_status_ignore()) }
         return flag != 0
     }
 
-    private func finish(_ bucket: Int) {
-        guard let wire = staged[bucket] else { return }
+    private func finish(_ phase: Phase, _ bucket: Int) {
+        guard phase == .allReduce, let wire = staged[bucket] else { return }
         let values = buckets[bucket]
         for i in 0..<values.count { values[i] = goml_bf16_to_float(wire[i]) }
     }

@@ -27,8 +27,10 @@ public protocol Communicator: AnyObject {
 
     /// Registers the buckets that `startAllReduceSum` will sum (once, before the first step:
     /// requests and staging buffers are made here, not per step). Every rank registers the same.
-    /// With `.bf16` the values travel as bfloat16 and are added in float32.
-    func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression)
+    /// With `.bf16` the values travel between hosts as bfloat16 and are added in float32.
+    /// `hierarchical`: sum within each host through shared memory first, so one copy per host
+    /// crosses the network (ignored with one rank per host or one host).
+    func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool)
     /// Starts summing registered bucket `bucket` over ranks in place and returns at once; the
     /// communicator owns progress. Callable from any thread, one at a time, while no blocking
     /// collective runs; every rank must start the same buckets in the same order. Every rank
@@ -78,7 +80,7 @@ public final class SingleProcessCommunicator: Communicator {
     }
     public func finalize() {}
     public func noteStep(_ step: Int) {}
-    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression) {}
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {}
     public func startAllReduceSum(bucket: Int) {}
     public func waitForAllReduces() -> Double { 0 }
 }

@@ -35,7 +35,7 @@ final class OverlappedReduction {
     private var nextBucket = 0
 
     init(layout: ParameterLayout, bucketBytes: Int, workerGrads: [FloatBuffer], comm: Communicator,
-         compression: GradientCompression) {
+         compression: GradientCompression, hierarchical: Bool) {
         buckets = gradientBuckets(layout, bucketBytes: bucketBytes)
         result = workerGrads[0]
         extras = Array(workerGrads.dropFirst())
@@ -43,7 +43,8 @@ final class OverlappedReduction {
         frontiers = .allocate(capacity: workerGrads.count)
         frontiers.initialize(repeating: layout.count)
         let result = self.result
-        comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: result.pointer[$0]) }, compression: compression)
+        comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: result.pointer[$0]) }, compression: compression,
+                                    hierarchical: hierarchical)
     }
 
     deinit { frontiers.deallocate() }

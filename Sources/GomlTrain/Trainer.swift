@@ -21,6 +21,9 @@ public struct CommunicationSettings: Sendable {
     /// Bucket size; measured on the two-host cluster (docs/multihost-bench.md).
     public var bucketBytes = 4 << 20
     public var compression = GradientCompression.none
+    /// Several ranks per host on several hosts: reduce inside each host first, so one copy
+    /// per host crosses the network (measured in docs/multihost-bench.md).
+    public var hierarchical = true
     public init() {}
 }
 
@@ -55,7 +58,7 @@ public final class Trainer {
     private var workerTimings = StepTimings()
     private let tree: TreeReducer?
     private let overlapped: OverlappedReduction?
-    private let compression: GradientCompression
+    private let communication: CommunicationSettings
     /// Allreduce mode: each worker runs its sequences as `microBatchesPerWorker` forward/backward
     /// passes of `models[i].batch` sequences, accumulating gradients (one all-reduce per step).
     private let microBatchesPerWorker: Int
@@ -98,10 +101,13 @@ public final class Trainer {
             tree = nil
             overlapped = communication.overlap
                 ? OverlappedReduction(layout: layout, bucketBytes: communication.bucketBytes, workerGrads: workerGrads,
-                                      comm: comm, compression: communication.compression)
+                                      comm: comm, compression: communication.compression,
+                                      hierarchical: communication.hierarchical)
                 : nil
             if !communication.overlap && communication.compression != .none {
-                comm.prepareNonBlockingSums([grads.pointer], compression: communication.compression)   // one bucket
+                // After backward, compressed: the whole gradient as one bucket of the same machinery.
+                comm.prepareNonBlockingSums([grads.pointer], compression: communication.compression,
+                                            hierarchical: communication.hierarchical)   // one bucket
             }
         case .exact:
             workerShards = [mine]
@@ -111,7 +117,7 @@ public final class Trainer {
             overlapped = nil
             microBatchesPerWorker = 1
         }
-        compression = communication.compression
+        self.communication = communication
         finalPass = .allocate(capacity: models.count)
         finalPass.initialize(repeating: false)
         pool = WorkerPool(count: models.count)
@@ -231,7 +237,7 @@ public final class Trainer {
                 timings.communication = overlapped.finishStep()
             } else {
                 for extra in workerGrads.dropFirst() { grads.add(extra.base) }
-                if compression == .none {
+                if communication.compression == .none {
                     comm.allReduceSum(grads.pointer)
                 } else {
                     comm.startAllReduceSum(bucket: 0)

@@ -181,7 +181,8 @@ public final class TrainingRun {
         let c = settings.communication
         guard trainer.options.reduction == .allReduce else { return "" }
         let overlap = c.overlap ? String(format: ", overlapped with backward in %.1f MB buckets", Double(c.bucketBytes) / 1e6) : ", after backward"
-        return overlap + (c.compression == .none ? "" : ", \(c.compression.rawValue) on the wire")
+        let hierarchy = c.hierarchical && comm.localSize > 1 && comm.localSize < comm.size ? ", within each host first" : ""
+        return overlap + hierarchy + (c.compression == .none ? "" : ", \(c.compression.rawValue) on the wire")
     }
 
     private func printHeader() {

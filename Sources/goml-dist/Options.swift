@@ -70,6 +70,8 @@ struct ParallelOptions: ParsableArguments {
     var bucketMB: Double = 4
     @Option(name: .customLong("grad-compression"), help: "How gradients travel in the all-reduce: none (float32) or bf16 (half the bytes, summed in float32).")
     var gradCompression: String = "none"
+    @Flag(inversion: .prefixedNo, help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network.")
+    var hierarchical = true
 
     /// The all-reduce settings, or a one-line error naming the flag.
     func communication(reduction: String) throws -> CommunicationSettings {
@@ -84,6 +86,7 @@ struct ParallelOptions: ParsableArguments {
             throw ValidationError("--grad-compression \(gradCompression) cannot be used with --reduction exact, whose tree sums float32 bits; drop one of them")
         }
         c.compression = compression
+        c.hierarchical = hierarchical
         return c
     }
 }
