@@ -16,8 +16,9 @@ public final class MPICommunicator: Communicator {
     public let localSize: Int
     public let hostName: String
     private let world: MPI_Comm
-    /// This host's ranks, and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
-    private let node: MPI_Comm?, leaders: MPI_Comm?
+    /// This host's ranks (twice: the hierarchy's reduce and broadcast each keep their own
+    /// order of buckets), and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
+    private let node: MPI_Comm?, nodeBroadcast: MPI_Comm?, leaders: MPI_Comm?
     /// Hosts in the job.
     private let hosts: Int
     private let watchdog: CollectiveWatchdog
@@ -50,6 +51,9 @@ public final class MPICommunicator: Communicator {
         var hostCount = [Int32(lr == 0 ? 1 : 0)]
         MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), world)
         self.node = node
+        var nodeBroadcast = goml_mpi_comm_null()
+        MPI_Comm_dup(node, &nodeBroadcast)
+        self.nodeBroadcast = nodeBroadcast
         self.leaders = leaders
         hosts = Int(hostCount[0])
         localRank = Int(lr)
@@ -132,7 +136,7 @@ public final class MPICommunicator: Communicator {
         } else {
             phases = [.allReduce]
         }
-        progress = ProgressThread(owner: self, world: phases.count == 1 ? world : leaders, node: node, phases: phases,
+        progress = ProgressThread(owner: self, world: phases.count == 1 ? world : leaders, node: node, nodeBroadcast: nodeBroadcast, phases: phases,
                                   buckets: buckets, compression: compression)
     }
 
@@ -206,7 +210,10 @@ final class ProgressThread: @unchecked Sendable {
     enum Phase: Int { case hostReduce, allReduce, hostBroadcast }
     private static let pollInterval: UInt32 = 200   // µs
     private unowned let owner: MPICommunicator
-    private let world: MPI_Comm?, node: MPI_Comm?   // world: the all-reduce's ranks (every rank, or host leaders)
+    // world: the all-reduce's ranks (every rank, or host leaders); node, nodeBroadcast: this host's
+    // ranks, one communicator per host phase, since a host's leader and its other ranks start
+    // a bucket's broadcast at different points relative to the next bucket's reduce.
+    private let world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?
     private let phases: [Phase]
     private let buckets: [UnsafeMutableBufferPointer<Float>]
     /// bf16: each bucket's wire copy across hosts (nil without compression).
@@ -225,11 +232,12 @@ final class ProgressThread: @unchecked Sendable {
     private var firstStart: UInt64 = 0, lastEnd: UInt64 = 0
     private var newStep = true                      // under `lock`: the next start opens the busy span
 
-    init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
+    init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
          compression: GradientCompression) {
         self.owner = owner
         self.world = world
         self.node = node
+        self.nodeBroadcast = nodeBroadcast
         self.phases = phases
         self.buckets = buckets
         let crosses = phases.contains(.allReduce)
@@ -345,7 +353,7 @@ final class ProgressThread: @unchecked Sendable {
                 }
             case .hostBroadcast:
                 owner.check("MPIX_Bcast_init", watched: false) {
-                    MPIX_Bcast_init(values.baseAddress, count, goml_mpi_float(), 0, node, goml_mpi_info_null(), request)
+                    MPIX_Bcast_init(values.baseAddress, count, goml_mpi_float(), 0, nodeBroadcast, goml_mpi_info_null(), request)
                 }
             }
         }

@@ -24,9 +24,9 @@ final class MultiHostTests: XCTestCase {
         try multiHostCheckMatchesSingle(cluster, hostfile: "hostfiles/netns-2hosts-2slots", ranks: 4, exact: true)
     }
 
-    /// Two ranks per host, overlapped in 50 kB buckets: the hierarchical reduction (default)
-    /// sends one copy of the gradient across host2's link per step, the flat one about two,
-    /// and bf16 compression halves it again.
+    /// Two ranks per host, overlapped in 50 kB buckets: the hierarchical reduction sends one
+    /// copy of the gradient across host2's link per step, the flat one (default) about two,
+    /// and bf16 compression halves the hierarchical one again.
     func testHierarchicalReductionSendsOneCopyPerHost() throws {
         let cluster = try multiHostStartCluster()
         let gradientBytes = 132_224 * 4, steps = 20   // tiny's parameters as float32
@@ -36,14 +36,19 @@ final class MultiHostTests: XCTestCase {
                                         trainArguments: multiHostTinyArguments(out: cluster.local + "/run\(extra.count)") + ["--bucket-mb", "0.05"] + extra,
                                         timeout: 180)
             XCTAssertEqual(r.status, 0, "\(extra) failed\n\(r.tail)")
-            if extra.isEmpty { XCTAssertTrue(r.output.contains("within each host first"), r.tail) }
+            XCTAssertEqual(r.output.contains("within each host first"), extra.contains("--hierarchical"), r.tail)
             return Double(cluster.receivedBytes("host2") - before) / Double(steps * gradientBytes)
         }
-        let hierarchical = received([]), flat = received(["--no-hierarchical"]), compressed = received(["--grad-compression", "bf16"])
+        let hierarchical = received(["--hierarchical"]), flat = received([])
+        let compressed = received(["--hierarchical", "--grad-compression", "bf16"])
         XCTAssertGreaterThan(hierarchical, 0.9, "copies per step into host2")
         XCTAssertLessThan(hierarchical, 1.3, "copies per step into host2")
         XCTAssertGreaterThan(flat, 1.6, "flat copies per step into host2")
         XCTAssertLessThan(compressed, 0.7, "bf16 copies per step into host2")
+        // The same losses, to float32 rounding (rank 0 wrote them on host1's disk).
+        let hierarchicalLosses = Harness.losses(cluster.disk("host1") + "/run1"), flatLosses = Harness.losses(cluster.disk("host1") + "/run0")
+        XCTAssertEqual(hierarchicalLosses.count, steps)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(hierarchicalLosses, flatLosses), 1e-5)
     }
 
     /// A host whose link is down: launch/train names it before starting anything, and mpirun
