@@ -299,13 +299,18 @@ final class ProgressThread: @unchecked Sendable {
                     lastEnd = DispatchTime.now().uptimeNanoseconds
                     done.signal()
                 }
-                if completed < started { usleep(Self.pollInterval) }
+                // Shared memory moves a message fragment by fragment, each handed over inside an
+                // MPI call on both sides: while a host phase is in flight, poll without sleeping.
+                if completed < started { if hostPhaseActive { sched_yield() } else { usleep(Self.pollInterval) } }
             } while completed < started
         }
     }
 
+    private var hostPhaseActive = false
+
     /// Finishes and starts phases of the buckets in flight, in queue order.
     private func advance() {
+        hostPhaseActive = false
         var previousStarted = Int.max   // phases the bucket before has started
         for i in completed..<started {
             let bucket = queue[i % buckets.count]
@@ -319,6 +324,7 @@ final class ProgressThread: @unchecked Sendable {
                 active[bucket] = true
             }
             previousStarted = next[bucket] + (active[bucket] ? 1 : 0)
+            if active[bucket] && phases[next[bucket]] != .allReduce { hostPhaseActive = true }
         }
     }
 
