@@ -26,6 +26,8 @@ public struct RunSettings {
     /// Fault injection for tests: this rank nudges one parameter after its first step, as a
     /// replica that silently diverged would.
     public var divergingRank: Int? = nil
+    /// How the gradient all-reduce runs (for the header).
+    public var communication = CommunicationSettings()
     public init() {}
 }
 
@@ -211,11 +213,21 @@ public final class TrainingRun {
         }
     }
 
+    private var reductionDetail: String {
+        let c = settings.communication
+        guard trainer.options.reduction == .allReduce else { return "" }
+        let overlap = c.overlap ? String(format: ", overlapped with backward in %.1f MB buckets", Double(c.bucketBytes) / 1e6) : ", after backward"
+        let hierarchy = c.hierarchical && comm.localSize > 1 && comm.localSize < comm.size ? ", within each host first" : ""
+        return overlap + hierarchy + (c.compression == .none ? "" : ", \(c.compression.rawValue) on the wire")
+    }
+
     private func printHeader() {
         let o = trainer.options
         let resume = settings.resumeFrom.map { " resumed from \($0.path) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
-        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)")
+        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)\(reductionDetail)")
+        log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
+                        Double(trainer.activationBytes) / 1e6))
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
     }

@@ -98,7 +98,10 @@ struct TrainCommand: ParsableCommand {
                 // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.
                 if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options, data: corpus) }
             }
-            return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads), settings, corpus)
+            let communication = try parallel.communication(reduction: optimization.reduction)
+            settings.communication = communication
+            return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
+                                communication: communication), settings, corpus)
         }
         agreeOnData(comm, corpus)
         var run = settings

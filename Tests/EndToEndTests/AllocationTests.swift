@@ -40,7 +40,10 @@ final class AllocationTests: XCTestCase {
             try Data(corpus[start..<min(start + 997, corpus.count)]).write(to: URL(fileURLWithPath: dir + String(format: "/corpus-%05d", i)))
         }
         let pieces = (try FileManager.default.contentsOfDirectory(atPath: dir)).filter { $0.hasPrefix("corpus-") }.sorted().map { dir + "/" + $0 }
+        // Overlap is on by default; 50 kB buckets make several per step, summed across workers.
         for (mode, extra) in [("allreduce, 2 workers", ["--threads", "2"]), ("allreduce, 1 worker", ["--threads", "1"]),
+                              ("overlapped buckets, micro-batches, 2 workers", ["--threads", "2", "--bucket-mb", "0.05", "--micro-batch", "1"]),
+                              ("after backward", ["--threads", "2", "--no-overlap"]),
                               ("exact", ["--reduction", "exact"]), ("mapped files", ["--threads", "2", "--data"] + pieces)] {
             let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20"] + extra,
                                 timeout: 300, environment: ["LD_PRELOAD": dir + "/count.so"])
