@@ -17,7 +17,8 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .target(name: "CStopSignal"),
         .target(name: "GomlCore", dependencies: ["CBLAS"], swiftSettings: optimise),
-        .target(name: "GomlIO", dependencies: ["GomlCore"], swiftSettings: optimise),
+        .target(name: "CCorpusGuard"),
+        .target(name: "GomlIO", dependencies: ["GomlCore", "CCorpusGuard"], swiftSettings: optimise),
         .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO"], swiftSettings: optimise),
         .target(name: "GomlMPI", dependencies: ["CMPI", "GomlTrain"], swiftSettings: optimise),
         .executableTarget(

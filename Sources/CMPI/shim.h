@@ -1,6 +1,7 @@
 // OpenMPI's mpi.h, plus functions for the handles it defines as macros
 // (Swift cannot import macros that expand to casts of global symbols).
 #include <mpi.h>
+#include <mpi-ext.h>   /* MPIX_Allreduce_init: persistent collectives (OpenMPI's pcollreq) */
 
 static inline MPI_Comm goml_mpi_comm_world(void) { return MPI_COMM_WORLD; }
 static inline MPI_Datatype goml_mpi_float(void) { return MPI_FLOAT; }
@@ -18,3 +19,33 @@ static inline int goml_mpi_success(void) { return MPI_SUCCESS; }
 static inline int goml_mpi_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }
 static inline MPI_Info goml_mpi_info_null(void) { return MPI_INFO_NULL; }
 static inline MPI_Errhandler goml_mpi_errors_return(void) { return MPI_ERRORS_RETURN; }
+static inline int goml_mpi_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
+static inline MPI_Datatype goml_mpi_uint16(void) { return MPI_UINT16_T; }
+static inline MPI_Request goml_mpi_request_null(void) { return MPI_REQUEST_NULL; }
+static inline int goml_mpi_undefined(void) { return MPI_UNDEFINED; }
+static inline MPI_Comm goml_mpi_comm_null(void) { return MPI_COMM_NULL; }
+
+/* bfloat16 <-> float32, rounding to nearest even (NaN stays NaN). */
+static inline unsigned short goml_bf16_from_float(float value) {
+    union { float f; unsigned int u; } bits = { value };
+    if ((bits.u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits.u >> 16) | 0x40);
+    bits.u += 0x7fffu + ((bits.u >> 16) & 1u);
+    return (unsigned short)(bits.u >> 16);
+}
+static inline float goml_bf16_to_float(unsigned short value) {
+    union { unsigned int u; float f; } bits = { (unsigned int)value << 16 };
+    return bits.f;
+}
+
+/* MPI reduction operator on bfloat16 values: each pair is added in float32, then rounded once. */
+static void goml_bf16_sum(void *in, void *inout, int *count, MPI_Datatype *type) {
+    (void)type;
+    const unsigned short *a = (const unsigned short *)in;
+    unsigned short *b = (unsigned short *)inout;
+    for (int i = 0; i < *count; i++) b[i] = goml_bf16_from_float(goml_bf16_to_float(a[i]) + goml_bf16_to_float(b[i]));
+}
+static inline MPI_Op goml_mpi_bf16_sum_op(void) {
+    MPI_Op op;
+    MPI_Op_create(goml_bf16_sum, 1, &op);
+    return op;
+}

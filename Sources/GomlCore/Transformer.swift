@@ -42,6 +42,13 @@ public final class Transformer {
     private let dGate: FloatPointer, dU3: FloatPointer   // [N,F]; dGate is reused for dU1
     private let dScores: FloatPointer               // [T,T]
 
+    /// Called during `backward` with a flat offset each time the gradients from that offset to
+    /// the end of the layout are final (after the head, after each block, after the embedding),
+    /// so a caller can start reducing them while backward goes on. Must not allocate.
+    public var gradientsFinal: ((Int) -> Void)?
+    /// Bytes of activations (and their gradients) this model holds for its batch.
+    public var activationBytes: Int { arena.count * MemoryLayout<Float>.stride }
+
     public init(config: ModelConfig, batch: Int, seqLen: Int? = nil) {
         let T = seqLen ?? config.seqLen
         precondition(batch > 0 && T > 0 && T <= config.seqLen)
@@ -144,6 +151,7 @@ public final class Transformer {
         dx.update(repeating: 0, count: N * C)
         layerNormBackward(dx, g(layout.normWeight), g(layout.normBias), dNormed, residuals[cfg.layers], p(layout.normWeight),
                           lnFinalMean, lnFinalRstd, rows: N, C: C)
+        gradientsFinal?(layout.normWeight.offset)
         for (l, a) in blocks.enumerated().reversed() {
             let w = layout.layers[l]
             // x = x + ffn(h) W2ᵀ
@@ -168,8 +176,10 @@ public final class Transformer {
             linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, accumulateWeight: once)
             layerNormBackward(dx, g(w.attentionNormWeight), g(w.attentionNormBias), dNormed, residuals[l], p(w.attentionNormWeight),
                               a.ln1Mean, a.ln1Rstd, rows: N, C: C)
+            gradientsFinal?(w.attentionNormWeight.offset)
         }
         embeddingBackward(g(layout.embedding), dx, tokens.baseAddress!, rows: N, C: C)
+        gradientsFinal?(0)
     }
 
     /// Sum of the token losses of sequence `b` from the last forward, in double.

@@ -1,7 +1,8 @@
 // Checkpoint: what a run needs to continue exactly, as two safetensors files per step.
 //   ckpt-0000040.safetensors        the model: SPEC tensor names only, so safetensors.torch.load_file
 //                                   gives a state dict a PyTorch model of SPEC loads as is; metadata:
-//                                   format, config, step, training options, content checksum.
+//                                   format, config, step, training options, content checksum, and
+//                                   the fingerprint of the data it was trained on.
 //   ckpt-0000040.state.safetensors  training state: AdamW moments (m.<name>, v.<name>), Adam step,
 //                                   generator states, and the model file's checksum (ties the pair).
 // `latest` names the newest complete pair. Every file is written durably (DurableFile), state
@@ -21,6 +22,8 @@ public struct TrainingCheckpoint {
     public let adamStep: Int
     /// Named generator states (four words each).
     public let generators: [String: [UInt64]]
+    /// The training data's fingerprint (see Corpus); nil in checkpoints written before it was stored.
+    public let dataFingerprint: String?
 }
 
 public enum Checkpoint {
@@ -37,7 +40,7 @@ public enum Checkpoint {
     @discardableResult
     public static func save(directory: String, layout: ParameterLayout, step: Int, optionsJSON: String,
                             params: UnsafeBufferPointer<Float>, m: UnsafeBufferPointer<Float>, v: UnsafeBufferPointer<Float>,
-                            adamStep: Int, generators: [String: [UInt64]], keep: Int) throws -> String {
+                            adamStep: Int, generators: [String: [UInt64]], keep: Int, dataFingerprint: String = "") throws -> String {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let modelName = modelFileName(step: step), stateName = stateFileName(forModel: modelName)
         let modelChecksum = contentChecksum(params)
@@ -55,6 +58,7 @@ public enum Checkpoint {
             "format": format, "config": configJSON, "step": String(step), "options": optionsJSON,
             "checksum": hex(modelChecksum), "state_file": stateName,
         ])
+        if !dataFingerprint.isEmpty { model.metadata["data_fingerprint"] = dataFingerprint }
         for t in layout.tensors {
             try model.addFloats(t.name, shape: t.shape, UnsafeBufferPointer(rebasing: params[t.range]))
             try state.addFloats("m." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: m[t.range]))
@@ -152,7 +156,8 @@ public enum Checkpoint {
             generators[String(key.dropFirst("generator.".count))] = words
         }
         return TrainingCheckpoint(path: path, config: model.config, step: model.step, optionsJSON: model.metadata["options"] ?? "{}",
-                                  params: model.params, m: m, v: v, adamStep: adamStep, generators: generators)
+                                  params: model.params, m: m, v: v, adamStep: adamStep, generators: generators,
+                                  dataFingerprint: model.metadata["data_fingerprint"])
     }
 
     static func hex(_ value: UInt64) -> String { String(value, radix: 16) }

@@ -1,6 +1,8 @@
 // MPICommunicator: the only Swift that imports CMPI. Every call is checked; a failure names
-// the call and aborts the whole job. All calls come from the thread that initialised MPI
-// (MPI_THREAD_FUNNELED). A watchdog ends the job when a collective makes no progress for
+// the call and aborts the whole job. MPI is initialised MPI_THREAD_SERIALIZED: blocking calls
+// come from the main thread, and during a training step's overlapped all-reduce the
+// ProgressThread alone calls MPI (the main thread computes, then waits for it), so calls never
+// overlap. A watchdog ends the job when a collective makes no progress for
 // `collectiveTimeout` seconds (a stopped rank or a lost host), instead of hanging forever.
 
 import CMPI
@@ -14,12 +16,20 @@ public final class MPICommunicator: Communicator {
     public let localSize: Int
     public let hostName: String
     private let world: MPI_Comm
+    /// This host's ranks (twice: the hierarchy's reduce and broadcast each keep their own
+    /// order of buckets), and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
+    private let node: MPI_Comm?, nodeBroadcast: MPI_Comm?, leaders: MPI_Comm?
+    /// Hosts in the job.
+    private let hosts: Int
     private let watchdog: CollectiveWatchdog
 
-    /// Initialises MPI (funneled) and learns this rank's place on its node.
+    /// Started by the first non-blocking sum; owns MPI while sums are in flight.
+    private var progress: ProgressThread?
+
+    /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
     public init(collectiveTimeout: Double) {
         var provided: Int32 = 0
-        let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_funneled(), &provided)
+        let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
         if rc != goml_mpi_success() {
             FileHandle.standardError.write(Data("goml-dist: error: MPI_Init_thread failed (code \(rc)); is this an OpenMPI launch?\n".utf8))
             exit(2)
@@ -36,7 +46,16 @@ public final class MPICommunicator: Communicator {
         var lr: Int32 = 0, ls: Int32 = 0
         MPI_Comm_rank(node, &lr)
         MPI_Comm_size(node, &ls)
-        MPI_Comm_free(&node)
+        var leaders = goml_mpi_comm_null()
+        MPI_Comm_split(world, lr == 0 ? 0 : goml_mpi_undefined(), r, &leaders)
+        var hostCount = [Int32(lr == 0 ? 1 : 0)]
+        MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), world)
+        self.node = node
+        var nodeBroadcast = goml_mpi_comm_null()
+        MPI_Comm_dup(node, &nodeBroadcast)
+        self.nodeBroadcast = nodeBroadcast
+        self.leaders = leaders
+        hosts = Int(hostCount[0])
         localRank = Int(lr)
         localSize = Int(ls)
         var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
@@ -44,18 +63,19 @@ public final class MPICommunicator: Communicator {
         MPI_Get_processor_name(&name, &length)
         hostName = String(cString: name)
         watchdog = CollectiveWatchdog(rank: Int(r), host: hostName, timeout: collectiveTimeout)
-        if provided < goml_mpi_thread_funneled() {
-            abort("MPI granted thread level \(provided), below MPI_THREAD_FUNNELED; rebuild OpenMPI with thread support", code: 2)
+        if provided < goml_mpi_thread_serialized() {
+            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: 2)
         }
     }
 
     public func noteStep(_ step: Int) { watchdog.step = step }
 
-    /// Runs one MPI call under the watchdog and aborts the job, naming it, if it fails.
-    private func check(_ call: String, _ body: () -> Int32) {
-        watchdog.enter(call)
+    /// Runs one MPI call (under the watchdog unless `watched` is false: calls that return at
+    /// once, whose waiting the caller watches) and aborts the job, naming it, if it fails.
+    func check(_ call: String, watched: Bool = true, _ body: () -> Int32) {
+        if watched { watchdog.enter(call) }
         let rc = body()
-        watchdog.leave()
+        if watched { watchdog.leave() }
         if rc != goml_mpi_success() {
             var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
             var length: Int32 = 0
@@ -108,6 +128,31 @@ public final class MPICommunicator: Communicator {
         exit(code)
     }
 
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {
+        precondition(progress == nil, "buckets are registered once")
+        let phases: [ProgressThread.Phase]
+        if hierarchical && localSize > 1 && hosts > 1 {
+            phases = localRank == 0 ? [.hostReduce, .allReduce, .hostBroadcast] : [.hostReduce, .hostBroadcast]
+        } else {
+            phases = [.allReduce]
+        }
+        progress = ProgressThread(owner: self, world: phases.count == 1 ? world : leaders, node: node, nodeBroadcast: nodeBroadcast, phases: phases,
+                                  buckets: buckets, compression: compression)
+    }
+
+    public func startAllReduceSum(bucket: Int) {
+        guard let progress else { preconditionFailure("startAllReduceSum before prepareNonBlockingSums") }
+        progress.enqueue(bucket)
+    }
+
+    public func waitForAllReduces() -> Double {
+        guard let progress else { return 0 }
+        watchdog.enter("MPI_Iallreduce (overlapped gradient buckets)")
+        let busy = progress.waitAll()
+        watchdog.leave()
+        return busy
+    }
+
     public func finalize() {
         watchdog.stop()
         MPI_Finalize()
@@ -148,5 +193,189 @@ final class CollectiveWatchdog: @unchecked Sendable {
             _exit(4)
         }
         return true
+    }
+}
+
+/// The communication thread of the overlapped all-reduce. OpenMPI 4.1's TCP transport advances
+/// a non-blocking collective only inside MPI calls, and backward is long stretches of BLAS with
+/// no MPI calls, so this thread starts each queued bucket and polls MPI_Test every
+/// `pollInterval` until all are done, sleeping in between so that it takes little of the core
+/// the compute threads use. Every collective is persistent (MPIX_*_init, made on its first
+/// start), so a step builds no schedules. A bucket goes through `phases` — flat: one all-reduce
+/// over every rank; hierarchical: reduce to the host's first rank through shared memory, that
+/// rank's all-reduce across hosts, broadcast back inside the host. Each phase starts in bucket
+/// order on every rank (a bucket waits until the one before it has started that phase), as
+/// MPI requires of collectives on one communicator.
+final class ProgressThread: @unchecked Sendable {
+    enum Phase: Int { case hostReduce, allReduce, hostBroadcast }
+    private static let pollInterval: UInt32 = 200   // µs
+    private unowned let owner: MPICommunicator
+    // world: the all-reduce's ranks (every rank, or host leaders); node, nodeBroadcast: this host's
+    // ranks, one communicator per host phase, since a host's leader and its other ranks start
+    // a bucket's broadcast at different points relative to the next bucket's reduce.
+    private let world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?
+    private let phases: [Phase]
+    private let buckets: [UnsafeMutableBufferPointer<Float>]
+    /// bf16: each bucket's wire copy across hosts (nil without compression).
+    private let staged: [UnsafeMutableBufferPointer<UInt16>?]
+    private let requests: UnsafeMutablePointer<MPI_Request?>   // [phase kind × bucket]
+    private let made: UnsafeMutableBufferPointer<Bool>
+    private let next: UnsafeMutableBufferPointer<Int>           // per bucket: phase in flight or to start
+    private let active: UnsafeMutableBufferPointer<Bool>
+    private let bf16Sum: MPI_Op?
+    private let queue: UnsafeMutablePointer<Int>    // bucket indices in start order, one step's worth
+    private let lock = NSLock()
+    private var enqueued = 0                        // under `lock`
+    private var started = 0, completed = 0          // this thread only
+    private var waited = 0                          // the waiting thread only
+    private let work = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
+    private var firstStart: UInt64 = 0, lastEnd: UInt64 = 0
+    private var newStep = true                      // under `lock`: the next start opens the busy span
+
+    init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
+         compression: GradientCompression) {
+        self.owner = owner
+        self.world = world
+        self.node = node
+        self.nodeBroadcast = nodeBroadcast
+        self.phases = phases
+        self.buckets = buckets
+        let crosses = phases.contains(.allReduce)
+        staged = buckets.map { compression == .bf16 && crosses ? .allocate(capacity: $0.count) : nil }
+        requests = .allocate(capacity: 3 * buckets.count)
+        requests.initialize(repeating: goml_mpi_request_null(), count: 3 * buckets.count)
+        made = .allocate(capacity: 3 * buckets.count)
+        made.initialize(repeating: false)
+        next = .allocate(capacity: buckets.count)
+        next.initialize(repeating: 0)
+        active = .allocate(capacity: buckets.count)
+        active.initialize(repeating: false)
+        bf16Sum = compression == .bf16 ? goml_mpi_bf16_sum_op() : nil
+        queue = .allocate(capacity: buckets.count)
+        let thread = Thread { [unowned self] in self.serve() }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    func enqueue(_ bucket: Int) {
+        lock.lock()
+        precondition(enqueued - waited < buckets.count, "a bucket started twice in one step")
+        queue[enqueued % buckets.count] = bucket
+        enqueued += 1
+        lock.unlock()
+        work.signal()
+    }
+
+    /// Waits for every queued sum; returns the seconds from the first start to the last end.
+    func waitAll() -> Double {
+        lock.lock()
+        let target = enqueued
+        lock.unlock()
+        let first = waited
+        while waited < target { done.wait(); waited += 1 }
+        lock.lock()
+        newStep = true
+        lock.unlock()
+        return waited > first ? Double(lastEnd - firstStart) / 1e9 : 0
+    }
+
+    private func serve() {
+        while true {
+            work.wait()
+            repeat {
+                lock.lock()
+                let available = enqueued
+                if available > started && newStep { newStep = false; firstStart = DispatchTime.now().uptimeNanoseconds }
+                lock.unlock()
+                while started < available {
+                    let bucket = queue[started % buckets.count]
+                    next[bucket] = 0
+                    active[bucket] = false
+                    started += 1
+                }
+                advance()
+                while completed < started && next[queue[completed % buckets.count]] == phases.count {
+                    completed += 1
+                    lastEnd = DispatchTime.now().uptimeNanoseconds
+                    done.signal()
+                }
+                // Shared memory moves a message fragment by fragment, each handed over inside an
+                // MPI call on both sides: while a host phase is in flight, poll without sleeping.
+                if completed < started { if hostPhaseActive { sched_yield() } else { usleep(Self.pollInterval) } }
+            } while completed < started
+        }
+    }
+
+    private var hostPhaseActive = false
+
+    /// Finishes and starts phases of the buckets in flight, in queue order.
+    private func advance() {
+        hostPhaseActive = false
+        var previousStarted = Int.max   // phases the bucket before has started
+        for i in completed..<started {
+            let bucket = queue[i % buckets.count]
+            if active[bucket] && test(phases[next[bucket]], bucket) {
+                finish(phases[next[bucket]], bucket)
+                active[bucket] = false
+                next[bucket] += 1
+            }
+            if !active[bucket] && next[bucket] < phases.count && previousStarted > next[bucket] {
+                start(phases[next[bucket]], bucket)
+                active[bucket] = true
+            }
+            previousStarted = next[bucket] + (active[bucket] ? 1 : 0)
+            if active[bucket] && phases[next[bucket]] != .allReduce { hostPhaseActive = true }
+        }
+    }
+
+    private func start(_ phase: Phase, _ bucket: Int) {
+        let slot = phase.rawValue * buckets.count + bucket, request = requests + slot
+        let values = buckets[bucket]
+        if phase == .allReduce, let wire = staged[bucket] {
+            for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
+        }
+        if !made[slot] {
+            made[slot] = true
+            let count = Int32(values.count)
+            switch phase {
+            case .hostReduce:
+                // The host's first rank sums in place; the others send their values.
+                let leader = owner.localRank == 0
+                owner.check("MPIX_Reduce_init", watched: false) {
+                    MPIX_Reduce_init(leader ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(values.baseAddress), leader ? values.baseAddress : nil,
+                                     count, goml_mpi_float(), goml_mpi_sum(), 0, node, goml_mpi_info_null(), request)
+                }
+            case .allReduce:
+                if let wire = staged[bucket] {
+                    owner.check("MPIX_Allreduce_init", watched: false) {
+                        MPIX_Allreduce_init(goml_mpi_in_place(), wire.baseAddress, count, goml_mpi_uint16(), bf16Sum, world,
+                                            goml_mpi_info_null(), request)
+                    }
+                } else {
+                    owner.check("MPIX_Allreduce_init", watched: false) {
+                        MPIX_Allreduce_init(goml_mpi_in_place(), values.baseAddress, count, goml_mpi_float(), goml_mpi_sum(), world,
+                                            goml_mpi_info_null(), request)
+                    }
+                }
+            case .hostBroadcast:
+                owner.check("MPIX_Bcast_init", watched: false) {
+                    MPIX_Bcast_init(values.baseAddress, count, goml_mpi_float(), 0, nodeBroadcast, goml_mpi_info_null(), request)
+                }
+            }
+        }
+        owner.check("MPI_Start", watched: false) { MPI_Start(request) }
+    }
+
+    private func test(_ phase: Phase, _ bucket: Int) -> Bool {
+        var flag: Int32 = 0
+        let request = requests + phase.rawValue * buckets.count + bucket
+        owner.check("MPI_Test", watched: false) { MPI_Test(request, &flag, goml_mpi_status_ignore()) }
+        return flag != 0
+    }
+
+    private func finish(_ phase: Phase, _ bucket: Int) {
+        guard phase == .allReduce, let wire = staged[bucket] else { return }
+        let values = buckets[bucket]
+        for i in 0..<values.count { values[i] = goml_bf16_to_float(wire[i]) }
     }
 }

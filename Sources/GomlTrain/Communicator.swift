@@ -24,6 +24,26 @@ public protocol Communicator: AnyObject {
     func finalize()
     /// Tells the communicator which step is running (for its timeout messages).
     func noteStep(_ step: Int)
+
+    /// Registers the buckets that `startAllReduceSum` will sum (once, before the first step:
+    /// requests and staging buffers are made here, not per step). Every rank registers the same.
+    /// With `.bf16` the values travel between hosts as bfloat16 and are added in float32.
+    /// `hierarchical`: sum within each host through shared memory first, so one copy per host
+    /// crosses the network (ignored with one rank per host or one host).
+    func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool)
+    /// Starts summing registered bucket `bucket` over ranks in place and returns at once; the
+    /// communicator owns progress. Callable from any thread, one at a time, while no blocking
+    /// collective runs; every rank must start the same buckets in the same order. Every rank
+    /// ends with the same values.
+    func startAllReduceSum(bucket: Int)
+    /// Waits until every started sum has completed; returns the seconds from the first start
+    /// to the last completion (how long the network was busy).
+    func waitForAllReduces() -> Double
+}
+
+/// How gradient buckets travel: float32 as computed, or bfloat16 (half the bytes).
+public enum GradientCompression: String, Sendable, CaseIterable {
+    case none, bf16
 }
 
 public extension Communicator {
@@ -60,4 +80,7 @@ public final class SingleProcessCommunicator: Communicator {
     }
     public func finalize() {}
     public func noteStep(_ step: Int) {}
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {}
+    public func startAllReduceSum(bucket: Int) {}
+    public func waitForAllReduces() -> Double { 0 }
 }

@@ -12,11 +12,9 @@ public final class RankZeroLog {
 
     /// Opens OUT/metrics.jsonl: fresh for a new run; for a resumed one, records after the
     /// resumed step are dropped so the file reads as if the run had never stopped.
-    init(isRoot: Bool, directory: String, resumeStep: Int?, forceProgress: Bool) throws {
+    init(isRoot: Bool, directory: String, resumeStep: Int?, progress: Bool?) throws {
         self.isRoot = isRoot
-        // Under mpirun stdout is a pseudo-terminal even when the job's output goes to a file,
-        // so there the launcher decides (--progress).
-        interactive = isRoot && (forceProgress || (isatty(1) == 1 && ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] == nil))
+        interactive = isRoot && (progress ?? Self.outputIsTerminal)
         guard isRoot else { metricsFile = nil; return }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -37,6 +35,17 @@ public final class RankZeroLog {
         }
         handle.seekToEndOfFile()
         metricsFile = handle
+    }
+
+    /// Whether the user's output is a terminal. Under mpirun a rank's stdout is mpirun's pipe
+    /// or pseudo-terminal whatever the user's is, so a rank started by a local mpirun asks
+    /// what its parent's stdout is; remote ranks (parent: the MPI daemon) print plain lines.
+    static var outputIsTerminal: Bool {
+        guard ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil else { return isatty(1) == 1 }
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(getppid())/fd/1"),
+              let parent = try? String(contentsOfFile: "/proc/\(getppid())/comm", encoding: .utf8),
+              parent.hasPrefix("mpirun") || parent.hasPrefix("mpiexec") || parent.hasPrefix("orterun") else { return false }
+        return target.hasPrefix("/dev/pts/") || target.hasPrefix("/dev/tty")
     }
 
     func line(_ text: String) {

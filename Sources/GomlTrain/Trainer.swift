@@ -7,7 +7,25 @@ import GomlCore
 
 public struct StepTimings: Sendable {
     public var forward = 0.0, backward = 0.0, reduce = 0.0, optimizer = 0.0
+    /// Seconds the gradient all-reduce kept the network busy; with overlap most of it runs
+    /// during backward, so it is not a phase of the step (`reduce` is what was left exposed).
+    public var communication = 0.0
     public var total: Double { forward + backward + reduce + optimizer }
+}
+
+/// How the gradient all-reduce runs (allreduce mode); none of it changes the model's maths
+/// beyond float32 summation order, except bf16 compression.
+public struct CommunicationSettings: Sendable {
+    /// Start each bucket's all-reduce while backward computes earlier layers.
+    public var overlap = true
+    /// Bucket size; measured on the two-host cluster (docs/multihost-bench.md).
+    public var bucketBytes = 1_000_000
+    public var compression = GradientCompression.none
+    /// Several ranks per host on several hosts: reduce inside each host first, so one copy
+    /// per host crosses the network. Off by default: slower on the test cluster despite half
+    /// the bytes (docs/multihost-bench.md).
+    public var hierarchical = false
+    public init() {}
 }
 
 public struct StepResult: Sendable {
@@ -29,7 +47,8 @@ public final class Trainer {
     /// Steps completed so far.
     public var step = 0
 
-    private let train: [UInt8], validation: [UInt8]
+    /// Read-only views of the corpus (mapped files): nothing is copied.
+    private let train: ByteSource, validation: ByteSource
     public var trainBytes: Int { train.count }
     public var validationBytes: Int { validation.count }
     /// One model per worker thread; workers split this rank's shard (allreduce mode).
@@ -40,6 +59,11 @@ public final class Trainer {
     private let pool: WorkerPool
     private var workerTimings = StepTimings()
     private let tree: TreeReducer?
+    private let overlapped: OverlappedReduction?
+    private let communication: CommunicationSettings
+    /// Allreduce mode: each worker runs its sequences as `microBatchesPerWorker` forward/backward
+    /// passes of `models[i].batch` sequences, accumulating gradients (one all-reduce per step).
+    private let microBatchesPerWorker: Int
     private let myShard: Range<Int>
     private var offsets: [Int]
     /// [B] global slots of per-sequence loss sums; this rank fills its own, the rest stay 0.
@@ -49,9 +73,10 @@ public final class Trainer {
 
     /// `workers` threads split this rank's sequences (allreduce mode; each should then use
     /// one BLAS thread); the exact reduction always uses one.
-    public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1) throws {
+    public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1,
+                communication: CommunicationSettings = CommunicationSettings()) throws {
         try options.validate(worldSize: comm.size)
-        try split.check(seqLen: options.model.seqLen, source: "data")
+        try split.check(seqLen: options.model.seqLen)
         self.options = options
         self.comm = comm
         layout = ParameterLayout(options.model)
@@ -67,18 +92,36 @@ public final class Trainer {
         let grads = self.grads, count = layout.count
         switch options.reduction {
         case .allReduce:
-            let workers = Trainer.workerCount(requested: requested, sequences: mine.count)
+            // Workers split whole micro-batches; without --micro-batch each worker's share is one.
+            let microBatches = options.microBatch.map { mine.count / $0 } ?? mine.count
+            let workers = Trainer.workerCount(requested: requested, sequences: microBatches)
             let per = mine.count / workers
+            microBatchesPerWorker = options.microBatch == nil ? 1 : microBatches / workers
             workerShards = (0..<workers).map { (mine.lowerBound + $0 * per)..<(mine.lowerBound + ($0 + 1) * per) }
-            models = (0..<workers).map { _ in Transformer(config: options.model, batch: per) }
+            models = (0..<workers).map { _ in Transformer(config: options.model, batch: options.microBatch ?? per) }
             workerGrads = [grads] + (1..<workers).map { _ in FloatBuffer(count: count) }
             tree = nil
+            overlapped = communication.overlap
+                ? OverlappedReduction(layout: layout, bucketBytes: communication.bucketBytes, workerGrads: workerGrads,
+                                      comm: comm, compression: communication.compression,
+                                      hierarchical: communication.hierarchical)
+                : nil
+            if !communication.overlap && communication.compression != .none {
+                // After backward, compressed: the whole gradient as one bucket of the same machinery.
+                comm.prepareNonBlockingSums([grads.pointer], compression: communication.compression,
+                                            hierarchical: communication.hierarchical)   // one bucket
+            }
         case .exact:
             workerShards = [mine]
-            models = [Transformer(config: options.model, batch: options.microBatch)]
+            models = [Transformer(config: options.model, batch: options.exactMicroBatch)]
             workerGrads = [grads]
-            tree = TreeReducer(result: grads, leaves: options.batch / options.microBatch)
+            tree = TreeReducer(result: grads, leaves: options.batch / options.exactMicroBatch)
+            overlapped = nil
+            microBatchesPerWorker = 1
         }
+        self.communication = communication
+        finalPass = .allocate(capacity: models.count)
+        finalPass.initialize(repeating: false)
         pool = WorkerPool(count: models.count)
         offsets = Array(repeating: 0, count: options.batch)
         sequenceLosses = .allocate(capacity: options.batch)
@@ -86,9 +129,23 @@ public final class Trainer {
         evalLosses = Array(repeating: 0, count: options.evalBatches * options.batch)
         tokensPerStep = options.batch * T
         pool.launch { [unowned self] worker in self.forwardBackward(worker: worker) }
+        if let overlapped {
+            for (worker, model) in models.enumerated() {
+                model.gradientsFinal = { [unowned self] offset in
+                    if self.finalPass[worker] { overlapped.workerReached(worker, offset: offset) }
+                }
+            }
+        }
     }
 
-    deinit { sequenceLosses.deallocate() }
+    /// Per worker: true during its last micro-batch, whose backward makes its gradients final.
+    private let finalPass: UnsafeMutableBufferPointer<Bool>
+
+    /// Activation memory of this rank: every worker's model for one micro-batch.
+    public var activationBytes: Int { models.reduce(0) { $0 + $1.activationBytes } }
+    public var microBatch: Int { model.batch }
+
+    deinit { sequenceLosses.deallocate(); finalPass.deallocate() }
 
     /// The largest worker count ≤ requested that splits `sequences` evenly.
     public static func workerCount(requested: Int, sequences: Int) -> Int {
@@ -99,19 +156,22 @@ public final class Trainer {
 
     public var workers: Int { models.count }
 
-    /// Forward and backward of one worker's sequences, overwriting its gradient buffer.
+    /// Forward and backward of one worker's sequences, micro-batch by micro-batch: the first
+    /// overwrites its gradient buffer, the others accumulate into it.
     private func forwardBackward(worker: Int) {
-        let model = models[worker], range = workerShards[worker], grads = workerGrads[worker]
-        load(sequences: range, into: model, from: train, offsets: offsets)
-        let start = DispatchTime.now().uptimeNanoseconds
-        model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
-        let middle = DispatchTime.now().uptimeNanoseconds
-        model.backward(UnsafePointer(params.base), grads.base, accumulate: false)
-        if worker == 0 {
-            workerTimings.forward = Double(middle - start) / 1e9
-            workerTimings.backward = Double(DispatchTime.now().uptimeNanoseconds - middle) / 1e9
+        let model = models[worker], grads = workerGrads[worker], micro = model.batch
+        var forward: UInt64 = 0
+        for k in 0..<microBatchesPerWorker {
+            let first = workerShards[worker].lowerBound + k * micro, range = first..<(first + micro)
+            load(sequences: range, into: model, from: train, offsets: offsets)
+            let start = DispatchTime.now().uptimeNanoseconds
+            model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
+            forward += DispatchTime.now().uptimeNanoseconds - start
+            finalPass[worker] = k == microBatchesPerWorker - 1
+            model.backward(UnsafePointer(params.base), grads.base, accumulate: k > 0)
+            for (row, g) in range.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
         }
-        for (row, g) in range.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
+        if worker == 0 { workerTimings.forward = Double(forward) / 1e9 }
     }
 
     /// Rank 0 draws SPEC's initialisation from the seed and broadcasts it, so replicas start identical.
@@ -124,13 +184,16 @@ public final class Trainer {
     }
 
     /// Loads sequences `range` of a batch (their start offsets) into the model's rows.
-    private func load(sequences range: Range<Int>, into model: Transformer, from data: [UInt8], offsets: [Int]) {
-        data.withUnsafeBufferPointer { bytes in
-            for (row, g) in range.enumerated() {
-                fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: bytes, offset: offsets[g],
-                             seqLen: model.seqLen)
-            }
+    private func load(sequences range: Range<Int>, into model: Transformer, from data: ByteSource, offsets: [Int]) {
+        for (row, g) in range.enumerated() {
+            fillSequence(tokens: model.tokens, targets: model.targets, row: row, from: data, offset: offsets[g],
+                         seqLen: model.seqLen)
         }
+    }
+
+    /// The pages this step's sequences were read from leave the process (see ByteSourceOwner).
+    private func releaseSequences(_ range: Range<Int>) {
+        for g in range { train.releasePages(offset: offsets[g], count: options.model.seqLen + 1) }
     }
 
     private var timings = StepTimings()
@@ -146,7 +209,7 @@ public final class Trainer {
     /// Leaf `leaf` of the exact reduction tree: one micro-shard's gradient, overwriting `buffer`.
     private func microShardGradient(_ leaf: Int, into buffer: FloatBuffer) {
         lap(\.reduce)   // the tree additions since the previous leaf
-        let micro = options.microBatch, first = leaf * micro
+        let micro = options.exactMicroBatch, first = leaf * micro
         load(sequences: first..<(first + micro), into: model, from: train, offsets: offsets)
         model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
         lap(\.forward)
@@ -163,19 +226,32 @@ public final class Trainer {
         sampler.next(into: &offsets)
         sequenceLosses.update(repeating: 0)
         if let tree {
-            let micro = options.microBatch
+            let micro = options.exactMicroBatch
             tree.reduceLocal((myShard.lowerBound / micro)..<(myShard.upperBound / micro)) { leaf, buffer in
                 microShardGradient(leaf, into: buffer)
             }
+            releaseSequences(myShard)
             tree.reduceAcrossRanks(comm)
         } else {
+            overlapped?.beginStep()
             pool.run()
+            releaseSequences(myShard)
             // Other workers finish within worker 0's time (equal shards): the wait counts as backward.
             timings.forward = workerTimings.forward
             timings.backward = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9 - timings.forward
             clock = DispatchTime.now().uptimeNanoseconds
-            for extra in workerGrads.dropFirst() { grads.add(extra.base) }
-            comm.allReduceSum(grads.pointer)
+            if let overlapped {
+                timings.communication = overlapped.finishStep()
+            } else {
+                for extra in workerGrads.dropFirst() { grads.add(extra.base) }
+                if communication.compression == .none {
+                    comm.allReduceSum(grads.pointer)
+                } else {
+                    comm.startAllReduceSum(bucket: 0)
+                    _ = comm.waitForAllReduces()
+                }
+                timings.communication = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9
+            }
         }
         // Each slot is non-zero on one rank only, so this sum is exact; then a fixed-order total.
         comm.allReduceSum(sequenceLosses)
@@ -208,6 +284,7 @@ public final class Trainer {
             let end = min(start + model.batch, mine.upperBound)
             let chunk = (start..<end).map { all[$0] } + Array(repeating: all[end - 1], count: model.batch - (end - start))
             load(sequences: 0..<model.batch, into: model, from: validation, offsets: chunk)
+            for offset in chunk { validation.releasePages(offset: offset, count: T + 1) }
             model.forward(UnsafePointer(params.base))
             for g in start..<end { evalLosses[g] = model.lossSum(sequence: g - start) }
             start = end

@@ -21,8 +21,10 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
     public var ckptEvery: Int = 0
     public var keep: Int = 3
     public var reduction: ReductionMode = .allReduce
-    /// Sequences per micro-shard: the leaf of the exact reduction tree.
-    public var microBatch: Int = 1
+    /// Sequences per forward/backward pass: the leaf of the exact reduction tree (default 1),
+    /// or in allreduce mode the micro-batches a rank accumulates (default: its whole shard).
+    public var microBatch: Int? = nil
+    public var exactMicroBatch: Int { microBatch ?? 1 }
     /// Ranks compare a parameter checksum every this many steps.
     public var checksumEvery: Int = 50
 
@@ -42,7 +44,9 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         }
         if optimizer != other.optimizer { diffs.append("optimizer settings") }
         if seed != other.seed { diffs.append("seed \(other.seed) → \(seed)") }
-        if microBatch != other.microBatch && reduction == .exact { diffs.append("micro-batch \(other.microBatch) → \(microBatch)") }
+        if exactMicroBatch != other.exactMicroBatch && reduction == .exact {
+            diffs.append("micro-batch \(other.exactMicroBatch) → \(exactMicroBatch)")
+        }
         return diffs
     }
 
@@ -53,7 +57,7 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
             if v <= 0 { throw ConfigError("--\(name) is \(v); it must be a positive integer") }
         }
         try positive("batch", batch); try positive("steps", steps); try positive("eval-batches", evalBatches)
-        try positive("micro-batch", microBatch)
+        if let microBatch { try positive("micro-batch", microBatch) }
         if warmup < 0 { throw ConfigError("--warmup is \(warmup); it must be ≥ 0") }
         if !(lr > 0) || !(minLR >= 0) { throw ConfigError("--lr must be > 0 and --min-lr ≥ 0") }
         if !(optimizer.beta1 >= 0 && optimizer.beta1 < 1 && optimizer.beta2 >= 0 && optimizer.beta2 < 1) {
@@ -63,8 +67,12 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         if batch % worldSize != 0 {
             throw ConfigError("global batch \(batch) is not divisible by the world size \(worldSize); choose --batch as a multiple of \(worldSize) or run on a number of ranks that divides \(batch)")
         }
+        let perRank = batch / worldSize
+        if reduction == .allReduce, let microBatch, perRank % microBatch != 0 {
+            throw ConfigError("each rank's \(perRank) sequences must split into micro-batches of \(microBatch); choose --micro-batch dividing \(perRank)")
+        }
         if reduction == .exact {
-            let perRank = batch / worldSize
+            let microBatch = exactMicroBatch
             if perRank % microBatch != 0 {
                 throw ConfigError("exact reduction: each rank's \(perRank) sequences must split into micro-shards of \(microBatch); choose --micro-batch dividing \(perRank)")
             }

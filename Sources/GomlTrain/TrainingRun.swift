@@ -9,7 +9,9 @@ import GomlIO
 
 public struct RunSettings {
     public var outDirectory = "out"
-    public var dataName = "demo text"
+    /// The corpus as the header names it, and its fingerprint (stored in checkpoints).
+    public var dataName = ""
+    public var dataFingerprint = ""
     public var threads = 1
     /// Continue from a checkpoint: every rank sets `resume`; rank 0 alone holds the checkpoint.
     public var resume = false
@@ -17,8 +19,10 @@ public struct RunSettings {
     public var peakGFLOPS: Double = 0
     /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
     public var stopAfter: Int? = nil
-    /// Show the live progress line even where stdout's kind cannot be told (under mpirun).
-    public var progress = false
+    /// The live progress line: on, off, or nil to show it when the output is a terminal.
+    public var progress: Bool? = nil
+    /// Redraw OUT/loss.svg every this many steps (0: only at the end).
+    public var plotEvery = 0
     /// Fault injection for tests: this rank nudges one parameter after its first step, as a
     /// replica that silently diverged would.
     public var divergingRank: Int? = nil
@@ -27,6 +31,8 @@ public struct RunSettings {
     public var stopSignal: () -> Int32 = { 0 }
     /// The scheduler's allocation (Slurm job, nodes, tasks), for the header.
     public var allocation: String? = nil
+    /// How the gradient all-reduce runs (for the header).
+    public var communication = CommunicationSettings()
     public init() {}
 }
 
@@ -63,7 +69,8 @@ public final class TrainingRun {
         header = Array(repeating: 0, count: Self.headerFields)
         gathered = Array(repeating: 0, count: Self.headerFields * trainer.comm.size)
         log = try RankZeroLog(isRoot: trainer.comm.isRoot, directory: settings.outDirectory,
-                              resumeStep: settings.resumeFrom?.step, forceProgress: settings.progress)
+                              resumeStep: settings.resumeFrom?.step, progress: settings.progress)
+        try describeRun()
     }
 
     /// Restores parameters, moments, step and generators: rank 0 read the checkpoint (only its
@@ -120,6 +127,7 @@ public final class TrainingRun {
                 log.line(String(format: "step %6d | val loss %.4f | %.1f s", step, validation, Date().timeIntervalSince(started)))
             }
             log.metrics(record)
+            if comm.isRoot && settings.plotEvery > 0 && step % settings.plotEvery == 0 { plot() }
             if comm.isRoot && o.sampleEvery > 0 && step % o.sampleEvery == 0 { sample() }
             if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == lastStep {
                 try checkpoint()
@@ -127,6 +135,35 @@ public final class TrainingRun {
             }
         }
         log.line(String(format: "done: %d steps in %.1f s (%.1f s training)", trainer.step, Date().timeIntervalSince(started), trainSeconds))
+        if comm.isRoot {
+            plot()
+            let out = settings.outDirectory
+            log.line("wrote \(out)/metrics.jsonl, the loss curves \(out)/loss.svg and checkpoints (\(out)/latest names the newest)")
+        }
+    }
+
+    /// Rank 0 writes OUT/run.json: what `goml-dist plot` puts in its titles and legends. Runs
+    /// during set-up, so a failure ends every rank together.
+    private func describeRun() throws {
+        guard comm.isRoot else { return }
+        let o = trainer.options
+        let summary = "\(o.model.summary), batch \(o.batch), lr \(o.lr), \(comm.size) rank(s)"
+        let object: [String: Any] = ["summary": summary, "world_size": comm.size, "options": optionsJSON]
+        do {
+            try DurableFile.write(Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])), to: settings.outDirectory + "/run.json")
+        } catch {
+            throw RunFailure(message: "cannot write \(settings.outDirectory)/run.json: \(error)", code: 2)
+        }
+    }
+
+    /// Rank 0 redraws OUT/loss.svg from the metrics written so far; a failure is reported, not fatal.
+    private func plot() {
+        let out = settings.outDirectory
+        do {
+            try LossPlot.write(runs: [try RunCurves.load(directory: out)], x: .step, to: out + "/loss.svg")
+        } catch {
+            log.line("could not draw \(out)/loss.svg: \(error)")
+        }
     }
 
     /// Every rank learnt of the stop request from the same header: each has finished the same
@@ -150,7 +187,8 @@ public final class TrainingRun {
                     directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
                     params: UnsafeBufferPointer(trainer.params.pointer), m: UnsafeBufferPointer(trainer.optimizer.m),
                     v: UnsafeBufferPointer(trainer.optimizer.v), adamStep: trainer.optimizer.step,
-                    generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep)
+                    generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
+                    dataFingerprint: settings.dataFingerprint)
                 log.line("checkpoint \(path)")
             } catch {
                 ok = false
@@ -206,12 +244,22 @@ public final class TrainingRun {
         return Int32(stopSignal)
     }
 
+    private var reductionDetail: String {
+        let c = settings.communication
+        guard trainer.options.reduction == .allReduce else { return "" }
+        let overlap = c.overlap ? String(format: ", overlapped with backward in %.1f MB buckets", Double(c.bucketBytes) / 1e6) : ", after backward"
+        let hierarchy = c.hierarchical && comm.localSize > 1 && comm.localSize < comm.size ? ", within each host first" : ""
+        return overlap + hierarchy + (c.compression == .none ? "" : ", \(c.compression.rawValue) on the wire")
+    }
+
     private func printHeader() {
         let o = trainer.options
         let resume = settings.resumeFrom.map { " resumed from \($0.path) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
-        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)")
+        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)\(reductionDetail)")
         if let allocation = settings.allocation { log.line(allocation) }
+        log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
+                        Double(trainer.activationBytes) / 1e6))
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
     }

@@ -16,9 +16,10 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Global batch (default: the anchors' batch for the preset).") var batch: Int?
     @Option(help: "Timed steps, after warm-up.") var steps: Int = 20
     @Option(help: "Warm-up steps, not timed.") var warmup: Int = 3
-    @Option(help: "Text to draw batches from (default: random bytes).") var data: String?
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Text to draw batches from, files and directories as train's --data (default: random bytes).", valueName: "path"))
+    var data: [String] = []
     @Option(help: "Gradient reduction: allreduce or exact.") var reduction: String = "allreduce"
-    @Option(name: .customLong("micro-batch"), help: "Sequences per micro-shard in exact mode.") var microBatch: Int = 1
+    @Option(name: .customLong("micro-batch"), help: "Sequences per forward/backward pass (allreduce: accumulated; exact: micro-shard size).") var microBatch: Int?
     @OptionGroup var parallel: ParallelOptions
     @Flag(help: "Instead, time text generation with and without the KV cache.") var sampling = false
     @Option(name: .customLong("sample-tokens"), help: "Bytes generated per sampling measurement.") var sampleTokens: Int = 256
@@ -26,20 +27,25 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         let comm = makeCommunicator(parallel)
         let threads = coresPerRank(parallel, comm, exact: reduction == ReductionMode.exact.rawValue)
-        let trainer = agreeOnSetup(comm) { () throws -> Trainer in
+        let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
             var o = TrainingOptions(model: try model.model())
             o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
             o.steps = warmup + steps
             guard let mode = ReductionMode(rawValue: reduction) else { throw ValidationError("unknown --reduction '\(reduction)'") }
             o.reduction = mode
             o.microBatch = microBatch
-            let bytes: [UInt8]
-            if let data { bytes = try readText(data) } else {
-                var rng = Xoshiro256(seed: 99)
-                bytes = (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) }
+            let communication = try parallel.communication(reduction: reduction)
+            if !data.isEmpty {
+                let corpus = try openData(data, validation: [])
+                return (try Trainer(options: o, comm: comm, split: corpus.split, workers: threads,
+                                    communication: communication), corpus)
             }
-            return try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes), workers: threads)
+            var rng = Xoshiro256(seed: 99)
+            let bytes = (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) }
+            return (try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes), workers: threads,
+                                communication: communication), nil)
         }
+        if let corpus { agreeOnData(comm, corpus) }
         // The ceiling MFU is quoted against: sgemm on all of this rank's cores.
         BLAS.setThreads(threads)
         let peak = sampling ? 0 : BLAS.measureSgemmGFLOPS()
@@ -70,15 +76,22 @@ struct BenchCommand: ParsableCommand {
         let mfu = tokensPerSecond * o.model.flopsPerToken / (peak * 1e9 * Double(comm.size))
         let split = [("forward", \StepTimings.forward), ("backward", \StepTimings.backward), ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
             .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
-        print("bench \(model.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(o.reduction.rawValue), BLAS core \(BLAS.coreName)")
+        print("bench \(model.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(o.reduction.rawValue)\(parallel.noOverlap ? "" : " overlapped") (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
         print(String(format: "sgemm 1024³ on %d thread(s): %.1f GFLOP/s", threads, peak))
         print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
+        // Communication the step waited for (the reduce phase) against the time the network was busy.
+        let busy = median(phases.map(\.communication)) * 1000, exposed = split[2].1
+        let hidden = busy > 0 ? max(0, 1 - exposed / busy) : 0
+        print(String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward)", busy, exposed, hidden * 100))
         print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, MFU %.1f%%", tokensPerSecond, tokensPerSecond * o.model.flopsPerToken / 1e9, mfu * 100))
         let json: [String: Any] = [
             "config": model.config, "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
             "ms_per_step": (ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(), "mfu": (mfu * 10000).rounded() / 10000,
             "sgemm_gflops": peak.rounded(), "reduction": o.reduction.rawValue, "blas_core": BLAS.coreName,
             "forward_ms": split[0].1, "backward_ms": split[1].1, "reduce_ms": split[2].1, "optimizer_ms": split[3].1,
+            "comm_ms": busy, "exposed_comm_ms": exposed, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
+            "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
+            "micro_batch": trainer.microBatch,
         ]
         if let allocations {
             print("heap allocations during the \(steps) timed steps: \(allocations)")

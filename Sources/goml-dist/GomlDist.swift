@@ -8,7 +8,7 @@ struct GomlDist: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "goml-dist",
         abstract: "Data-parallel trainer for byte-level LLaMA-style language models on CPUs over MPI.",
-        subcommands: [TrainCommand.self, SampleCommand.self, BenchCommand.self, VerifyCommand.self, GradcheckCommand.self])
+        subcommands: [TrainCommand.self, SampleCommand.self, PlotCommand.self, BenchCommand.self, VerifyCommand.self, GradcheckCommand.self])
 }
 
 /// Prints `message` as one line on stderr and exits with `code`.

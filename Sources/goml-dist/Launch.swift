@@ -69,13 +69,59 @@ func localHostName() -> String {
     return gethostname(&name, name.count - 1) == 0 ? String(cString: name) : "this host"
 }
 
-/// Reads a training text, with errors that name the file and the fix.
-func readText(_ path: String) throws -> [UInt8] {
-    guard FileManager.default.fileExists(atPath: path) else {
-        throw FileError("data file \(path) not found on \(localHostName()); pass --data with a path readable on every host")
+/// The training text (and --val-data's), mapped and split, and how the run names it.
+struct RunData {
+    let split: TextSplit
+    /// For the run header: the paths, file and byte counts and fingerprints.
+    let description: String
+    /// Identifies the corpus in checkpoints: --data's fingerprint, and --val-data's if given.
+    let identity: String
+    let files: Int, bytes: Int
+    let fingerprint: UInt64
+}
+
+/// Maps `--data` (required) and `--val-data` on this rank; errors name the path and the fix.
+func openData(_ data: [String], validation: [String]) throws -> RunData {
+    guard !data.isEmpty else {
+        throw FileError("no training data: pass --data PATH… (files or directories; the repository ships data/tinyshakespeare.txt)")
     }
-    guard let data = FileManager.default.contents(atPath: path) else {
-        throw FileError("data file \(path) is not readable (check permissions)")
+    let host = localHostName()
+    let corpus = try Corpus.open(data, flag: "--data", host: host)
+    let names = data.joined(separator: " ")
+    guard !validation.isEmpty else {
+        return RunData(split: TextSplit(corpus: corpus.bytes, name: "--data \(names)"), description: "\(names) (\(corpus.summary))",
+                       identity: Corpus.hex(corpus.fingerprint), files: corpus.files.count, bytes: corpus.count,
+                       fingerprint: corpus.fingerprint)
     }
-    return [UInt8](data)
+    let held = try Corpus.open(validation, flag: "--val-data", host: host)
+    let heldNames = validation.joined(separator: " ")
+    return RunData(split: TextSplit(train: corpus.bytes, trainName: "--data \(names)", validation: held.bytes, validationName: "--val-data \(heldNames)"),
+                   description: "\(names) (\(corpus.summary)), validation \(heldNames) (\(held.summary))",
+                   identity: "\(Corpus.hex(corpus.fingerprint)) val \(Corpus.hex(held.fingerprint))",
+                   files: corpus.files.count + held.files.count, bytes: corpus.count + held.count,
+                   fingerprint: corpus.fingerprint ^ (held.fingerprint &* 0x9E37_79B9_7F4A_7C15))
+}
+
+/// Every rank compares its corpus (files, bytes, fingerprint) with rank 0's, so a host that
+/// holds other files under the same paths is caught before training; the rank that differs
+/// names itself, its host and rank 0's. A SIGBUS guard message names the rank too.
+func agreeOnData(_ comm: Communicator, _ data: RunData) {
+    configureCorpusGuard(prefix: comm.size > 1 ? "rank \(comm.rank) on \(comm.hostName): " : "")
+    guard comm.size > 1 else { return }
+    agreeOnSetup(comm) {
+        func describe(_ v: ArraySlice<Double>) -> String {
+            let i = v.startIndex
+            return "\(Int(v[i])) file\(v[i] == 1 ? "" : "s"), \(Int(v[i + 1])) bytes, fingerprint \(Corpus.hex(UInt64(v[i + 2]) << 32 | UInt64(v[i + 3])))"
+        }
+        let mine = [Double(data.files), Double(data.bytes), Double(data.fingerprint >> 32), Double(data.fingerprint & 0xFFFF_FFFF)]
+        var all = [Double](repeating: 0, count: mine.count * comm.size)
+        mine.withUnsafeBufferPointer { m in all.withUnsafeMutableBufferPointer { comm.allGather(m, into: $0) } }
+        var rootHost = [UInt8](repeating: 0, count: 256)
+        if comm.isRoot { for (i, byte) in comm.hostName.utf8.prefix(255).enumerated() { rootHost[i] = byte } }
+        rootHost.withUnsafeMutableBytes { comm.broadcast($0, root: 0) }
+        let rootName = String(decoding: rootHost.prefix { $0 != 0 }, as: UTF8.self)
+        if Array(all[0..<mine.count]) != mine {
+            throw FileError("its corpus differs from rank 0's on \(rootName) (here \(describe(mine[...])); rank 0 \(describe(all[0..<mine.count]))); give --data (and --val-data) the same files on every host")
+        }
+    }
 }

@@ -43,7 +43,8 @@ struct OptimizationOptions: ParsableArguments {
     @Option(help: "Seed of initialisation and batch sampling.") var seed: UInt64 = 1337
     @Option(help: "Gradient reduction: allreduce (fast, float32 tolerance across world sizes) or exact (bit-identical at any power-of-two world size).")
     var reduction: String = "allreduce"
-    @Option(name: .customLong("micro-batch"), help: "Sequences per micro-shard in --reduction exact.") var microBatch: Int = 1
+    @Option(name: .customLong("micro-batch"), help: "Sequences per forward/backward pass: with allreduce a rank accumulates its shard's gradients over micro-batches of N (activation memory bounded by N; default: the whole shard); with exact, the micro-shard size (default 1).")
+    var microBatch: Int?
 
     func apply(to o: inout TrainingOptions, preset: String) throws {
         o.batch = batch ?? ModelConfig.defaultBatch(forPreset: preset)
@@ -63,4 +64,29 @@ struct ParallelOptions: ParsableArguments {
     @Flag(help: "Run in this process without MPI (for debuggers and valgrind).") var single = false
     @Option(name: .customLong("collective-timeout"), help: "Seconds a collective may wait before the job is ended (0: never).")
     var collectiveTimeout: Double = 300
+    @Flag(name: .customLong("no-overlap"), help: "Start the gradient all-reduce only after the whole backward pass (instead of bucket by bucket during it).")
+    var noOverlap = false
+    @Option(name: .customLong("bucket-mb"), help: "Size of the gradient buckets whose all-reduce starts as backward finishes them, in MB.")
+    var bucketMB: Double = 1
+    @Option(name: .customLong("grad-compression"), help: "How gradients travel in the all-reduce: none (float32) or bf16 (half the bytes, summed in float32).")
+    var gradCompression: String = "none"
+    @Flag(help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).")
+    var hierarchical = false
+
+    /// The all-reduce settings, or a one-line error naming the flag.
+    func communication(reduction: String) throws -> CommunicationSettings {
+        var c = CommunicationSettings()
+        c.overlap = !noOverlap
+        guard bucketMB > 0, bucketMB <= 1024 else { throw ValidationError("--bucket-mb is \(bucketMB); it must lie in (0, 1024]") }
+        c.bucketBytes = max(4, Int(bucketMB * 1_000_000))
+        guard let compression = GradientCompression(rawValue: gradCompression) else {
+            throw ValidationError("unknown --grad-compression '\(gradCompression)': use none or bf16")
+        }
+        if compression != .none && reduction == ReductionMode.exact.rawValue {
+            throw ValidationError("--grad-compression \(gradCompression) cannot be used with --reduction exact, whose tree sums float32 bits; drop one of them")
+        }
+        c.compression = compression
+        c.hierarchical = hierarchical
+        return c
+    }
 }

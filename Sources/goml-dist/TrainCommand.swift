@@ -17,7 +17,12 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var optimization: OptimizationOptions
     @OptionGroup var parallel: ParallelOptions
 
-    @Option(help: "Training text (bytes are tokens). Default: a short demo text built in.") var data: String?
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Training text (bytes are tokens): files and directories (every file below, in sorted path order, hidden names skipped), concatenated. Required; the repository ships data/tinyshakespeare.txt.", valueName: "path"))
+    var data: [String] = []
+    @Option(name: .customLong("val-data"), parsing: .upToNextOption, help: ArgumentHelp("Validation text, as --data; then all of --data trains (default: the last 10% of --data validates).", valueName: "path"))
+    var valData: [String] = []
+    @Flag(name: .customLong("allow-data-change"), help: "With --resume: continue even though the corpus differs from the checkpoint's.")
+    var allowDataChange = false
     @Option(help: "Output directory: metrics.jsonl and checkpoints.") var out: String = "out"
     @Option(name: .customLong("eval-every"), help: "Validation loss every N steps (and at the end).") var evalEvery: Int = 250
     @Option(name: .customLong("eval-batches"), help: "Validation batches (of --batch sequences).") var evalBatches: Int = 50
@@ -26,14 +31,16 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("ckpt-every"), help: "Checkpoint every N steps (0: only at the end).") var ckptEvery: Int = 0
     @Option(help: "Checkpoints to keep.") var keep: Int = 3
     @Option(help: "Continue from a checkpoint file, or an output directory's latest.") var resume: String?
-    @Flag(help: "Show a live progress line with ETA (launch/train sets it when its output is a terminal).") var progress = false
+    @Flag(inversion: .prefixedNo, help: "A live progress line (step, loss, tokens/s, ETA) between logged lines; default: on when the output is a terminal.")
+    var progress: Bool?
+    @Option(name: .customLong("plot-every"), help: "Redraw OUT/loss.svg every N steps (0: only at the end).") var plotEvery: Int = 0
     @Option(name: .customLong("fault-diverge-rank"), help: ArgumentHelp("Make this rank's replica diverge after step 1 (tests the replica checks).", visibility: .hidden))
     var faultDivergeRank: Int?
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
     func validate() throws {
-        for (name, value) in [("eval-every", evalEvery), ("sample-every", sampleEvery), ("ckpt-every", ckptEvery), ("checksum-every", checksumEvery)] where value < 0 {
+        for (name, value) in [("eval-every", evalEvery), ("sample-every", sampleEvery), ("ckpt-every", ckptEvery), ("checksum-every", checksumEvery), ("plot-every", plotEvery)] where value < 0 {
             throw ValidationError("--\(name) is \(value); it must be ≥ 0")
         }
         if logEvery <= 0 { throw ValidationError("--log-every must be positive") }
@@ -50,8 +57,15 @@ struct TrainCommand: ParsableCommand {
     }
 
     /// The checkpoint to resume from, refused when it cannot continue this run unchanged.
-    func checkedCheckpoint(_ path: String, options: TrainingOptions) throws -> TrainingCheckpoint {
+    func checkedCheckpoint(_ path: String, options: TrainingOptions, data: RunData) throws -> TrainingCheckpoint {
         let ckpt = try Checkpoint.loadTraining(try Checkpoint.resolve(path))
+        if let saved = ckpt.dataFingerprint, saved != data.identity {
+            let change = "checkpoint \(ckpt.path) was trained on data with fingerprint \(saved), but this run's is \(data.identity)"
+            guard allowDataChange else {
+                throw ConfigError("\(change); pass the original --data (and --val-data), or --allow-data-change to continue on this corpus")
+            }
+            FileHandle.standardError.write(Data("goml-dist: warning: \(change); continuing (--allow-data-change)\n".utf8))
+        }
         if ckpt.config != options.model {
             throw ConfigError("checkpoint \(ckpt.path) holds model \(ckpt.config.summary) but the options ask for \(options.model.summary); pass the same --config/overrides as the original run")
         }
@@ -72,30 +86,31 @@ struct TrainCommand: ParsableCommand {
         let comm = makeCommunicator(parallel)
         _ = goml_stop_signal_install()
         let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
-        let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
+        let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             let options = try self.options()
             var settings = RunSettings()
             settings.outDirectory = out
             settings.threads = threads
             settings.stopAfter = stopAfter
             settings.progress = progress
+            settings.plotEvery = plotEvery
             settings.divergingRank = faultDivergeRank
             settings.stopSignal = { goml_stop_signal_received() }
             settings.allocation = slurmAllocation()
+            let corpus = try openData(data, validation: valData)
+            settings.dataName = corpus.description
+            settings.dataFingerprint = corpus.identity
             if let resume {
                 settings.resume = true
                 // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.
-                if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options) }
+                if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options, data: corpus) }
             }
-            let bytes: [UInt8]
-            if let data {
-                bytes = try readText(data)
-                settings.dataName = data
-            } else {
-                bytes = Array(demoText.utf8)
-            }
-            return (try Trainer(options: options, comm: comm, split: TextSplit(bytes: bytes), workers: threads), settings)
+            let communication = try parallel.communication(reduction: optimization.reduction)
+            settings.communication = communication
+            return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
+                                communication: communication), settings, corpus)
         }
+        agreeOnData(comm, corpus)
         var run = settings
         // The ceiling MFU is quoted against: sgemm on all of this rank's cores (rank 0 measures).
         BLAS.setThreads(threads)

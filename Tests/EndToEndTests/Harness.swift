@@ -33,9 +33,10 @@ enum Harness {
 
     /// Runs a program to completion or until `timeout` seconds, then kills it.
     static func run(_ executable: String, _ arguments: [String], timeout: Double = 300,
-                    environment extra: [String: String] = [:]) -> Result {
+                    environment extra: [String: String] = [:], directory: String? = nil) -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         process.arguments = arguments
         process.environment = environment.merging(extra) { $1 }
         let dir = temporaryDirectory("proc")

@@ -24,6 +24,33 @@ final class MultiHostTests: XCTestCase {
         try multiHostCheckMatchesSingle(cluster, hostfile: "hostfiles/netns-2hosts-2slots", ranks: 4, exact: true)
     }
 
+    /// Two ranks per host, overlapped in 50 kB buckets: the hierarchical reduction sends one
+    /// copy of the gradient across host2's link per step, the flat one (default) about two,
+    /// and bf16 compression halves the hierarchical one again.
+    func testHierarchicalReductionSendsOneCopyPerHost() throws {
+        let cluster = try multiHostStartCluster()
+        let gradientBytes = 132_224 * 4, steps = 20   // tiny's parameters as float32
+        func received(_ extra: [String]) -> Double {
+            let before = cluster.receivedBytes("host2")
+            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts-2slots",
+                                        trainArguments: multiHostTinyArguments(out: cluster.local + "/run\(extra.count)") + ["--bucket-mb", "0.05"] + extra,
+                                        timeout: 180)
+            XCTAssertEqual(r.status, 0, "\(extra) failed\n\(r.tail)")
+            XCTAssertEqual(r.output.contains("within each host first"), extra.contains("--hierarchical"), r.tail)
+            return Double(cluster.receivedBytes("host2") - before) / Double(steps * gradientBytes)
+        }
+        let hierarchical = received(["--hierarchical"]), flat = received([])
+        let compressed = received(["--hierarchical", "--grad-compression", "bf16"])
+        XCTAssertGreaterThan(hierarchical, 0.9, "copies per step into host2")
+        XCTAssertLessThan(hierarchical, 1.3, "copies per step into host2")
+        XCTAssertGreaterThan(flat, 1.6, "flat copies per step into host2")
+        XCTAssertLessThan(compressed, 0.7, "bf16 copies per step into host2")
+        // The same losses, to float32 rounding (rank 0 wrote them on host1's disk).
+        let hierarchicalLosses = Harness.losses(cluster.disk("host1") + "/run1"), flatLosses = Harness.losses(cluster.disk("host1") + "/run0")
+        XCTAssertEqual(hierarchicalLosses.count, steps)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(hierarchicalLosses, flatLosses), 1e-5)
+    }
+
     /// A host whose link is down: launch/train names it before starting anything, and mpirun
     /// alone (no check) fails naming it too, both within a bounded time.
     func testHostOffTheNetworkFailsClearly() throws {
@@ -51,7 +78,7 @@ final class MultiHostTests: XCTestCase {
         let cluster = try multiHostStartCluster()
         let out = cluster.local + "/run"
         var arguments = multiHostTinyArguments(out: out, steps: 10_000_000)
-        arguments += ["--collective-timeout", "20"]
+        arguments += ["--collective-timeout", "20", "--bucket-mb", "0.05"]   // cut during overlapped buckets
         let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
         // Wait until training is under way on both hosts: steps appear in rank 0's metrics.
         let metrics = cluster.disk("host1") + "/run/metrics.jsonl"
@@ -113,6 +140,23 @@ final class MultiHostTests: XCTestCase {
         XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)")
         XCTAssertTrue(r.output.contains("rank 1 on host2: data file \(cluster.local)/data.txt not found on host2"),
                       "no error naming host2 and rank 1:\n\(r.tail)")
+    }
+
+    /// The same path on both hosts holds files of equal size and different content: the
+    /// ranks compare their corpora before training, and the one that differs names its host.
+    func testADifferentCorpusOnOneHostNamesIt() throws {
+        let cluster = try multiHostStartCluster()
+        let corpus = try XCTUnwrap(FileManager.default.contents(atPath: Harness.corpus))
+        try Data(corpus.prefix(100_000)).write(to: URL(fileURLWithPath: cluster.disk("host1") + "/data.txt"))
+        try Data(corpus.suffix(100_000)).write(to: URL(fileURLWithPath: cluster.disk("host2") + "/data.txt"))
+        var arguments = multiHostTinyArguments(out: cluster.local + "/run")
+        arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
+        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
+        XCTAssertFalse(r.timedOut, "the job hung on a different corpus on host2\n\(r.tail)")
+        XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("rank 1 on host2: its corpus differs from rank 0's on host1 (here 1 file, 100000 bytes, fingerprint "),
+                      "no error naming host2, rank 1 and host1:\n\(r.tail)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host1") + "/run/metrics.jsonl"), "training started")
     }
 
     /// `up` replaces a cluster left behind, `down` removes everything and can be repeated.
@@ -311,7 +355,8 @@ extension MultiHostTests {
         let singleOut = NSTemporaryDirectory() + "goml-multihost-single-\(UUID().uuidString.prefix(8))"
         addTeardownBlock { try? FileManager.default.removeItem(atPath: singleOut) }
         let run = exact ? "run-exact" : "run"
-        let reduction = ["--reduction", exact ? "exact" : "allreduce"]
+        // allreduce: 50 kB buckets, so several all-reduces overlap backward across the link.
+        let reduction = exact ? ["--reduction", "exact"] : ["--reduction", "allreduce", "--bucket-mb", "0.05"]
         let single = multiHostRun(Harness.binary, ["train", "--single"] + multiHostTinyArguments(out: singleOut) + reduction, timeout: 120)
         XCTAssertEqual(single.status, 0, "--single run failed\n\(single.tail)")
         let expected = Harness.losses(singleOut)

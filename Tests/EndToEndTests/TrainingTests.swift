@@ -54,9 +54,9 @@ final class TrainingTests: XCTestCase {
     }
 
     func testInvalidConfig() {
-        expectFailure(np: 2, ["train", "--config", "tiny", "--dim", "30", "--out", Harness.temporaryDirectory("cfg")],
+        expectFailure(np: 2, ["train", "--config", "tiny", "--dim", "30", "--data", Harness.corpus, "--out", Harness.temporaryDirectory("cfg")],
                       message: "dim 30 is not divisible by heads 4")
-        expectFailure(np: 0, ["train", "--config", "tiny", "--dim", "60", "--out", Harness.temporaryDirectory("cfg2")],
+        expectFailure(np: 0, ["train", "--config", "tiny", "--dim", "60", "--data", Harness.corpus, "--out", Harness.temporaryDirectory("cfg2")],
                       message: "head size dim/heads = 15 is odd")
     }
 

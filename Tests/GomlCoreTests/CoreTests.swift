@@ -101,7 +101,45 @@ final class CoreTests: XCTestCase {
         let split = TextSplit(bytes: Array(repeating: 65, count: 1001))
         XCTAssertEqual(split.train.count, 900)
         XCTAssertEqual(split.validation.count, 101)
-        XCTAssertThrowsError(try TextSplit(bytes: Array(repeating: 65, count: 300)).check(seqLen: 64, source: "x"))
+        XCTAssertThrowsError(try TextSplit(bytes: Array(repeating: 65, count: 300)).check(seqLen: 64))
+    }
+
+    /// Pieces read as their concatenation: every sequence, including those that cross one or
+    /// more piece boundaries, and every split of it, matches the same bytes in one piece.
+    func testPiecesReadAsTheirConcatenation() {
+        var rng = Xoshiro256(seed: 3)
+        let text = (0..<300).map { _ in UInt8(rng.nextBelow(256)) }
+        let whole = ByteSource(copying: text)
+        let cuts = [0, 1, 40, 41, 45, 130, 299, 300]   // pieces of 1, 39, 1, 4, 85, 169 and 1 bytes
+        let parts = zip(cuts, cuts.dropFirst()).map { ByteSource(copying: Array(text[$0..<$1])) }
+        let owner = PartsOwner(parts)
+        let pieced = ByteSource(pieces: parts.flatMap(\.pieces), owner: owner)
+        XCTAssertEqual(pieced.count, 300)
+        XCTAssertEqual(pieced.bytes, text)
+        let T = 8
+        let tokens = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 2 * T), targets = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 2 * T)
+        defer { tokens.deallocate(); targets.deallocate() }
+        for offset in 0..<(300 - T) {
+            fillSequence(tokens: tokens, targets: targets, row: 0, from: whole, offset: offset, seqLen: T)
+            fillSequence(tokens: tokens, targets: targets, row: 1, from: pieced, offset: offset, seqLen: T)
+            XCTAssertEqual(Array(tokens[0..<T]), Array(tokens[T...]), "tokens at \(offset)")
+            XCTAssertEqual(Array(targets[0..<T]), Array(targets[T...]), "targets at \(offset)")
+            XCTAssertEqual(Array(tokens[0..<T]), text[offset..<(offset + T)].map(Int32.init))
+        }
+        let split = TextSplit(corpus: pieced), reference = TextSplit(bytes: text)
+        XCTAssertEqual(split.train.bytes, reference.train.bytes)
+        XCTAssertEqual(split.validation.bytes, reference.validation.bytes)
+        XCTAssertEqual(pieced.slice(38..<132).bytes, Array(text[38..<132]))
+        // Released ranges are handed to the owner piece by piece.
+        pieced.releasePages(offset: 39, count: 8)
+        XCTAssertEqual(owner.released, [1, 1, 4, 2])
+    }
+
+    final class PartsOwner: ByteSourceOwner {
+        let parts: [ByteSource]
+        var released: [Int] = []
+        init(_ parts: [ByteSource]) { self.parts = parts }
+        func releasePages(around bytes: UnsafeRawBufferPointer) { released.append(bytes.count) }
     }
 
     func testInvalidConfigsAreRejectedWithTheirReason() {

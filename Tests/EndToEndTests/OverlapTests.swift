@@ -1,0 +1,86 @@
+// The all-reduce overlapped with backward in buckets, gradient accumulation over micro-batches
+// and bf16 compression: each gives the plain path's numbers (to float32 rounding, or for bf16,
+// the same parameters on every rank and a falling loss), and bad values are refused clearly.
+
+import Foundation
+import XCTest
+
+final class OverlapTests: XCTestCase {
+    func tinyRun(_ out: String, steps: Int = 20, extra: [String] = []) -> [String] {
+        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--log-every", "10",
+         "--data", Harness.corpus, "--out", out] + extra
+    }
+
+    /// Losses and final parameters of `extra` against `reference`, within 1e-5 relative (parameters: to the largest).
+    func assertClose(_ out: String, _ reference: String, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let a = Harness.losses(out), b = Harness.losses(reference)
+        XCTAssertEqual(a.count, 20, what, file: file, line: line)
+        XCTAssertEqual(a.count, b.count, what, file: file, line: line)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(a, b), 1e-5, "\(what): losses", file: file, line: line)
+        let p = try Harness.finalParameters(out), q = try Harness.finalParameters(reference)
+        XCTAssertEqual(p.count, q.count)
+        let scale = q.map { abs($0) }.max() ?? 1
+        XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(p, q) / scale, 1e-5, "\(what): parameters", file: file, line: line)
+    }
+
+    /// 50 kB buckets split tiny's gradient into several, started during backward; two workers
+    /// per rank must sum each bucket before it leaves. Same numbers as after-backward at np 2 and 4.
+    func testOverlappedEqualsAfterBackward() throws {
+        for np in [2, 4] {
+            let plain = Harness.temporaryDirectory("plain-np\(np)"), overlapped = Harness.temporaryDirectory("overlap-np\(np)")
+            Harness.assertSuccess(Harness.mpirun(np: np, tinyRun(plain, extra: ["--no-overlap", "--threads", "2"])), "no overlap np \(np)")
+            let r = Harness.mpirun(np: np, tinyRun(overlapped, extra: ["--bucket-mb", "0.05", "--threads", "2"]))
+            Harness.assertSuccess(r, "overlap np \(np)")
+            XCTAssertTrue(r.stdout.contains("overlapped with backward in 0.1 MB buckets"), r.stdout)
+            try assertClose(overlapped, plain, "np \(np)")
+        }
+    }
+
+    /// Micro-batches of 1 sequence, accumulated (two workers × two micro-batches per rank at
+    /// np 2), give the whole-shard run's losses, with a quarter of its activation memory.
+    func testAccumulatedEqualsUnaccumulated() throws {
+        let whole = Harness.temporaryDirectory("whole"), micro = Harness.temporaryDirectory("micro")
+        let w = Harness.mpirun(np: 2, tinyRun(whole, extra: ["--threads", "1"]))
+        Harness.assertSuccess(w, "whole shard")
+        let m = Harness.mpirun(np: 2, tinyRun(micro, extra: ["--threads", "2", "--micro-batch", "1", "--bucket-mb", "0.05"]))
+        Harness.assertSuccess(m, "micro-batches")
+        XCTAssertTrue(w.stdout.contains("micro-batch 4 sequence(s) × 1 worker(s)"), w.stdout)
+        XCTAssertTrue(m.stdout.contains("micro-batch 1 sequence(s) × 2 worker(s)"), m.stdout)
+        try assertClose(micro, whole, "accumulated")
+        // One run alone, without MPI, too.
+        let single = Harness.temporaryDirectory("micro-single")
+        Harness.assertSuccess(Harness.goml(tinyRun(single, extra: ["--single", "--micro-batch", "2"])), "--single micro-batches")
+        try assertClose(single, whole, "accumulated --single")
+    }
+
+    /// bf16 on the wire: every rank keeps identical parameters (the run compares checksums
+    /// every 5 steps and stops on a difference), the loss falls, and the numbers differ from float32's.
+    func testCompressedGradientsAgreeAcrossRanksAndTrain() throws {
+        let out = Harness.temporaryDirectory("bf16"), plain = Harness.temporaryDirectory("bf16-plain")
+        let args = ["--grad-compression", "bf16", "--checksum-every", "5", "--bucket-mb", "0.05", "--lr", "3e-3", "--warmup", "5"]
+        let r = Harness.mpirun(np: 4, tinyRun(out, steps: 40, extra: args))
+        Harness.assertSuccess(r, "bf16 np 4")
+        XCTAssertTrue(r.stdout.contains("bf16 on the wire"), r.stdout)
+        let losses = Harness.losses(out)
+        XCTAssertEqual(losses.count, 40)
+        XCTAssertLessThan(losses.suffix(5).reduce(0, +) / 5, losses.prefix(5).reduce(0, +) / 5 - 0.3, "loss did not fall: \(losses)")
+        Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(plain, steps: 40, extra: ["--checksum-every", "5", "--lr", "3e-3", "--warmup", "5"])), "float32 np 4")
+        XCTAssertNotEqual(Harness.lossTexts(out), Harness.lossTexts(plain), "bf16 compression changed nothing")
+        XCTAssertLessThan(Harness.maxRelativeDifference(losses, Harness.losses(plain)), 0.05)
+    }
+
+    func testBadCommunicationOptionsAreRefused() {
+        let cases: [([String], String)] = [
+            (["--grad-compression", "fp8"], "unknown --grad-compression 'fp8': use none or bf16"),
+            (["--bucket-mb", "0"], "--bucket-mb is 0.0; it must lie in (0, 1024]"),
+            (["--micro-batch", "3"], "each rank's 4 sequences must split into micro-batches of 3"),
+            (["--grad-compression", "bf16", "--reduction", "exact"], "cannot be used with --reduction exact"),
+        ]
+        for (extra, message) in cases {
+            let r = Harness.mpirun(np: 2, tinyRun(Harness.temporaryDirectory("bad"), extra: extra), timeout: 60)
+            XCTAssertFalse(r.timedOut, "\(extra)")
+            XCTAssertNotEqual(r.status, 0, "\(extra)")
+            XCTAssertTrue(r.stderr.contains(message), "\(extra):\n\(r.output)")
+        }
+    }
+}
