@@ -47,7 +47,7 @@ public final class OneDNNProducts: MatrixProducts {
         let arguments: UnsafeMutablePointer<dnnl_exec_arg_t>
         init(_ shape: Shape, engine: dnnl_engine_t) {
             func check(_ status: dnnl_status_t, _ what: String) {
-                precondition(status == dnnl_success, "oneDNN \(what) failed (status \(status.rawValue)) for \(shape)")
+                if status != dnnl_success { fatalError("oneDNN \(what) failed (status \(status.rawValue)) for \(shape)") }
             }
             func descriptor(_ rows: Int, _ cols: Int, _ strides: [Int64], _ type: dnnl_data_type_t) -> dnnl_memory_desc_t {
                 var md = dnnl_memory_desc_t()
@@ -117,8 +117,9 @@ public final class OneDNNProducts: MatrixProducts {
         self.threads = Int32(max(1, threads))
         self.fault = fault
         var e: dnnl_engine_t?, s: dnnl_stream_t?
-        precondition(dnnl_engine_create(&e, dnnl_cpu, 0) == dnnl_success, "oneDNN: no CPU engine")
-        precondition(dnnl_stream_create(&s, e, dnnl_stream_default_flags.rawValue) == dnnl_success, "oneDNN: no stream")
+        // fatalError, not precondition: -Ounchecked neither evaluates nor checks the latter.
+        if dnnl_engine_create(&e, dnnl_cpu, 0) != dnnl_success { fatalError("oneDNN: no CPU engine") }
+        if dnnl_stream_create(&s, e, dnnl_stream_default_flags.rawValue) != dnnl_success { fatalError("oneDNN: no stream") }
         engine = e!; stream = s!
     }
 
@@ -172,7 +173,7 @@ public final class OneDNNProducts: MatrixProducts {
         dnnl_memory_set_data_handle(plan.b, bBF16)
         dnnl_memory_set_data_handle(plan.c, UnsafeMutableRawPointer(c))
         let status = dnnl_primitive_execute(plan.primitive, stream, 4, plan.arguments)
-        precondition(status == dnnl_success, "oneDNN matmul failed (status \(status.rawValue)) for \(shape)")
+        if status != dnnl_success { fatalError("oneDNN matmul failed (status \(status.rawValue)) for \(shape)") }
         dnnl_stream_wait(stream)
     }
 }

@@ -15,6 +15,8 @@ public struct RunSettings {
     public var resume = false
     public var resumeFrom: TrainingCheckpoint? = nil
     public var peakGFLOPS: Double = 0
+    /// Why the run's precision was chosen, for the header.
+    public var precisionReason = "requested"
     /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
     public var stopAfter: Int? = nil
     /// Show the live progress line even where stdout's kind cannot be told (under mpirun).
@@ -141,7 +143,8 @@ public final class TrainingRun {
     /// Rank 0's sample, from its own generator so the training trajectory never depends on it.
     private func sample() {
         do {
-            let generator = try TextGenerator(config: trainer.options.model, parameters: trainer.params.array)
+            let generator = try TextGenerator(config: trainer.options.model, parameters: trainer.params.array,
+                                          precision: trainer.options.precision)
             var text: [UInt8] = []
             try generator.generate(prompt: [10], count: trainer.options.sampleTokens,
                                    options: SamplingOptions(temperature: 0.8, topK: 40), seed: sampleRNG.next()) { text.append($0) }
@@ -180,6 +183,7 @@ public final class TrainingRun {
         let resume = settings.resumeFrom.map { " resumed from \($0.path) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
         log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)")
+        log.line("precision \(o.precision.rawValue) (\(settings.precisionReason))")
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
     }

@@ -15,6 +15,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var model: ModelOptions
     @OptionGroup var optimization: OptimizationOptions
     @OptionGroup var parallel: ParallelOptions
+    @OptionGroup var precision: PrecisionOptions
 
     @Option(help: "Training text (bytes are tokens). Default: a short demo text built in.") var data: String?
     @Option(help: "Output directory: metrics.jsonl and checkpoints.") var out: String = "out"
@@ -68,8 +69,9 @@ struct TrainCommand: ParsableCommand {
         let comm = makeCommunicator(parallel)
         let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
         let (trainer, settings) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings) in
-            let options = try self.options()
             var settings = RunSettings()
+            var options = try self.options()
+            (options.precision, settings.precisionReason) = try precision.resolve(exact: options.reduction == .exact)
             settings.outDirectory = out
             settings.threads = threads
             settings.stopAfter = stopAfter
