@@ -69,6 +69,9 @@ struct PrecisionOptions: ParsableArguments {
     @Option(help: "Matrix products: auto (bf16 when oneDNN reports native bfloat16 dot products on this CPU, else fp32), bf16 (bfloat16 operands, float32 accumulation, master weights and optimiser) or fp32.")
     var precision: String = "auto"
 
+    init() {}
+    init(precision: String) { self.precision = precision }
+
     /// The precision to run and why (for the run header). Throws when bf16 cannot run here.
     func resolve(exact: Bool = false) throws -> (precision: Precision, reason: String) {
         let isa = OneDNN.isaName
