@@ -16,7 +16,9 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
-        .target(name: "GomlCore", dependencies: ["CBLAS", "CDNNL"], swiftSettings: optimise),
+        // AVX512_BF16 code: called only where oneDNN reports the CPU has it.
+        .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"])]),
+        .target(name: "GomlCore", dependencies: ["CBLAS", "CDNNL", "CBF16"], swiftSettings: optimise),
         .target(name: "GomlIO", dependencies: ["GomlCore"], swiftSettings: optimise),
         .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO"], swiftSettings: optimise),
         .target(name: "GomlMPI", dependencies: ["CMPI", "GomlTrain"], swiftSettings: optimise),

@@ -1,4 +1,3 @@
-// oneDNN's C API (libdnnl-dev). Debian's oneDNN runs on OpenMP, whose team size is set per
-// calling thread: each worker thread asks for its own.
+// oneDNN's C API (libdnnl-dev): here, which instruction set (and so whether bf16 dot products)
+// the CPU offers, honouring ONEDNN_MAX_CPU_ISA.
 #include <dnnl.h>
-void omp_set_num_threads(int);

@@ -29,8 +29,6 @@ public final class KVCacheDecoder {
 
     private let parameters: [Float]
     private let products: MatrixProducts, attentionProducts: MatrixProducts
-    /// bfloat16 copy of `parameters` for bf16 products (empty at fp32): made once, read by every token.
-    private let parametersBF16: UnsafeMutableBufferPointer<UInt16>?
     private let arena: UnsafeMutableBufferPointer<Float>
     private let keyCache: [FloatPointer], valueCache: [FloatPointer]   // L × [T,C]; keys after RoPE at their position
     private let ropeCos: FloatPointer, ropeSin: FloatPointer           // [T,D/2]
@@ -51,13 +49,6 @@ public final class KVCacheDecoder {
         self.layout = layout
         self.parameters = parameters
         (products, attentionProducts) = makeProducts(precision)
-        if precision == .bf16 {
-            let copy = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: parameters.count)
-            parameters.withUnsafeBufferPointer { convertToBFloat16(copy.baseAddress!, $0.baseAddress!, count: $0.count) }
-            parametersBF16 = copy
-        } else {
-            parametersBF16 = nil
-        }
         let T = config.seqLen, C = config.dim, F = config.ffn, V = config.vocab, L = config.layers
         let swiglu = config.ffnKind == .swiglu
         let half = config.headDim / 2
@@ -80,7 +71,7 @@ public final class KVCacheDecoder {
         ropeSin.update(from: tables.sin, count: T * half)
     }
 
-    deinit { arena.deallocate(); parametersBF16?.deallocate() }
+    deinit { arena.deallocate() }
 
     /// Forgets the context: the next token goes to position 0.
     public func reset() { position = 0 }
@@ -93,7 +84,6 @@ public final class KVCacheDecoder {
         let cfg = config, C = cfg.dim, F = cfg.ffn, V = cfg.vocab, H = cfg.heads
         parameters.withUnsafeBufferPointer { buffer in
             let params = buffer.baseAddress!
-            if let copy = parametersBF16?.baseAddress { products.mirror(params, count: buffer.count, bf16: copy) }
             let p = { (view: TensorView) in params + view.offset }
             withUnsafePointer(to: token) { embeddingForward(residual, $0, p(layout.embedding), rows: 1, C: C) }
             for (l, w) in layout.layers.enumerated() {

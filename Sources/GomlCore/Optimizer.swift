@@ -68,11 +68,8 @@ public final class AdamW {
 
     deinit { m.deallocate(); v.deallocate() }
 
-    /// One update: g = gradScale·grads; moments; p −= lr·(m̂/(√v̂ + eps) + wd·p). With
-    /// `bf16Copy`, also writes each new parameter's bfloat16 rounding there (same layout), in
-    /// the same pass: the weights bf16 products read.
-    public func update(_ params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, gradScale: Float,
-                       bf16Copy: UnsafeMutablePointer<UInt16>? = nil) {
+    /// One update: g = gradScale·grads; moments; p −= lr·(m̂/(√v̂ + eps) + wd·p).
+    public func update(_ params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, gradScale: Float) {
         step += 1
         let t = Double(step)
         let c = config
@@ -81,8 +78,7 @@ public final class AdamW {
             for range in ranges {
                 adamWKernel(params + range.lowerBound, m.baseAddress! + range.lowerBound, v.baseAddress! + range.lowerBound,
                             grads + range.lowerBound, count: range.count, lr: Float(lr), beta1: c.beta1, beta2: c.beta2,
-                            eps: c.eps, weightDecay: wd, correction1: correction1, correction2: correction2, gradScale: gradScale,
-                            bf16Copy: bf16Copy.map { $0 + range.lowerBound })
+                            eps: c.eps, weightDecay: wd, correction1: correction1, correction2: correction2, gradScale: gradScale)
             }
         }
     }
@@ -91,7 +87,7 @@ public final class AdamW {
 @inline(__always)
 private func adamWKernel(_ p: FloatPointer, _ m: FloatPointer, _ v: FloatPointer, _ g: ConstFloatPointer, count: Int,
                          lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
-                         correction1: Float, correction2: Float, gradScale: Float, bf16Copy: UnsafeMutablePointer<UInt16>?) {
+                         correction1: Float, correction2: Float, gradScale: Float) {
     forEachChunk(count) { i, w in
         let grad = load(g + i, w) * gradScale
         let mi = beta1 * load(m + i, w) + (1 - beta1) * grad
@@ -100,15 +96,6 @@ private func adamWKernel(_ p: FloatPointer, _ m: FloatPointer, _ v: FloatPointer
         let update = (mi / correction1) / ((vi / correction2).squareRoot() + eps) + weightDecay * pi
         store(mi, m + i, w)
         store(vi, v + i, w)
-        let next = pi - lr * update
-        store(next, p + i, w)
-        if let bf16Copy {
-            let rounded = bfloat16Bits(next)
-            if w == 8 {
-                UnsafeMutableRawPointer(bf16Copy + i).storeBytes(of: rounded, as: SIMD8<UInt16>.self)
-            } else {
-                for j in 0..<w { bf16Copy[i + j] = rounded[j] }
-            }
-        }
+        store(pi - lr * update, p + i, w)
     }
 }

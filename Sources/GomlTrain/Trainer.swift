@@ -46,10 +46,6 @@ public final class Trainer {
     private let sequenceLosses: UnsafeMutableBufferPointer<Double>
     private var evalLosses: [Double]         // [evalBatches·B]
     private let tokensPerStep: Int
-    /// bf16 runs: the weights' bfloat16 copy every model's products read, written by AdamW;
-    /// `weightsCopiedAtStep` is the AdamW step it matches (a restore or initialisation changes it).
-    private let weightsBF16: UnsafeMutableBufferPointer<UInt16>?
-    private var weightsCopiedAtStep = -1
 
     /// `workers` threads split this rank's sequences (allreduce mode; each should then use
     /// one BLAS thread); the exact reduction always uses one.
@@ -74,10 +70,7 @@ public final class Trainer {
             let workers = Trainer.workerCount(requested: requested, sequences: mine.count)
             let per = mine.count / workers
             workerShards = (0..<workers).map { (mine.lowerBound + $0 * per)..<(mine.lowerBound + ($0 + 1) * per) }
-            let productThreads = workers > 1 ? 1 : requested
-            models = (0..<workers).map { _ in
-                Transformer(config: options.model, batch: per, products: makeProducts(options.precision, threads: productThreads))
-            }
+            models = (0..<workers).map { _ in Transformer(config: options.model, batch: per, products: makeProducts(options.precision)) }
             workerGrads = [grads] + (1..<workers).map { _ in FloatBuffer(count: count) }
             tree = nil
         case .exact:
@@ -92,22 +85,10 @@ public final class Trainer {
         sequenceLosses.initialize(repeating: 0)
         evalLosses = Array(repeating: 0, count: options.evalBatches * options.batch)
         tokensPerStep = options.batch * T
-        weightsBF16 = options.precision == .bf16 ? .allocate(capacity: count) : nil
-        if let copy = weightsBF16?.baseAddress {
-            for model in models { model.products.mirror(params.base, count: count, bf16: copy) }
-        }
         pool.launch { [unowned self] worker in self.forwardBackward(worker: worker) }
     }
 
-    deinit { sequenceLosses.deallocate(); weightsBF16?.deallocate() }
-
-    /// Brings the weights' bf16 copy up to date when the parameters changed other than by
-    /// AdamW (initialisation, restore); AdamW's pass keeps it current otherwise.
-    private func refreshWeightCopy() {
-        guard let copy = weightsBF16?.baseAddress, weightsCopiedAtStep != optimizer.step else { return }
-        convertToBFloat16(copy, params.base, count: params.count)
-        weightsCopiedAtStep = optimizer.step
-    }
+    deinit { sequenceLosses.deallocate() }
 
     /// The largest worker count ≤ requested that splits `sequences` evenly.
     public static func workerCount(requested: Int, sequences: Int) -> Int {
@@ -179,7 +160,6 @@ public final class Trainer {
         let attempted = step + 1
         timings = StepTimings()
         clock = DispatchTime.now().uptimeNanoseconds
-        refreshWeightCopy()
         sampler.next(into: &offsets)
         sequenceLosses.update(repeating: 0)
         if let tree {
@@ -208,8 +188,7 @@ public final class Trainer {
         let lr = options.schedule.rate(atStep: attempted)
         if loss.isFinite && norm.isFinite {
             optimizer.update(params.base, grads: grads.base, lr: lr,
-                             gradScale: clipScale(norm: norm, maxNorm: options.optimizer.gradClip), bf16Copy: weightsBF16?.baseAddress)
-            weightsCopiedAtStep = optimizer.step
+                             gradScale: clipScale(norm: norm, maxNorm: options.optimizer.gradClip))
             step = attempted
         }
         lap(\.optimizer)
@@ -220,7 +199,6 @@ public final class Trainer {
     /// sequence's loss reduced exactly, batch means averaged in order. Collective.
     public func evaluate() -> Double {
         let B = options.batch, T = options.model.seqLen, count = options.evalBatches * B
-        refreshWeightCopy()
         let all = validationOffsets(validationCount: validation.count, seqLen: T, count: count)
         let mine = shard(batch: count, rank: comm.rank, worldSize: comm.size)
         for i in evalLosses.indices { evalLosses[i] = 0 }

@@ -19,7 +19,7 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "Matrix products: fp32 (the default: the float32 reference check), bf16 (bf16 tolerances, README \"Precision\") or auto.")
     var precision: String = "fp32"
 
-    @Option(name: .customLong("fault-bf16"), help: ArgumentHelp("Break the bf16 path (unconverted-operand): shows that verify --precision bf16 catches it.", visibility: .hidden))
+    @Option(name: .customLong("fault-bf16"), help: ArgumentHelp("Break the bf16 path (wrong-leading-dimension): shows that verify --precision bf16 catches it.", visibility: .hidden))
     var faultBF16: String?
 
     func run() throws {
