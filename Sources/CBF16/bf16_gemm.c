@@ -30,13 +30,64 @@ void goml_bf16_round(uint16_t *out, const float *x, long count) {
     for (; i < count; i++) out[i] = round_bf16(x[i]);
 }
 
-// opA[i][kk] = trans ? a[kk·lda + i] : a[i·lda + kk]; zero outside m×k.
+// bf16 bits of 8 floats (in the low halves of 8 lanes), rounded to nearest even as round_bf16.
+static inline __m256i round8(__m256 x) {
+    __m256i bits = _mm256_castps_si256(x);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    return _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+}
+
+// Pair words of two 8-float vectors: word r = bf16(lo[r]) | bf16(hi[r]) << 16.
+static inline __m256i pair_words(__m256 lo, __m256 hi) {
+    return _mm256_or_si256(round8(lo), _mm256_slli_epi32(round8(hi), 16));
+}
+
+// 8 source rows × 16 floats (8 pairs along the row) → 8 pair indices × 8 rows: row r's pair q
+// goes to word r of dst + q·stride (stride in uint16).
+static inline void transpose_pack_8x8(const float *src, long ld, uint16_t *dst, long stride) {
+    __m256i r[8];
+    for (int i = 0; i < 8; i++) {
+        const float *row = src + i * ld;
+        __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(row));
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+        r[i] = _mm512_cvtepi32_epi16(rounded);   // 16 bf16 = 8 pair words, low half the even k
+    }
+    __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    __m256i s0 = _mm256_unpacklo_epi64(t0, t2), s1 = _mm256_unpackhi_epi64(t0, t2);
+    __m256i s2 = _mm256_unpacklo_epi64(t1, t3), s3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i s4 = _mm256_unpacklo_epi64(t4, t6), s5 = _mm256_unpackhi_epi64(t4, t6);
+    __m256i s6 = _mm256_unpacklo_epi64(t5, t7), s7 = _mm256_unpackhi_epi64(t5, t7);
+    _mm256_storeu_si256((__m256i *)(dst + 0 * stride), _mm256_permute2x128_si256(s0, s4, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 1 * stride), _mm256_permute2x128_si256(s1, s5, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 2 * stride), _mm256_permute2x128_si256(s2, s6, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 3 * stride), _mm256_permute2x128_si256(s3, s7, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 4 * stride), _mm256_permute2x128_si256(s0, s4, 0x31));
+    _mm256_storeu_si256((__m256i *)(dst + 5 * stride), _mm256_permute2x128_si256(s1, s5, 0x31));
+    _mm256_storeu_si256((__m256i *)(dst + 6 * stride), _mm256_permute2x128_si256(s2, s6, 0x31));
+    _mm256_storeu_si256((__m256i *)(dst + 7 * stride), _mm256_permute2x128_si256(s3, s7, 0x31));
+}
+
+// opA[i][kk] = trans ? a[kk·lda + i] : a[i·lda + kk]; zero outside m×k. Full panels take the
+// vector paths; edges the scalar one (same rounding).
 static void pack_a(uint16_t *out, int trans, const float *a, long lda, long m, long k) {
-    long kp = pairs(k);
+    long kp = pairs(k), full = k / 2;   // pairs with both values inside k
     for (long i0 = 0; i0 < m; i0 += MR) {
         uint16_t *panel = out + (i0 / MR) * MR * kp * 2;
         long rows = m - i0 < MR ? m - i0 : MR;
-        for (long p = 0; p < kp; p++) {
+        long p = 0;
+        if (rows == MR && trans) {
+            for (; p < full; p++) {
+                __m256i w = pair_words(_mm256_loadu_ps(a + 2 * p * lda + i0), _mm256_loadu_ps(a + (2 * p + 1) * lda + i0));
+                _mm256_storeu_si256((__m256i *)(panel + p * MR * 2), w);
+            }
+        } else if (rows == MR) {
+            for (; p + 8 <= full; p += 8) transpose_pack_8x8(a + i0 * lda + 2 * p, lda, panel + p * MR * 2, MR * 2);
+        }
+        for (; p < kp; p++) {
             long k0 = 2 * p, k1 = 2 * p + 1;
             uint16_t *word = panel + p * MR * 2;
             for (long r = 0; r < MR; r++) {
@@ -55,28 +106,25 @@ static void pack_a(uint16_t *out, int trans, const float *a, long lda, long m, l
 
 // opB[kk][j] = trans ? b[j·ldb + kk] : b[kk·ldb + j]; zero outside k×n.
 static void pack_b(uint16_t *out, int trans, const float *b, long ldb, long k, long n) {
-    long kp = pairs(k);
+    long kp = pairs(k), full = k / 2;
     for (long j0 = 0; j0 < n; j0 += NR) {
         uint16_t *panel = out + (j0 / NR) * NR * kp * 2;
         long width = n - j0 < NR ? n - j0 : NR;
-        for (long p = 0; p < kp; p++) {
+        long p = 0;
+        if (width == NR && trans) {
+            for (; p + 8 <= full; p += 8)
+                for (long g = 0; g < NR / 8; g++)
+                    transpose_pack_8x8(b + (j0 + 8 * g) * ldb + 2 * p, ldb, panel + p * NR * 2 + 8 * g * 2, NR * 2);
+        } else if (width == NR) {
+            for (; p < full; p++)
+                for (long g = 0; g < NR / 8; g++) {
+                    __m256i w = pair_words(_mm256_loadu_ps(b + 2 * p * ldb + j0 + 8 * g), _mm256_loadu_ps(b + (2 * p + 1) * ldb + j0 + 8 * g));
+                    _mm256_storeu_si256((__m256i *)(panel + p * NR * 2 + 8 * g * 2), w);
+                }
+        }
+        for (; p < kp; p++) {
             uint16_t *row = panel + p * NR * 2;
             long k0 = 2 * p, k1 = 2 * p + 1;
-            if (!trans && width == NR && k1 < k) {
-                // Contiguous rows: round 32 + 32 floats and interleave them in registers.
-                const float *r0 = b + k0 * ldb + j0, *r1 = b + k1 * ldb + j0;
-                for (long h = 0; h < 2; h++) {
-                    __m512i x0 = _mm512_castps_si512(_mm512_loadu_ps(r0 + 16 * h));
-                    __m512i x1 = _mm512_castps_si512(_mm512_loadu_ps(r1 + 16 * h));
-                    __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
-                    __m512i y0 = _mm512_srli_epi32(_mm512_add_epi32(x0, _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(x0, 16), one), bias)), 16);
-                    __m512i y1 = _mm512_srli_epi32(_mm512_add_epi32(x1, _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(x1, 16), one), bias)), 16);
-                    // pair word j = y0[j] | y1[j] << 16
-                    __m512i words = _mm512_or_si512(y0, _mm512_slli_epi32(y1, 16));
-                    _mm512_storeu_si512((void *)(row + 32 * h), words);
-                }
-                continue;
-            }
             for (long j = 0; j < NR; j++) {
                 float x0 = 0, x1 = 0;
                 if (j < width) {
