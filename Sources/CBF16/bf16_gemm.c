@@ -169,12 +169,14 @@ static void kernel(const uint16_t *ap, const uint16_t *bp, long kp, float alpha,
     }
 }
 
-void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alpha,
-                    const float *a, long lda, const float *b, long ldb,
-                    float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b) {
+void goml_bf16_pack_b(uint16_t *packed_b, int trans_b, const float *b, long ldb, long k, long n) {
+    pack_b(packed_b, trans_b, b, ldb, k, n);
+}
+
+void goml_bf16_gemm_packed_b(int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
+                             const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a) {
     long kp = pairs(k);
     pack_a(packed_a, trans_a, a, lda, m, k);
-    pack_b(packed_b, trans_b, b, ldb, k, n);
     for (long i0 = 0; i0 < m; i0 += MR) {
         const uint16_t *ap = packed_a + (i0 / MR) * MR * kp * 2;
         long rows = m - i0 < MR ? m - i0 : MR;
@@ -183,4 +185,11 @@ void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alph
             kernel(ap, packed_b + (j0 / NR) * NR * kp * 2, kp, alpha, beta, c + i0 * ldc + j0, ldc, rows, cols);
         }
     }
+}
+
+void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alpha,
+                    const float *a, long lda, const float *b, long ldb,
+                    float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b) {
+    pack_b(packed_b, trans_b, b, ldb, k, n);
+    goml_bf16_gemm_packed_b(trans_a, m, n, k, alpha, a, lda, packed_b, beta, c, ldc, packed_a);
 }

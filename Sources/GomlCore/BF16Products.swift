@@ -40,13 +40,29 @@ public final class BF16Products: MatrixProducts {
     private var packedA = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: 1)
     private var packedB = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: 1)
 
+    /// Operands declared constant, packed once: decoding then reads bf16 weights, half the bytes.
+    private struct HeldOperand {
+        let b: ConstFloatPointer, transB: Bool, k: Int, n: Int, ldb: Int
+        let packed: UnsafeMutableBufferPointer<UInt16>
+    }
+    private var held: [HeldOperand] = []
+
     public init(fault: BF16Fault? = nil) {
         // fatalError, not precondition: -Ounchecked neither evaluates nor checks the latter.
         if !OneDNN.hasNativeBF16 { fatalError("bf16 products need AVX512_BF16; oneDNN reports \(OneDNN.isaName)") }
         self.fault = fault
     }
 
-    deinit { packedA.deallocate(); packedB.deallocate() }
+    deinit {
+        packedA.deallocate(); packedB.deallocate()
+        for h in held { h.packed.deallocate() }
+    }
+
+    public func holdConstant(_ transB: Bool, k: Int, n: Int, _ b: ConstFloatPointer, ldb: Int) {
+        let packed = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: goml_bf16_packed_b_count(k, n))
+        goml_bf16_pack_b(packed.baseAddress!, transB ? 1 : 0, b, ldb, k, n)
+        held.append(HeldOperand(b: b, transB: transB, k: k, n: n, ldb: ldb, packed: packed))
+    }
 
     private static func ensure(_ buffer: inout UnsafeMutableBufferPointer<UInt16>, _ count: Int) {
         if buffer.count < count {
@@ -59,8 +75,14 @@ public final class BF16Products: MatrixProducts {
                         _ a: ConstFloatPointer, lda: Int, _ b: ConstFloatPointer, ldb: Int,
                         beta: Float, _ c: FloatPointer, ldc: Int) {
         Self.ensure(&packedA, goml_bf16_packed_a_count(m, k))
+        let leadingA = fault == .wrongLeadingDimension ? lda - 1 : lda
+        for h in held where h.b == b && h.transB == transB && h.k == k && h.n == n && h.ldb == ldb {
+            goml_bf16_gemm_packed_b(transA ? 1 : 0, m, n, k, alpha, a, leadingA, h.packed.baseAddress!, beta, c, ldc,
+                                    packedA.baseAddress!)
+            return
+        }
         Self.ensure(&packedB, goml_bf16_packed_b_count(k, n))
-        goml_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, fault == .wrongLeadingDimension ? lda - 1 : lda,
+        goml_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, leadingA,
                        b, ldb, beta, c, ldc, packedA.baseAddress!, packedB.baseAddress!)
     }
 }

@@ -48,8 +48,23 @@ public final class KVCacheDecoder {
         self.config = config
         self.layout = layout
         self.parameters = parameters
-        (products, attentionProducts) = makeProducts(precision)
-        let T = config.seqLen, C = config.dim, F = config.ffn, V = config.vocab, L = config.layers
+        let made = makeProducts(precision)
+        (products, attentionProducts) = made
+        // Weights never change while decoding: bf16 products pack them once (a lookup by
+        // address and shape, so a moved array would only be packed again per token).
+        let C = config.dim, F = config.ffn
+        parameters.withUnsafeBufferPointer { buffer in
+            let p = { (view: TensorView) in buffer.baseAddress! + view.offset }
+            for w in layout.layers {
+                made.linear.holdConstant(true, k: C, n: 3 * C, p(w.wq), ldb: C)
+                made.linear.holdConstant(true, k: C, n: C, p(w.wo), ldb: C)
+                made.linear.holdConstant(true, k: C, n: F, p(w.w1), ldb: C)
+                if let w3 = w.w3 { made.linear.holdConstant(true, k: C, n: F, p(w3), ldb: C) }
+                made.linear.holdConstant(true, k: F, n: C, p(w.w2), ldb: F)
+            }
+            made.linear.holdConstant(true, k: C, n: config.vocab, p(layout.output), ldb: C)
+        }
+        let T = config.seqLen, V = config.vocab, L = config.layers
         let swiglu = config.ffnKind == .swiglu
         let half = config.headDim / 2
         let total = 2 * L * T * C + 2 * T * half + 2 * C + 2 + 3 * C + T + C + (swiglu ? 3 : 2) * F + V

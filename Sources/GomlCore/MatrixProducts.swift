@@ -8,6 +8,10 @@ public protocol MatrixProducts: AnyObject {
     func product(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                  _ a: ConstFloatPointer, lda: Int, _ b: ConstFloatPointer, ldb: Int,
                  beta: Float, _ c: FloatPointer, ldc: Int)
+
+    /// Declares op(b) (k×n) constant while this object lives (inference weights), so products
+    /// that read it may prepare it once.
+    func holdConstant(_ transB: Bool, k: Int, n: Int, _ b: ConstFloatPointer, ldb: Int)
 }
 
 /// OpenBLAS sgemm: the float32 reference path.
@@ -21,6 +25,8 @@ public final class OpenBLASProducts: MatrixProducts {
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
+
+    public func holdConstant(_ transB: Bool, k: Int, n: Int, _ b: ConstFloatPointer, ldb: Int) {}
 }
 
 /// Which arithmetic the matrix products use.

@@ -13,5 +13,12 @@ void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alph
                     const float *a, long lda, const float *b, long ldb,
                     float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b);
 
+/// Packs op(B) (k×n) once, for products that reuse it (constant weights).
+void goml_bf16_pack_b(uint16_t *packed_b, int trans_b, const float *b, long ldb, long k, long n);
+
+/// goml_bf16_gemm with op(B) packed by goml_bf16_pack_b.
+void goml_bf16_gemm_packed_b(int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
+                             const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a);
+
 /// out[i] = bf16(x[i]), rounded to nearest even.
 void goml_bf16_round(uint16_t *out, const float *x, long count);
