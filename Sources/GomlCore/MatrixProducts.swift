@@ -38,7 +38,8 @@ public enum Precision: String, Codable, Sendable, CaseIterable {
 }
 
 /// The products a model of `precision` uses for its linear layers and for attention.
-/// Attention stays on float32 (BENCHMARKS.md): its per-head products are small (T×T×D).
+/// Attention stays on float32: bf16 there saved ~10% of small's step but, with large weights
+/// (the clip fixture), its rounded scores quadrupled the gradient-norm error (BENCHMARKS.md).
 public func makeProducts(_ precision: Precision, fault: BF16Fault? = nil) -> (linear: MatrixProducts, attention: MatrixProducts) {
     switch precision {
     case .fp32: return (OpenBLASProducts(), OpenBLASProducts())
