@@ -28,7 +28,7 @@ public final class KVCacheDecoder {
     public private(set) var position = 0
 
     private let parameters: [Float]
-    private let products: MatrixProducts, attentionProducts: MatrixProducts
+    private let products: MatrixProducts, attentionProducts: MatrixProducts, scoreProducts: MatrixProducts
     private let arena: UnsafeMutableBufferPointer<Float>
     private let keyCache: [FloatPointer], valueCache: [FloatPointer]   // L × [T,C]; keys after RoPE at their position
     private let ropeCos: FloatPointer, ropeSin: FloatPointer           // [T,D/2]
@@ -49,7 +49,7 @@ public final class KVCacheDecoder {
         self.layout = layout
         self.parameters = parameters
         let made = makeProducts(precision)
-        (products, attentionProducts) = made
+        (products, attentionProducts, scoreProducts) = made
         // Weights never change while decoding: bf16 products pack them once (a lookup by
         // address and shape, so a moved array would only be packed again per token).
         let C = config.dim, F = config.ffn
@@ -137,7 +137,7 @@ public final class KVCacheDecoder {
     private func attendToCache(keys: ConstFloatPointer, values: ConstFloatPointer) {
         let C = config.dim, D = config.headDim, n = position + 1, scale = 1 / Float(D).squareRoot()
         for h in 0..<config.heads {
-            attentionProducts.product(false, true, m: 1, n: n, k: D, alpha: scale, qkv + h * D, lda: 3 * C, keys + h * D, ldb: C,
+            scoreProducts.product(false, true, m: 1, n: n, k: D, alpha: scale, qkv + h * D, lda: 3 * C, keys + h * D, ldb: C,
                  beta: 0, scores, ldc: n)
             softmaxRowCausal(scores, valid: n, width: n)
             attentionProducts.product(false, false, m: 1, n: D, k: n, alpha: 1, scores, lda: n, values + h * D, ldb: C, beta: 0, attention + h * D, ldc: C)

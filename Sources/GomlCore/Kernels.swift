@@ -155,14 +155,15 @@ private func ropeRotate(_ qkv: FloatPointer, _ cosTable: ConstFloatPointer, _ si
 
 /// out[B,T,C] = concat over heads of softmax(q kᵀ/√D + causal mask) v (overwritten);
 /// saves the probabilities probs[B,H,T,T] (zero above the diagonal). qkv is [B,T,3C] after RoPE.
+/// The scores q·kᵀ use `scores`, the rest `mm`.
 func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int,
-                      using mm: MatrixProducts) {
+                      using mm: MatrixProducts, scores: MatrixProducts) {
     let D = C / heads, scale = 1 / Float(D).squareRoot()
     for b in 0..<B {
         for h in 0..<heads {
             let q = qkv + b * T * 3 * C + h * D, k = q + C, v = q + 2 * C
             let p = probs + (b * heads + h) * T * T
-            mm.product(false, true, m: T, n: T, k: D, alpha: scale, q, lda: 3 * C, k, ldb: 3 * C, beta: 0, p, ldc: T)
+            scores.product(false, true, m: T, n: T, k: D, alpha: scale, q, lda: 3 * C, k, ldb: 3 * C, beta: 0, p, ldc: T)
             for i in 0..<T { softmaxRowCausal(p + i * T, valid: i + 1, width: T) }
             mm.product(false, false, m: T, n: D, k: T, alpha: 1, p, lda: T, v, ldb: 3 * C, beta: 0, out + b * T * C + h * D, ldc: C)
         }

@@ -37,12 +37,20 @@ public enum Precision: String, Codable, Sendable, CaseIterable {
     case bf16
 }
 
-/// The products a model of `precision` uses for its linear layers and for attention.
-/// Attention stays on float32: bf16 there saved ~10% of small's step but, with large weights
-/// (the clip fixture), its rounded scores quadrupled the gradient-norm error (BENCHMARKS.md).
-public func makeProducts(_ precision: Precision, fault: BF16Fault? = nil) -> (linear: MatrixProducts, attention: MatrixProducts) {
+/// Where a model's products run: its linear layers, attention's per-head products, and the
+/// attention scores q·kᵀ that feed the softmax.
+public typealias ModelProducts = (linear: MatrixProducts, attention: MatrixProducts, scores: MatrixProducts)
+
+/// The products of a model at `precision`. At bf16 the scores stay float32: rounded to bf16,
+/// large scores (the clip fixture's weights) quadrupled the gradient-norm error; every other
+/// product, attention's included, is bf16 (BENCHMARKS.md).
+public func makeProducts(_ precision: Precision, fault: BF16Fault? = nil) -> ModelProducts {
     switch precision {
-    case .fp32: return (OpenBLASProducts(), OpenBLASProducts())
-    case .bf16: return (BF16Products(fault: fault), OpenBLASProducts())
+    case .fp32:
+        let fp32 = OpenBLASProducts()
+        return (fp32, fp32, fp32)
+    case .bf16:
+        let bf16 = BF16Products(fault: fault)
+        return (bf16, bf16, OpenBLASProducts())
     }
 }

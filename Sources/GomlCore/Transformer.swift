@@ -22,8 +22,8 @@ public final class Transformer {
     /// Sequences per forward pass (B) and positions per sequence (T).
     public let batch: Int, seqLen: Int
     public var rows: Int { batch * seqLen }
-    /// Where the linear layers' and attention's matrix products run.
-    public let products: MatrixProducts, attentionProducts: MatrixProducts
+    /// Where the linear layers', attention's and the attention scores' matrix products run.
+    public let products: MatrixProducts, attentionProducts: MatrixProducts, scoreProducts: MatrixProducts
 
     /// Inputs, filled by the caller: [B,T] each.
     public let tokens: UnsafeMutableBufferPointer<Int32>
@@ -46,11 +46,12 @@ public final class Transformer {
     private let dScores: FloatPointer               // [T,T]
 
     public init(config: ModelConfig, batch: Int, seqLen: Int? = nil,
-                products: (linear: MatrixProducts, attention: MatrixProducts) = makeProducts(.fp32)) {
+                products: ModelProducts = makeProducts(.fp32)) {
         let T = seqLen ?? config.seqLen
         precondition(batch > 0 && T > 0 && T <= config.seqLen)
         self.products = products.linear
         self.attentionProducts = products.attention
+        self.scoreProducts = products.scores
         self.config = config
         self.layout = ParameterLayout(config)
         self.batch = batch
@@ -106,7 +107,8 @@ public final class Transformer {
             layerNormForward(a.ln1, a.ln1Mean, a.ln1Rstd, x, p(w.attentionNormWeight), p(w.attentionNormBias), rows: N, C: C, eps: cfg.normEps)
             linearForward(a.qkv, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, using: products)
             ropeForward(a.qkv, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
-            attentionForward(a.attention, a.probs, a.qkv, B: batch, T: T, C: C, heads: H, using: attentionProducts)
+            attentionForward(a.attention, a.probs, a.qkv, B: batch, T: T, C: C, heads: H, using: attentionProducts,
+                             scores: scoreProducts)
             // x = x + a Woᵀ
             a.residualMid.update(from: x, count: N * C)
             products.product(false, true, m: N, n: C, k: C, alpha: 1, a.attention, lda: C, p(w.wo), ldb: C, beta: 1, a.residualMid, ldc: C)
