@@ -14,9 +14,12 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .target(name: "CStopSignal"),
-        .target(name: "GomlCore", dependencies: ["CBLAS"], swiftSettings: optimise),
+        // AVX512_BF16 code: called only where oneDNN reports the CPU has it.
+        .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"])]),
+        .target(name: "GomlCore", dependencies: ["CBLAS", "CDNNL", "CBF16"], swiftSettings: optimise),
         .target(name: "CCorpusGuard"),
         .target(name: "GomlIO", dependencies: ["GomlCore", "CCorpusGuard"], swiftSettings: optimise),
         .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO"], swiftSettings: optimise),

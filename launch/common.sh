@@ -8,7 +8,7 @@ BIN="$ROOT/.build/release/goml-dist"
 # for slurm-wlm and munge), when any is missing.
 ensure_packages() {
     local missing=()
-    for p in libopenmpi-dev openmpi-bin libopenblas-dev "$@"; do
+    for p in libopenmpi-dev openmpi-bin libopenblas-dev libdnnl-dev "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -4,6 +4,7 @@ torch.optim.AdamW with decay on 2-D params, clip_grad_norm_(1.0)). A step = samp
 forward + backward + clip + AdamW + loss.item(); 3 warm-up steps; median over the rest.
 
     python3 scripts/pytorch_bench.py --config small --threads 2 --steps 10
+    python3 scripts/pytorch_bench.py --config small --threads 2 --steps 10 --autocast   # bf16 autocast
     python3 scripts/pytorch_bench.py --time-to-quality      # nano recipe, 2,000 steps
 Needs torch (pip install torch); not part of the product or its tests.
 """
@@ -21,10 +22,13 @@ PRESETS = {"tiny": (Config(dim=64, layers=2, heads=4, ffn=172, seq_len=64), 8),
 DATA = os.path.join(here, "..", "data", "tinyshakespeare.txt")
 
 
-def train_step(model, opt, sampler):
-    """What the anchors time: sample + forward + backward + clip + AdamW + loss.item()."""
+def train_step(model, opt, sampler, autocast=False):
+    """What the anchors time: sample + forward + backward + clip + AdamW + loss.item().
+    With autocast, the forward runs under torch.autocast("cpu", torch.bfloat16) (PyTorch AMP:
+    bf16 matrix products, float32 master weights and optimiser)."""
     x, y = sampler.next()
-    _, loss = model(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        _, loss = model(x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -32,7 +36,7 @@ def train_step(model, opt, sampler):
     return loss.item()
 
 
-def bench(name, threads, steps):
+def bench(name, threads, steps, autocast=False):
     torch.set_num_threads(threads)
     cfg, B = PRESETS[name]
     torch.manual_seed(0)
@@ -44,12 +48,12 @@ def bench(name, threads, steps):
     times = []
     for i in range(3 + steps):
         t = time.perf_counter()
-        train_step(model, opt, sampler)
+        train_step(model, opt, sampler, autocast)
         if i >= 3:
             times.append(time.perf_counter() - t)
     ms = statistics.median(times) * 1000
     tok = B * cfg.seq_len / (ms / 1000)
-    print(json.dumps({"config": name, "threads": threads, "torch": torch.__version__, "ms_per_step": round(ms, 2),
+    print(json.dumps({"config": name, "threads": threads, "torch": torch.__version__, "autocast_bf16": autocast, "ms_per_step": round(ms, 2),
                       "tokens_per_s": round(tok), "model_gflops": round(tok * flops_per_token(cfg, cfg.seq_len) / 1e9, 1)}))
 
 
@@ -82,6 +86,7 @@ if __name__ == "__main__":
     ap.add_argument("--config", default="nano")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (torch.autocast on the CPU)")
     ap.add_argument("--time-to-quality", action="store_true")
     a = ap.parse_args()
-    time_to_quality() if a.time_to_quality else bench(a.config, a.threads, a.steps)
+    time_to_quality() if a.time_to_quality else bench(a.config, a.threads, a.steps, a.autocast)

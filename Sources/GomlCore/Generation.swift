@@ -28,6 +28,7 @@ public final class KVCacheDecoder {
     public private(set) var position = 0
 
     private let parameters: [Float]
+    private let products: MatrixProducts, attentionProducts: MatrixProducts, scoreProducts: MatrixProducts
     private let arena: UnsafeMutableBufferPointer<Float>
     private let keyCache: [FloatPointer], valueCache: [FloatPointer]   // L × [T,C]; keys after RoPE at their position
     private let ropeCos: FloatPointer, ropeSin: FloatPointer           // [T,D/2]
@@ -41,13 +42,29 @@ public final class KVCacheDecoder {
     private let gate: FloatPointer                                     // [F], input of W2
     private let logits: FloatPointer                                   // [V]
 
-    public init(config: ModelConfig, parameters: [Float]) {
+    public init(config: ModelConfig, parameters: [Float], precision: Precision = .fp32) {
         let layout = ParameterLayout(config)
         precondition(parameters.count == layout.count, "expected \(layout.count) parameters, got \(parameters.count)")
         self.config = config
         self.layout = layout
         self.parameters = parameters
-        let T = config.seqLen, C = config.dim, F = config.ffn, V = config.vocab, L = config.layers
+        let made = makeProducts(precision)
+        (products, attentionProducts, scoreProducts) = made
+        // Weights never change while decoding: bf16 products pack them once (a lookup by
+        // address and shape, so a moved array would only be packed again per token).
+        let C = config.dim, F = config.ffn
+        parameters.withUnsafeBufferPointer { buffer in
+            let p = { (view: TensorView) in buffer.baseAddress! + view.offset }
+            for w in layout.layers {
+                made.linear.holdConstant(true, k: C, n: 3 * C, p(w.wq), ldb: C)
+                made.linear.holdConstant(true, k: C, n: C, p(w.wo), ldb: C)
+                made.linear.holdConstant(true, k: C, n: F, p(w.w1), ldb: C)
+                if let w3 = w.w3 { made.linear.holdConstant(true, k: C, n: F, p(w3), ldb: C) }
+                made.linear.holdConstant(true, k: F, n: C, p(w.w2), ldb: F)
+            }
+            made.linear.holdConstant(true, k: C, n: config.vocab, p(layout.output), ldb: C)
+        }
+        let T = config.seqLen, V = config.vocab, L = config.layers
         let swiglu = config.ffnKind == .swiglu
         let half = config.headDim / 2
         let total = 2 * L * T * C + 2 * T * half + 2 * C + 2 + 3 * C + T + C + (swiglu ? 3 : 2) * F + V
@@ -88,28 +105,28 @@ public final class KVCacheDecoder {
                 // h = LN(x); q, k, v = h Wq,k,vᵀ (one [3C,C] product); RoPE at this absolute position
                 layerNormForward(normed, normMean, normRstd, residual, p(w.attentionNormWeight), p(w.attentionNormBias),
                                  rows: 1, C: C, eps: cfg.normEps)
-                linearForward(qkv, normed, p(w.wq), rows: 1, inFeatures: C, outFeatures: 3 * C)
+                linearForward(qkv, normed, p(w.wq), rows: 1, inFeatures: C, outFeatures: 3 * C, using: products)
                 ropeForward(qkv, ropeCos, ropeSin, rows: 1, T: 1, C: C, heads: H, firstPosition: position)
                 (keyCache[l] + position * C).update(from: qkv + C, count: C)
                 (valueCache[l] + position * C).update(from: qkv + 2 * C, count: C)
                 attendToCache(keys: keyCache[l], values: valueCache[l])
                 // x = x + a Woᵀ
-                gemm(false, true, m: 1, n: C, k: C, attention, lda: C, p(w.wo), ldb: C, beta: 1, residual, ldc: C)
+                products.product(false, true, m: 1, n: C, k: C, alpha: 1, attention, lda: C, p(w.wo), ldb: C, beta: 1, residual, ldc: C)
                 // h = LN(x); x = x + ffn(h) W2ᵀ
                 layerNormForward(normed, normMean, normRstd, residual, p(w.ffnNormWeight), p(w.ffnNormBias),
                                  rows: 1, C: C, eps: cfg.normEps)
-                linearForward(u1, normed, p(w.w1), rows: 1, inFeatures: C, outFeatures: F)
+                linearForward(u1, normed, p(w.w1), rows: 1, inFeatures: C, outFeatures: F, using: products)
                 if let u3, let w3 = w.w3 {
-                    linearForward(u3, normed, p(w3), rows: 1, inFeatures: C, outFeatures: F)
+                    linearForward(u3, normed, p(w3), rows: 1, inFeatures: C, outFeatures: F, using: products)
                     swigluForward(gate, u1, u3, count: F)
                 } else {
                     geluForward(gate, u1, count: F)
                 }
-                gemm(false, true, m: 1, n: C, k: F, gate, lda: F, p(w.w2), ldb: F, beta: 1, residual, ldc: C)
+                products.product(false, true, m: 1, n: C, k: F, alpha: 1, gate, lda: F, p(w.w2), ldb: F, beta: 1, residual, ldc: C)
             }
             layerNormForward(normed, normMean, normRstd, residual, p(layout.normWeight), p(layout.normBias),
                              rows: 1, C: C, eps: cfg.normEps)
-            linearForward(logits, normed, p(layout.output), rows: 1, inFeatures: C, outFeatures: V)
+            linearForward(logits, normed, p(layout.output), rows: 1, inFeatures: C, outFeatures: V, using: products)
         }
         position += 1
         return UnsafeBufferPointer(start: logits, count: V)
@@ -120,10 +137,10 @@ public final class KVCacheDecoder {
     private func attendToCache(keys: ConstFloatPointer, values: ConstFloatPointer) {
         let C = config.dim, D = config.headDim, n = position + 1, scale = 1 / Float(D).squareRoot()
         for h in 0..<config.heads {
-            gemm(false, true, m: 1, n: n, k: D, alpha: scale, qkv + h * D, lda: 3 * C, keys + h * D, ldb: C,
+            scoreProducts.product(false, true, m: 1, n: n, k: D, alpha: scale, qkv + h * D, lda: 3 * C, keys + h * D, ldb: C,
                  beta: 0, scores, ldc: n)
             softmaxRowCausal(scores, valid: n, width: n)
-            gemm(false, false, m: 1, n: D, k: n, scores, lda: n, values + h * D, ldb: C, beta: 0, attention + h * D, ldc: C)
+            attentionProducts.product(false, false, m: 1, n: D, k: n, alpha: 1, scores, lda: n, values + h * D, ldb: C, beta: 0, attention + h * D, ldc: C)
         }
     }
 }
@@ -232,8 +249,10 @@ public final class TextGenerator {
     private let decoder: KVCacheDecoder
     private var scratch: SamplingScratch
 
+    public let precision: Precision
+
     /// Throws if the config is invalid or `parameters` does not match its layout.
-    public init(config: ModelConfig, parameters: [Float]) throws {
+    public init(config: ModelConfig, parameters: [Float], precision: Precision = .fp32) throws {
         try config.validate()
         let expected = ParameterLayout(config).count
         guard parameters.count == expected else {
@@ -241,7 +260,8 @@ public final class TextGenerator {
         }
         self.config = config
         self.parameters = parameters
-        decoder = KVCacheDecoder(config: config, parameters: parameters)
+        self.precision = precision
+        decoder = KVCacheDecoder(config: config, parameters: parameters, precision: precision)
         scratch = SamplingScratch(vocab: config.vocab)
     }
 
@@ -259,7 +279,7 @@ public final class TextGenerator {
             throw GenerationError("prompt byte \(bad) is outside the model's vocabulary of \(config.vocab) tokens")
         }
         context.reserveCapacity(T + 1)
-        let reference = useCache ? nil : Transformer(config: config, batch: 1)
+        let reference = useCache ? nil : Transformer(config: config, batch: 1, products: makeProducts(precision))
         // Logits [V] for the token after `context`: the full forward's row context.count−1
         // (causal attention: the zero-filled tail is unseen), or the decoder's last step.
         func fullForward(_ model: Transformer) -> UnsafeBufferPointer<Float> {

@@ -1,10 +1,10 @@
 // Kernels: the model's building blocks as forward/backward pairs, side by side.
 // Convention (llm.c's): outputs first, then inputs, then sizes. Forward saves what backward
 // needs; backward ACCUMULATES (+=) into parameter gradients and says what it does to
-// activation gradients. Matrix products go through cblas_sgemm with transpose flags.
+// activation gradients. Matrix products go through the MatrixProducts seam (`using`) with
+// transpose flags.
 // No allocation, no I/O, no MPI.
 
-import CBLAS
 #if canImport(Glibc)
 import Glibc
 #else
@@ -13,15 +13,6 @@ import Darwin
 
 public typealias FloatPointer = UnsafeMutablePointer<Float>
 public typealias ConstFloatPointer = UnsafePointer<Float>
-
-/// C[m,n] = alpha·op(A)·op(B) + beta·C, row-major.
-@inline(__always)
-func gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
-          _ a: ConstFloatPointer, lda: Int, _ b: ConstFloatPointer, ldb: Int,
-          beta: Float, _ c: FloatPointer, ldc: Int) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-}
 
 // MARK: - Embedding
 
@@ -43,8 +34,9 @@ func embeddingBackward(_ dTable: FloatPointer, _ dOut: ConstFloatPointer, _ toke
 // MARK: - Linear (y = x Wᵀ, as torch.nn.Linear without bias)
 
 /// out[N,O] = inp[N,I] · W[O,I]ᵀ (overwritten).
-func linearForward(_ out: FloatPointer, _ inp: ConstFloatPointer, _ weight: ConstFloatPointer, rows: Int, inFeatures: Int, outFeatures: Int) {
-    gemm(false, true, m: rows, n: outFeatures, k: inFeatures, inp, lda: inFeatures, weight, ldb: inFeatures,
+func linearForward(_ out: FloatPointer, _ inp: ConstFloatPointer, _ weight: ConstFloatPointer, rows: Int, inFeatures: Int, outFeatures: Int,
+                   using mm: MatrixProducts) {
+    mm.product(false, true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, inp, lda: inFeatures, weight, ldb: inFeatures,
          beta: 0, out, ldc: outFeatures)
 }
 
@@ -52,10 +44,10 @@ func linearForward(_ out: FloatPointer, _ inp: ConstFloatPointer, _ weight: Cons
 /// dWeight += dOutᵀ · inp (or overwritten when `accumulateWeight` is false).
 func linearBackward(_ dInp: FloatPointer, _ dWeight: FloatPointer, _ dOut: ConstFloatPointer, _ inp: ConstFloatPointer,
                     _ weight: ConstFloatPointer, rows: Int, inFeatures: Int, outFeatures: Int, accumulateInput: Bool = false,
-                    accumulateWeight: Bool = true) {
-    gemm(false, false, m: rows, n: inFeatures, k: outFeatures, dOut, lda: outFeatures, weight, ldb: inFeatures,
+                    accumulateWeight: Bool = true, using mm: MatrixProducts) {
+    mm.product(false, false, m: rows, n: inFeatures, k: outFeatures, alpha: 1, dOut, lda: outFeatures, weight, ldb: inFeatures,
          beta: accumulateInput ? 1 : 0, dInp, ldc: inFeatures)
-    gemm(true, false, m: outFeatures, n: inFeatures, k: rows, dOut, lda: outFeatures, inp, ldb: inFeatures,
+    mm.product(true, false, m: outFeatures, n: inFeatures, k: rows, alpha: 1, dOut, lda: outFeatures, inp, ldb: inFeatures,
          beta: accumulateWeight ? 1 : 0, dWeight, ldc: inFeatures)
 }
 
@@ -163,15 +155,17 @@ private func ropeRotate(_ qkv: FloatPointer, _ cosTable: ConstFloatPointer, _ si
 
 /// out[B,T,C] = concat over heads of softmax(q kᵀ/√D + causal mask) v (overwritten);
 /// saves the probabilities probs[B,H,T,T] (zero above the diagonal). qkv is [B,T,3C] after RoPE.
-func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int) {
+/// The scores q·kᵀ use `scores`, the rest `mm`.
+func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int,
+                      using mm: MatrixProducts, scores: MatrixProducts) {
     let D = C / heads, scale = 1 / Float(D).squareRoot()
     for b in 0..<B {
         for h in 0..<heads {
             let q = qkv + b * T * 3 * C + h * D, k = q + C, v = q + 2 * C
             let p = probs + (b * heads + h) * T * T
-            gemm(false, true, m: T, n: T, k: D, alpha: scale, q, lda: 3 * C, k, ldb: 3 * C, beta: 0, p, ldc: T)
+            scores.product(false, true, m: T, n: T, k: D, alpha: scale, q, lda: 3 * C, k, ldb: 3 * C, beta: 0, p, ldc: T)
             for i in 0..<T { softmaxRowCausal(p + i * T, valid: i + 1, width: T) }
-            gemm(false, false, m: T, n: D, k: T, p, lda: T, v, ldb: 3 * C, beta: 0, out + b * T * C + h * D, ldc: C)
+            mm.product(false, false, m: T, n: D, k: T, alpha: 1, p, lda: T, v, ldb: 3 * C, beta: 0, out + b * T * C + h * D, ldc: C)
         }
     }
 }
@@ -197,7 +191,8 @@ func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFl
 
 /// dqkv[B,T,3C] = ∂loss/∂(q,k,v after RoPE) (overwritten). `scratch` holds T×T floats.
 func attentionBackward(_ dqkv: FloatPointer, _ scratch: FloatPointer, _ dOut: ConstFloatPointer,
-                       _ qkv: ConstFloatPointer, _ probs: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int) {
+                       _ qkv: ConstFloatPointer, _ probs: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int,
+                       using mm: MatrixProducts) {
     let D = C / heads, scale = 1 / Float(D).squareRoot()
     for b in 0..<B {
         for h in 0..<heads {
@@ -206,8 +201,8 @@ func attentionBackward(_ dqkv: FloatPointer, _ scratch: FloatPointer, _ dOut: Co
             let dA = dOut + b * T * C + h * D
             let p = probs + (b * heads + h) * T * T
             // a = P v  →  dv = Pᵀ dA, dP = dA vᵀ
-            gemm(true, false, m: T, n: D, k: T, p, lda: T, dA, ldb: C, beta: 0, dv, ldc: 3 * C)
-            gemm(false, true, m: T, n: T, k: D, dA, lda: C, v, ldb: 3 * C, beta: 0, scratch, ldc: T)
+            mm.product(true, false, m: T, n: D, k: T, alpha: 1, p, lda: T, dA, ldb: C, beta: 0, dv, ldc: 3 * C)
+            mm.product(false, true, m: T, n: T, k: D, alpha: 1, dA, lda: C, v, ldb: 3 * C, beta: 0, scratch, ldc: T)
             // P = softmax(S)  →  dS = P ⊙ (dP − rowsum(P ⊙ dP)); masked entries have P = 0.
             for i in 0..<T {
                 let pr = p + i * T, ds = scratch + i * T, valid = i + 1
@@ -216,8 +211,8 @@ func attentionBackward(_ dqkv: FloatPointer, _ scratch: FloatPointer, _ dOut: Co
                 if valid < T { (ds + valid).update(repeating: 0, count: T - valid) }
             }
             // S = scale·q kᵀ  →  dq = scale·dS k, dk = scale·dSᵀ q
-            gemm(false, false, m: T, n: D, k: T, alpha: scale, scratch, lda: T, k, ldb: 3 * C, beta: 0, dq, ldc: 3 * C)
-            gemm(true, false, m: T, n: D, k: T, alpha: scale, scratch, lda: T, q, ldb: 3 * C, beta: 0, dk, ldc: 3 * C)
+            mm.product(false, false, m: T, n: D, k: T, alpha: scale, scratch, lda: T, k, ldb: 3 * C, beta: 0, dq, ldc: 3 * C)
+            mm.product(true, false, m: T, n: D, k: T, alpha: scale, scratch, lda: T, q, ldb: 3 * C, beta: 0, dk, ldc: 3 * C)
         }
     }
 }

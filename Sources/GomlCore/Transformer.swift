@@ -1,7 +1,8 @@
 // Transformer: SPEC's model as one straight-line forward pass and its reverse.
 // All activations for a fixed (batch, seqLen) are carved from one allocation made at init,
 // so forward and backward allocate nothing. Parameters and gradients are flat buffers in
-// ParameterLayout order, passed in by the caller.
+// ParameterLayout order, passed in by the caller. Matrix products go through `products`
+// (MatrixProducts.swift): the model's arithmetic is the same code at every precision.
 
 /// Saved activations of one transformer block, all [N = B·T rows].
 struct BlockActivations {
@@ -21,6 +22,8 @@ public final class Transformer {
     /// Sequences per forward pass (B) and positions per sequence (T).
     public let batch: Int, seqLen: Int
     public var rows: Int { batch * seqLen }
+    /// Where the linear layers', attention's and the attention scores' matrix products run.
+    public let products: MatrixProducts, attentionProducts: MatrixProducts, scoreProducts: MatrixProducts
 
     /// Inputs, filled by the caller: [B,T] each.
     public let tokens: UnsafeMutableBufferPointer<Int32>
@@ -49,9 +52,13 @@ public final class Transformer {
     /// Bytes of activations (and their gradients) this model holds for its batch.
     public var activationBytes: Int { arena.count * MemoryLayout<Float>.stride }
 
-    public init(config: ModelConfig, batch: Int, seqLen: Int? = nil) {
+    public init(config: ModelConfig, batch: Int, seqLen: Int? = nil,
+                products: ModelProducts = makeProducts(.fp32)) {
         let T = seqLen ?? config.seqLen
         precondition(batch > 0 && T > 0 && T <= config.seqLen)
+        self.products = products.linear
+        self.attentionProducts = products.attention
+        self.scoreProducts = products.scores
         self.config = config
         self.layout = ParameterLayout(config)
         self.batch = batch
@@ -105,27 +112,28 @@ public final class Transformer {
             let w = layout.layers[l], x = residuals[l]
             // h = LN(x); q, k, v = h Wq,k,vᵀ (the three matrices are adjacent: one [3C,C] product)
             layerNormForward(a.ln1, a.ln1Mean, a.ln1Rstd, x, p(w.attentionNormWeight), p(w.attentionNormBias), rows: N, C: C, eps: cfg.normEps)
-            linearForward(a.qkv, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C)
+            linearForward(a.qkv, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, using: products)
             ropeForward(a.qkv, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
-            attentionForward(a.attention, a.probs, a.qkv, B: batch, T: T, C: C, heads: H)
+            attentionForward(a.attention, a.probs, a.qkv, B: batch, T: T, C: C, heads: H, using: attentionProducts,
+                             scores: scoreProducts)
             // x = x + a Woᵀ
             a.residualMid.update(from: x, count: N * C)
-            gemm(false, true, m: N, n: C, k: C, a.attention, lda: C, p(w.wo), ldb: C, beta: 1, a.residualMid, ldc: C)
+            products.product(false, true, m: N, n: C, k: C, alpha: 1, a.attention, lda: C, p(w.wo), ldb: C, beta: 1, a.residualMid, ldc: C)
             // h = LN(x); x = x + ffn(h) W2ᵀ
             layerNormForward(a.ln2, a.ln2Mean, a.ln2Rstd, a.residualMid, p(w.ffnNormWeight), p(w.ffnNormBias), rows: N, C: C, eps: cfg.normEps)
-            linearForward(a.u1, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F)
+            linearForward(a.u1, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F, using: products)
             if let u3 = a.u3, let w3 = w.w3 {
-                linearForward(u3, a.ln2, p(w3), rows: N, inFeatures: C, outFeatures: F)
+                linearForward(u3, a.ln2, p(w3), rows: N, inFeatures: C, outFeatures: F, using: products)
                 swigluForward(a.gate, a.u1, u3, count: N * F)
             } else {
                 geluForward(a.gate, a.u1, count: N * F)
             }
             let out = residuals[l + 1]
             out.update(from: a.residualMid, count: N * C)
-            gemm(false, true, m: N, n: C, k: F, a.gate, lda: F, p(w.w2), ldb: F, beta: 1, out, ldc: C)
+            products.product(false, true, m: N, n: C, k: F, alpha: 1, a.gate, lda: F, p(w.w2), ldb: F, beta: 1, out, ldc: C)
         }
         layerNormForward(lnFinal, lnFinalMean, lnFinalRstd, residuals[cfg.layers], p(layout.normWeight), p(layout.normBias), rows: N, C: C, eps: cfg.normEps)
-        linearForward(logits.baseAddress!, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V)
+        linearForward(logits.baseAddress!, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V, using: products)
         crossEntropyForward(losses.baseAddress!, gradScale == nil ? nil : dLogits, logits.baseAddress!, targets.baseAddress!,
                             rows: N, V: V, gradScale: gradScale ?? 0)
     }
@@ -147,7 +155,7 @@ public final class Transformer {
         let once = accumulate   // accumulateWeight for the matrix products
         // logits = LN(x) Woutᵀ
         linearBackward(dNormed, g(layout.output), dLogits, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V,
-                       accumulateWeight: once)
+                       accumulateWeight: once, using: products)
         dx.update(repeating: 0, count: N * C)
         layerNormBackward(dx, g(layout.normWeight), g(layout.normBias), dNormed, residuals[cfg.layers], p(layout.normWeight),
                           lnFinalMean, lnFinalRstd, rows: N, C: C)
@@ -155,25 +163,25 @@ public final class Transformer {
         for (l, a) in blocks.enumerated().reversed() {
             let w = layout.layers[l]
             // x = x + ffn(h) W2ᵀ
-            linearBackward(dGate, g(w.w2), dx, a.gate, p(w.w2), rows: N, inFeatures: F, outFeatures: C, accumulateWeight: once)
+            linearBackward(dGate, g(w.w2), dx, a.gate, p(w.w2), rows: N, inFeatures: F, outFeatures: C, accumulateWeight: once, using: products)
             if let u3 = a.u3, let w3 = w.w3 {
                 swigluBackward(dGate, dU3, dGate, a.u1, u3, count: N * F)   // dGate now holds dU1
-                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F, accumulateWeight: once)
+                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F, accumulateWeight: once, using: products)
                 linearBackward(dNormed, g(w3), dU3, a.ln2, p(w3), rows: N, inFeatures: C, outFeatures: F, accumulateInput: true,
-                               accumulateWeight: once)
+                               accumulateWeight: once, using: products)
             } else {
                 geluBackward(dGate, dGate, a.u1, count: N * F)
-                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F, accumulateWeight: once)
+                linearBackward(dNormed, g(w.w1), dGate, a.ln2, p(w.w1), rows: N, inFeatures: C, outFeatures: F, accumulateWeight: once, using: products)
             }
             // h = LN(x) before the FFN: the residual gradient gains the norm's input gradient
             layerNormBackward(dx, g(w.ffnNormWeight), g(w.ffnNormBias), dNormed, a.residualMid, p(w.ffnNormWeight),
                               a.ln2Mean, a.ln2Rstd, rows: N, C: C)
             // x = x + a Woᵀ
-            linearBackward(dAttention, g(w.wo), dx, a.attention, p(w.wo), rows: N, inFeatures: C, outFeatures: C, accumulateWeight: once)
-            attentionBackward(dQKV, dScores, dAttention, a.qkv, a.probs, B: batch, T: T, C: C, heads: H)
+            linearBackward(dAttention, g(w.wo), dx, a.attention, p(w.wo), rows: N, inFeatures: C, outFeatures: C, accumulateWeight: once, using: products)
+            attentionBackward(dQKV, dScores, dAttention, a.qkv, a.probs, B: batch, T: T, C: C, heads: H, using: attentionProducts)
             ropeBackward(dQKV, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
             // q, k, v = h Wq,k,vᵀ; h = LN(x)
-            linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, accumulateWeight: once)
+            linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, accumulateWeight: once, using: products)
             layerNormBackward(dx, g(w.attentionNormWeight), g(w.attentionNormBias), dNormed, residuals[l], p(w.attentionNormWeight),
                               a.ln1Mean, a.ln1Rstd, rows: N, C: C)
             gradientsFinal?(w.attentionNormWeight.offset)

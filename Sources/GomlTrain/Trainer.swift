@@ -98,7 +98,7 @@ public final class Trainer {
             let per = mine.count / workers
             microBatchesPerWorker = options.microBatch == nil ? 1 : microBatches / workers
             workerShards = (0..<workers).map { (mine.lowerBound + $0 * per)..<(mine.lowerBound + ($0 + 1) * per) }
-            models = (0..<workers).map { _ in Transformer(config: options.model, batch: options.microBatch ?? per) }
+            models = (0..<workers).map { _ in Transformer(config: options.model, batch: options.microBatch ?? per, products: makeProducts(options.precision)) }
             workerGrads = [grads] + (1..<workers).map { _ in FloatBuffer(count: count) }
             tree = nil
             overlapped = communication.overlap
@@ -113,7 +113,7 @@ public final class Trainer {
             }
         case .exact:
             workerShards = [mine]
-            models = [Transformer(config: options.model, batch: options.exactMicroBatch)]
+            models = [Transformer(config: options.model, batch: options.exactMicroBatch, products: makeProducts(options.precision))]
             workerGrads = [grads]
             tree = TreeReducer(result: grads, leaves: options.batch / options.exactMicroBatch)
             overlapped = nil

@@ -27,6 +27,8 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
     public var exactMicroBatch: Int { microBatch ?? 1 }
     /// Ranks compare a parameter checksum every this many steps.
     public var checksumEvery: Int = 50
+    /// Matrix-product arithmetic (bf16: bfloat16 operands, float32 accumulation).
+    public var precision: Precision = .fp32
 
     public init(model: ModelConfig) { self.model = model }
 
@@ -44,6 +46,7 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         }
         if optimizer != other.optimizer { diffs.append("optimizer settings") }
         if seed != other.seed { diffs.append("seed \(other.seed) → \(seed)") }
+        if precision != other.precision { diffs.append("precision \(other.precision.rawValue) → \(precision.rawValue)") }
         if exactMicroBatch != other.exactMicroBatch && reduction == .exact {
             diffs.append("micro-batch \(other.exactMicroBatch) → \(exactMicroBatch)")
         }
@@ -72,6 +75,9 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
             throw ConfigError("each rank's \(perRank) sequences must split into micro-batches of \(microBatch); choose --micro-batch dividing \(perRank)")
         }
         if reduction == .exact {
+            if precision == .bf16 {
+                throw ConfigError("--reduction exact is bit-identical across world sizes in float32 only; use --precision fp32 (auto picks it) or --reduction allreduce")
+            }
             let microBatch = exactMicroBatch
             if perRank % microBatch != 0 {
                 throw ConfigError("exact reduction: each rank's \(perRank) sequences must split into micro-shards of \(microBatch); choose --micro-batch dividing \(perRank)")

@@ -17,6 +17,8 @@ public struct RunSettings {
     public var resume = false
     public var resumeFrom: TrainingCheckpoint? = nil
     public var peakGFLOPS: Double = 0
+    /// Why the run's precision was chosen, for the header.
+    public var precisionReason = "requested"
     /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
     public var stopAfter: Int? = nil
     /// The live progress line: on, off, or nil to show it when the output is a terminal.
@@ -203,7 +205,8 @@ public final class TrainingRun {
     /// Rank 0's sample, from its own generator so the training trajectory never depends on it.
     private func sample() {
         do {
-            let generator = try TextGenerator(config: trainer.options.model, parameters: trainer.params.array)
+            let generator = try TextGenerator(config: trainer.options.model, parameters: trainer.params.array,
+                                          precision: trainer.options.precision)
             var text: [UInt8] = []
             try generator.generate(prompt: [10], count: trainer.options.sampleTokens,
                                    options: SamplingOptions(temperature: 0.8, topK: 40), seed: sampleRNG.next()) { text.append($0) }
@@ -260,6 +263,7 @@ public final class TrainingRun {
         if let allocation = settings.allocation { log.line(allocation) }
         log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
                         Double(trainer.activationBytes) / 1e6))
+        log.line("precision \(o.precision.rawValue) (\(settings.precisionReason))")
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
     }

@@ -21,12 +21,14 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Gradient reduction: allreduce or exact.") var reduction: String = "allreduce"
     @Option(name: .customLong("micro-batch"), help: "Sequences per forward/backward pass (allreduce: accumulated; exact: micro-shard size).") var microBatch: Int?
     @OptionGroup var parallel: ParallelOptions
+    @OptionGroup var precision: PrecisionOptions
     @Flag(help: "Instead, time text generation with and without the KV cache.") var sampling = false
     @Option(name: .customLong("sample-tokens"), help: "Bytes generated per sampling measurement.") var sampleTokens: Int = 256
 
     func run() throws {
         let comm = makeCommunicator(parallel)
         let threads = coresPerRank(parallel, comm, exact: reduction == ReductionMode.exact.rawValue)
+        var precisionReason = ""
         let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
             var o = TrainingOptions(model: try model.model())
             o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
@@ -34,6 +36,7 @@ struct BenchCommand: ParsableCommand {
             guard let mode = ReductionMode(rawValue: reduction) else { throw ValidationError("unknown --reduction '\(reduction)'") }
             o.reduction = mode
             o.microBatch = microBatch
+            (o.precision, precisionReason) = try precision.resolve(exact: mode == .exact)
             let communication = try parallel.communication(reduction: reduction)
             if !data.isEmpty {
                 let corpus = try openData(data, validation: [])
@@ -77,6 +80,7 @@ struct BenchCommand: ParsableCommand {
         let split = [("forward", \StepTimings.forward), ("backward", \StepTimings.backward), ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
             .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
         print("bench \(model.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(o.reduction.rawValue)\(parallel.noOverlap ? "" : " overlapped") (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
+        print("precision \(o.precision.rawValue) (\(precisionReason))")
         print(String(format: "sgemm 1024³ on %d thread(s): %.1f GFLOP/s", threads, peak))
         print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
         // Communication the step waited for (the reduce phase) against the time the network was busy.
@@ -87,7 +91,7 @@ struct BenchCommand: ParsableCommand {
         let json: [String: Any] = [
             "config": model.config, "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
             "ms_per_step": (ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(), "mfu": (mfu * 10000).rounded() / 10000,
-            "sgemm_gflops": peak.rounded(), "reduction": o.reduction.rawValue, "blas_core": BLAS.coreName,
+            "sgemm_gflops": peak.rounded(), "reduction": o.reduction.rawValue, "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
             "forward_ms": split[0].1, "backward_ms": split[1].1, "reduce_ms": split[2].1, "optimizer_ms": split[3].1,
             "comm_ms": busy, "exposed_comm_ms": exposed, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
             "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
@@ -113,7 +117,7 @@ struct BenchCommand: ParsableCommand {
         let config = trainer.options.model
         var results: [String: Double] = [:]
         for cached in [true, false] {
-            let generator = try! TextGenerator(config: config, parameters: trainer.params.array)
+            let generator = try! TextGenerator(config: config, parameters: trainer.params.array, precision: trainer.options.precision)
             let start = Date()
             // A full-context prompt minus the bytes generated keeps the context ≤ seqLen throughout.
             let prompt = [UInt8](repeating: 65, count: max(1, config.seqLen - sampleTokens))

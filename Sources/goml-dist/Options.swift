@@ -90,3 +90,33 @@ struct ParallelOptions: ParsableArguments {
         return c
     }
 }
+
+struct PrecisionOptions: ParsableArguments {
+    @Option(help: "Matrix products: auto (bf16 when oneDNN reports native bfloat16 dot products on this CPU, else fp32), bf16 (bfloat16 operands, float32 accumulation, master weights and optimiser) or fp32.")
+    var precision: String = "auto"
+
+    init() {}
+    init(precision: String) { self.precision = precision }
+
+    /// The precision to run and why (for the run header). Throws when bf16 cannot run here.
+    func resolve(exact: Bool = false) throws -> (precision: Precision, reason: String) {
+        let isa = OneDNN.isaName
+        switch precision {
+        case "fp32": return (.fp32, "requested")
+        case "bf16":
+            guard OneDNN.hasNativeBF16 else {
+                throw ValidationError("--precision bf16 needs native bfloat16 dot products (AVX512_BF16 or AMX), but oneDNN reports \(isa) on this CPU; use --precision fp32 or auto")
+            }
+            if exact {
+                throw ValidationError("--reduction exact is bit-identical across world sizes in float32 only; use --precision fp32 (auto picks it) or --reduction allreduce")
+            }
+            return (.bf16, "requested; oneDNN on \(isa)")
+        case "auto":
+            if exact { return (.fp32, "auto: --reduction exact is bit-identical in float32 only") }
+            return OneDNN.hasNativeBF16 ? (.bf16, "auto: oneDNN reports \(isa), native bf16 dot products")
+                : (.fp32, "auto: oneDNN reports \(isa), no native bf16 dot products")
+        default:
+            throw ValidationError("unknown --precision '\(precision)': use auto, bf16 or fp32")
+        }
+    }
+}

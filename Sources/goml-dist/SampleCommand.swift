@@ -18,6 +18,7 @@ struct SampleCommand: ParsableCommand {
     @Option(name: .customLong("top-p"), help: "Nucleus: keep the most likely bytes up to this mass (1: all).") var topP: Float = 1
     @Option(help: "Seed of the sampler.") var seed: UInt64 = 42
     @Option(help: "BLAS threads.") var threads: Int = 1
+    @OptionGroup var precision: PrecisionOptions
     @Flag(name: .customLong("no-cache"), help: "Recompute the whole context for every token (slow; for comparison).") var noCache = false
 
     func run() throws {
@@ -25,11 +26,13 @@ struct SampleCommand: ParsableCommand {
         if threads <= 0 { fail("--threads must be positive") }
         let options = SamplingOptions(temperature: temperature, topK: topK, topP: topP)
         do { try options.validate() } catch { fail("\(error)") }
+        let chosen: (precision: Precision, reason: String)
+        do { chosen = try precision.resolve() } catch { fail("\(error)") }
         BLAS.setThreads(threads)
         let model: (config: ModelConfig, step: Int, metadata: [String: String], params: [Float])
         do { model = try Checkpoint.loadModel(try Checkpoint.resolve(ckpt)) } catch { fail("\(error)") }
         let generator: TextGenerator
-        do { generator = try TextGenerator(config: model.config, parameters: model.params) } catch { fail("\(error)") }
+        do { generator = try TextGenerator(config: model.config, parameters: model.params, precision: chosen.precision) } catch { fail("\(error)") }
         let promptBytes = Array(prompt.utf8)
         if promptBytes.count > model.config.seqLen {
             FileHandle.standardError.write(Data("goml-dist: note: the prompt is \(promptBytes.count) bytes; the model sees only the last \(model.config.seqLen)\n".utf8))
@@ -45,6 +48,7 @@ struct SampleCommand: ParsableCommand {
         print("")
         fflush(stdout)
         let seconds = Date().timeIntervalSince(start)
-        FileHandle.standardError.write(Data(String(format: "goml-dist: %d bytes in %.2f s (%.0f tokens/s)\n", tokens, seconds, Double(tokens) / seconds).utf8))
+        FileHandle.standardError.write(Data(String(format: "goml-dist: %d bytes in %.2f s (%.0f tokens/s), precision %@ (%@)\n", tokens, seconds, Double(tokens) / seconds,
+                                                          chosen.precision.rawValue, chosen.reason).utf8))
     }
 }

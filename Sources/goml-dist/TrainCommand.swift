@@ -16,6 +16,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var model: ModelOptions
     @OptionGroup var optimization: OptimizationOptions
     @OptionGroup var parallel: ParallelOptions
+    @OptionGroup var precision: PrecisionOptions
 
     @Option(parsing: .upToNextOption, help: ArgumentHelp("Training text (bytes are tokens): files and directories (every file below, in sorted path order, hidden names skipped), concatenated. Required; the repository ships data/tinyshakespeare.txt.", valueName: "path"))
     var data: [String] = []
@@ -87,8 +88,9 @@ struct TrainCommand: ParsableCommand {
         _ = goml_stop_signal_install()
         let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
-            let options = try self.options()
             var settings = RunSettings()
+            var options = try self.options()
+            (options.precision, settings.precisionReason) = try precision.resolve(exact: options.reduction == .exact)
             settings.outDirectory = out
             settings.threads = threads
             settings.stopAfter = stopAfter

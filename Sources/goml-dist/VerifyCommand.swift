@@ -16,14 +16,27 @@ struct VerifyCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Scale this tensor's gradient by 1.01 before comparing (shows that verify catches a wrong gradient).", visibility: .hidden))
     var faultGradient: String?
 
+    @Option(help: "Matrix products: fp32 (the default: the float32 reference check), bf16 (bf16 tolerances, README \"Precision\") or auto.")
+    var precision: String = "fp32"
+
+    @Option(name: .customLong("fault-bf16"), help: ArgumentHelp("Break the bf16 path (wrong-leading-dimension): shows that verify --precision bf16 catches it.", visibility: .hidden))
+    var faultBF16: String?
+
     func run() throws {
         let dump: ReferenceDump
         let results: [Comparison]
+        let chosen: (precision: Precision, reason: String)
         do {
+            chosen = try PrecisionOptions(precision: precision).resolve()
+            let fault = try faultBF16.map { name in
+                guard let f = BF16Fault(rawValue: name) else { throw ValidationError("unknown --fault-bf16 '\(name)'") }
+                return f
+            }
             dump = try ReferenceDump(path: reference)
-            results = try dump.compare(gradientFault: faultGradient)
+            results = try dump.compare(gradientFault: faultGradient, precision: chosen.precision, bf16Fault: fault)
         } catch { fail("\(error)") }
         print("reference \(reference): \(dump.config.summary), batch \(dump.batch)")
+        if chosen.precision != .fp32 || precision != "fp32" { print("precision \(chosen.precision.rawValue) (\(chosen.reason))") }
         for r in results { print(r.line) }
         let failed = results.filter { !$0.passed }
         if failed.isEmpty {

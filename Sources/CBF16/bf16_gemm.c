@@ -1,0 +1,195 @@
+// bf16_gemm: packing (float32 → bfloat16 pairs, zero-padded) and an 8×32 register-tile
+// microkernel on vdpbf16ps. Packed A: per 8-row panel, per k pair, 8 rows × 2 values (one
+// 32-bit word per row, broadcast). Packed B: per 32-column panel, per k pair, 32 columns × 2
+// values (two zmm). Each vdpbf16ps adds a pair of products to 16 float32 accumulators.
+#include "bf16_gemm.h"
+#include <immintrin.h>
+#include <string.h>
+
+enum { MR = 8, NR = 32 };
+
+static inline long pairs(long k) { return (k + 1) / 2; }
+
+size_t goml_bf16_packed_a_count(long m, long k) { return (size_t)((m + MR - 1) / MR) * MR * pairs(k) * 2; }
+size_t goml_bf16_packed_b_count(long k, long n) { return (size_t)((n + NR - 1) / NR) * NR * pairs(k) * 2; }
+
+static inline uint16_t round_bf16(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+void goml_bf16_round(uint16_t *out, const float *x, long count) {
+    long i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(x + i));
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(rounded));
+    }
+    for (; i < count; i++) out[i] = round_bf16(x[i]);
+}
+
+// bf16 bits of 8 floats (in the low halves of 8 lanes), rounded to nearest even as round_bf16.
+static inline __m256i round8(__m256 x) {
+    __m256i bits = _mm256_castps_si256(x);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    return _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+}
+
+// Pair words of two 8-float vectors: word r = bf16(lo[r]) | bf16(hi[r]) << 16.
+static inline __m256i pair_words(__m256 lo, __m256 hi) {
+    return _mm256_or_si256(round8(lo), _mm256_slli_epi32(round8(hi), 16));
+}
+
+// 8 source rows × 16 floats (8 pairs along the row) → 8 pair indices × 8 rows: row r's pair q
+// goes to word r of dst + q·stride (stride in uint16).
+static inline void transpose_pack_8x8(const float *src, long ld, uint16_t *dst, long stride) {
+    __m256i r[8];
+    for (int i = 0; i < 8; i++) {
+        const float *row = src + i * ld;
+        __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(row));
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+        r[i] = _mm512_cvtepi32_epi16(rounded);   // 16 bf16 = 8 pair words, low half the even k
+    }
+    __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    __m256i s0 = _mm256_unpacklo_epi64(t0, t2), s1 = _mm256_unpackhi_epi64(t0, t2);
+    __m256i s2 = _mm256_unpacklo_epi64(t1, t3), s3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i s4 = _mm256_unpacklo_epi64(t4, t6), s5 = _mm256_unpackhi_epi64(t4, t6);
+    __m256i s6 = _mm256_unpacklo_epi64(t5, t7), s7 = _mm256_unpackhi_epi64(t5, t7);
+    _mm256_storeu_si256((__m256i *)(dst + 0 * stride), _mm256_permute2x128_si256(s0, s4, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 1 * stride), _mm256_permute2x128_si256(s1, s5, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 2 * stride), _mm256_permute2x128_si256(s2, s6, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 3 * stride), _mm256_permute2x128_si256(s3, s7, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 4 * stride), _mm256_permute2x128_si256(s0, s4, 0x31));
+    _mm256_storeu_si256((__m256i *)(dst + 5 * stride), _mm256_permute2x128_si256(s1, s5, 0x31));
+    _mm256_storeu_si256((__m256i *)(dst + 6 * stride), _mm256_permute2x128_si256(s2, s6, 0x31));
+    _mm256_storeu_si256((__m256i *)(dst + 7 * stride), _mm256_permute2x128_si256(s3, s7, 0x31));
+}
+
+// opA[i][kk] = trans ? a[kk·lda + i] : a[i·lda + kk]; zero outside m×k. Full panels take the
+// vector paths; edges the scalar one (same rounding).
+static void pack_a(uint16_t *out, int trans, const float *a, long lda, long m, long k) {
+    long kp = pairs(k), full = k / 2;   // pairs with both values inside k
+    for (long i0 = 0; i0 < m; i0 += MR) {
+        uint16_t *panel = out + (i0 / MR) * MR * kp * 2;
+        long rows = m - i0 < MR ? m - i0 : MR;
+        long p = 0;
+        if (rows == MR && trans) {
+            for (; p < full; p++) {
+                __m256i w = pair_words(_mm256_loadu_ps(a + 2 * p * lda + i0), _mm256_loadu_ps(a + (2 * p + 1) * lda + i0));
+                _mm256_storeu_si256((__m256i *)(panel + p * MR * 2), w);
+            }
+        } else if (rows == MR) {
+            for (; p + 8 <= full; p += 8) transpose_pack_8x8(a + i0 * lda + 2 * p, lda, panel + p * MR * 2, MR * 2);
+        }
+        for (; p < kp; p++) {
+            long k0 = 2 * p, k1 = 2 * p + 1;
+            uint16_t *word = panel + p * MR * 2;
+            for (long r = 0; r < MR; r++) {
+                float x0 = 0, x1 = 0;
+                if (r < rows) {
+                    long i = i0 + r;
+                    x0 = trans ? a[k0 * lda + i] : a[i * lda + k0];
+                    if (k1 < k) x1 = trans ? a[k1 * lda + i] : a[i * lda + k1];
+                }
+                word[r * 2] = round_bf16(x0);
+                word[r * 2 + 1] = round_bf16(x1);
+            }
+        }
+    }
+}
+
+// opB[kk][j] = trans ? b[j·ldb + kk] : b[kk·ldb + j]; zero outside k×n.
+static void pack_b(uint16_t *out, int trans, const float *b, long ldb, long k, long n) {
+    long kp = pairs(k), full = k / 2;
+    for (long j0 = 0; j0 < n; j0 += NR) {
+        uint16_t *panel = out + (j0 / NR) * NR * kp * 2;
+        long width = n - j0 < NR ? n - j0 : NR;
+        long p = 0;
+        if (width == NR && trans) {
+            for (; p + 8 <= full; p += 8)
+                for (long g = 0; g < NR / 8; g++)
+                    transpose_pack_8x8(b + (j0 + 8 * g) * ldb + 2 * p, ldb, panel + p * NR * 2 + 8 * g * 2, NR * 2);
+        } else if (width == NR) {
+            for (; p < full; p++)
+                for (long g = 0; g < NR / 8; g++) {
+                    __m256i w = pair_words(_mm256_loadu_ps(b + 2 * p * ldb + j0 + 8 * g), _mm256_loadu_ps(b + (2 * p + 1) * ldb + j0 + 8 * g));
+                    _mm256_storeu_si256((__m256i *)(panel + p * NR * 2 + 8 * g * 2), w);
+                }
+        }
+        for (; p < kp; p++) {
+            uint16_t *row = panel + p * NR * 2;
+            long k0 = 2 * p, k1 = 2 * p + 1;
+            for (long j = 0; j < NR; j++) {
+                float x0 = 0, x1 = 0;
+                if (j < width) {
+                    long col = j0 + j;
+                    x0 = trans ? b[col * ldb + k0] : b[k0 * ldb + col];
+                    if (k1 < k) x1 = trans ? b[col * ldb + k1] : b[k1 * ldb + col];
+                }
+                row[j * 2] = round_bf16(x0);
+                row[j * 2 + 1] = round_bf16(x1);
+            }
+        }
+    }
+}
+
+// C tile (rows × cols ≤ MR × NR) = alpha·Apanel·Bpanel + beta·C.
+static void kernel(const uint16_t *ap, const uint16_t *bp, long kp, float alpha, float beta,
+                   float *c, long ldc, long rows, long cols) {
+    __m512 acc[MR][2];
+    for (int r = 0; r < MR; r++) { acc[r][0] = _mm512_setzero_ps(); acc[r][1] = _mm512_setzero_ps(); }
+    const uint32_t *aw = (const uint32_t *)ap;
+    for (long p = 0; p < kp; p++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR * 2));
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR * 2 + 32));
+        for (int r = 0; r < MR; r++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)aw[p * MR + r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+        }
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+    __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+    for (long r = 0; r < rows; r++) {
+        float *cr = c + r * ldc;
+        __m512 v0 = _mm512_mul_ps(acc[r][0], va), v1 = _mm512_mul_ps(acc[r][1], va);
+        if (beta != 0) {
+            v0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, cr), vb, v0);
+            v1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, cr + 16), vb, v1);
+        }
+        _mm512_mask_storeu_ps(cr, m0, v0);
+        _mm512_mask_storeu_ps(cr + 16, m1, v1);
+    }
+}
+
+void goml_bf16_pack_b(uint16_t *packed_b, int trans_b, const float *b, long ldb, long k, long n) {
+    pack_b(packed_b, trans_b, b, ldb, k, n);
+}
+
+void goml_bf16_gemm_packed_b(int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
+                             const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a) {
+    long kp = pairs(k);
+    pack_a(packed_a, trans_a, a, lda, m, k);
+    for (long i0 = 0; i0 < m; i0 += MR) {
+        const uint16_t *ap = packed_a + (i0 / MR) * MR * kp * 2;
+        long rows = m - i0 < MR ? m - i0 : MR;
+        for (long j0 = 0; j0 < n; j0 += NR) {
+            long cols = n - j0 < NR ? n - j0 : NR;
+            kernel(ap, packed_b + (j0 / NR) * NR * kp * 2, kp, alpha, beta, c + i0 * ldc + j0, ldc, rows, cols);
+        }
+    }
+}
+
+void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alpha,
+                    const float *a, long lda, const float *b, long ldb,
+                    float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b) {
+    pack_b(packed_b, trans_b, b, ldb, k, n);
+    goml_bf16_gemm_packed_b(trans_a, m, n, k, alpha, a, lda, packed_b, beta, c, ldc, packed_a);
+}

@@ -1,0 +1,24 @@
+// bf16_gemm: C = alpha·op(A)·op(B) + beta·C (row-major float32 in and out) with bfloat16
+// operands and float32 accumulation on AVX512_BF16 dot products. Operands are rounded to
+// bfloat16 while they are packed (the pass every GEMM makes), into caller-owned workspaces:
+// no allocation. Call only where the CPU has AVX512_BF16.
+#include <stddef.h>
+#include <stdint.h>
+
+/// bfloat16 elements the packed A (m×k) and packed B (k×n) workspaces need.
+size_t goml_bf16_packed_a_count(long m, long k);
+size_t goml_bf16_packed_b_count(long k, long n);
+
+void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alpha,
+                    const float *a, long lda, const float *b, long ldb,
+                    float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b);
+
+/// Packs op(B) (k×n) once, for products that reuse it (constant weights).
+void goml_bf16_pack_b(uint16_t *packed_b, int trans_b, const float *b, long ldb, long k, long n);
+
+/// goml_bf16_gemm with op(B) packed by goml_bf16_pack_b.
+void goml_bf16_gemm_packed_b(int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
+                             const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a);
+
+/// out[i] = bf16(x[i]), rounded to nearest even.
+void goml_bf16_round(uint16_t *out, const float *x, long count);

@@ -1,0 +1,88 @@
+// BF16Products: bfloat16 matrix products with float32 accumulation on the CPU's AVX512_BF16
+// dot products (CBF16's packed microkernel). Operands are rounded to bf16 as they are packed,
+// so no pass converts them separately; the packing workspaces grow on a shape's first call
+// (the first step) and are reused, so a step allocates nothing. oneDNN tells whether this CPU
+// has bf16 units (and ONEDNN_MAX_CPU_ISA can deny them, as on an older CPU).
+
+import CBF16
+import CDNNL
+
+/// Deliberate faults that a bf16 check must catch (hidden test flags).
+public enum BF16Fault: String, Sendable, CaseIterable {
+    /// Every product reads its left operand with a leading dimension one too small.
+    case wrongLeadingDimension = "wrong-leading-dimension"
+}
+
+public enum OneDNN {
+    /// The instruction set oneDNN dispatches to here (ONEDNN_MAX_CPU_ISA can lower it).
+    public static var isaName: String {
+        switch dnnl_get_effective_cpu_isa() {
+        case dnnl_cpu_isa_avx512_core_amx: "avx512_core_amx"
+        case dnnl_cpu_isa_avx512_core_bf16: "avx512_core_bf16"
+        case dnnl_cpu_isa_avx512_core_vnni: "avx512_core_vnni"
+        case dnnl_cpu_isa_avx512_core: "avx512_core"
+        case dnnl_cpu_isa_avx2_vnni: "avx2_vnni"
+        case dnnl_cpu_isa_avx2: "avx2"
+        case let other: "isa 0x\(String(other.rawValue, radix: 16))"
+        }
+    }
+
+    /// True when oneDNN reports native bf16 dot products here (AVX512_BF16, or AMX which
+    /// implies it): the ISA flags of avx512_core_bf16 are a subset of the effective ISA's.
+    public static var hasNativeBF16: Bool {
+        let bf16 = dnnl_cpu_isa_avx512_core_bf16.rawValue
+        return dnnl_get_effective_cpu_isa().rawValue & bf16 == bf16
+    }
+}
+
+public final class BF16Products: MatrixProducts {
+    private let fault: BF16Fault?
+    private var packedA = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: 1)
+    private var packedB = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: 1)
+
+    /// Operands declared constant, packed once: decoding then reads bf16 weights, half the bytes.
+    private struct HeldOperand {
+        let b: ConstFloatPointer, transB: Bool, k: Int, n: Int, ldb: Int
+        let packed: UnsafeMutableBufferPointer<UInt16>
+    }
+    private var held: [HeldOperand] = []
+
+    public init(fault: BF16Fault? = nil) {
+        // fatalError, not precondition: -Ounchecked neither evaluates nor checks the latter.
+        if !OneDNN.hasNativeBF16 { fatalError("bf16 products need AVX512_BF16; oneDNN reports \(OneDNN.isaName)") }
+        self.fault = fault
+    }
+
+    deinit {
+        packedA.deallocate(); packedB.deallocate()
+        for h in held { h.packed.deallocate() }
+    }
+
+    public func holdConstant(_ transB: Bool, k: Int, n: Int, _ b: ConstFloatPointer, ldb: Int) {
+        let packed = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: goml_bf16_packed_b_count(k, n))
+        goml_bf16_pack_b(packed.baseAddress!, transB ? 1 : 0, b, ldb, k, n)
+        held.append(HeldOperand(b: b, transB: transB, k: k, n: n, ldb: ldb, packed: packed))
+    }
+
+    private static func ensure(_ buffer: inout UnsafeMutableBufferPointer<UInt16>, _ count: Int) {
+        if buffer.count < count {
+            buffer.deallocate()
+            buffer = .allocate(capacity: count)
+        }
+    }
+
+    public func product(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                        _ a: ConstFloatPointer, lda: Int, _ b: ConstFloatPointer, ldb: Int,
+                        beta: Float, _ c: FloatPointer, ldc: Int) {
+        Self.ensure(&packedA, goml_bf16_packed_a_count(m, k))
+        let leadingA = fault == .wrongLeadingDimension ? lda - 1 : lda
+        for h in held where h.b == b && h.transB == transB && h.k == k && h.n == n && h.ldb == ldb {
+            goml_bf16_gemm_packed_b(transA ? 1 : 0, m, n, k, alpha, a, leadingA, h.packed.baseAddress!, beta, c, ldc,
+                                    packedA.baseAddress!)
+            return
+        }
+        Self.ensure(&packedB, goml_bf16_packed_b_count(k, n))
+        goml_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, leadingA,
+                       b, ldb, beta, c, ldc, packedA.baseAddress!, packedB.baseAddress!)
+    }
+}

@@ -1,0 +1,108 @@
+// --precision: bf16 products checked against the PyTorch fixtures (and a broken bf16 path
+// caught), bf16 steps that allocate nothing, world sizes and resume in bf16, and the fallback
+// where the CPU has no bf16 dot products (oneDNN's ONEDNN_MAX_CPU_ISA=AVX2 simulates one).
+
+import XCTest
+
+final class PrecisionTests: XCTestCase {
+    let fixtureNames = ["tiny_step", "tiny_clip", "tiny_noclip"]
+    let withoutBF16 = ["ONEDNN_MAX_CPU_ISA": "AVX2"]
+
+    func tinyRun(_ out: String, steps: Int = 12, precision: String = "bf16", extra: [String] = []) -> [String] {
+        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
+         "--log-every", "1", "--data", Harness.corpus, "--out", out, "--precision", precision] + extra
+    }
+
+    func testBF16VerifyPassesOnEveryFixture() {
+        for name in fixtureNames {
+            let r = Harness.goml(["verify", "--reference", "\(Harness.fixtures)/\(name).safetensors", "--precision", "bf16"], timeout: 120)
+            Harness.assertSuccess(r, "verify --precision bf16 \(name)")
+            XCTAssertTrue(r.stdout.contains("precision bf16") && r.stdout.contains("all 83 quantities within tolerance"), r.stdout)
+            XCTAssertTrue(r.stdout.contains("1 - cosine"), "bf16 measures expected:\n\(r.stdout)")
+        }
+    }
+
+    func testABrokenBF16PathFailsVerify() {
+        for name in fixtureNames {
+            let r = Harness.goml(["verify", "--reference", "\(Harness.fixtures)/\(name).safetensors", "--precision", "bf16",
+                                  "--fault-bf16", "wrong-leading-dimension"], timeout: 120)
+            XCTAssertEqual(r.status, 1, r.output)
+            XCTAssertTrue(r.stdout.contains("grad.layers.0.attention.wq.weight") && r.stdout.contains("FAIL"), r.stdout)
+        }
+    }
+
+    func testBF16StepsDoNotAllocate() throws {
+        let dir = Harness.temporaryDirectory("malloc-bf16")
+        try AllocationTests.shimSource.write(toFile: dir + "/count.c", atomically: true, encoding: .utf8)
+        let cc = Harness.run("/usr/bin/env", ["cc", "-O2", "-shared", "-fPIC", "-o", dir + "/count.so", dir + "/count.c"], timeout: 120)
+        Harness.assertSuccess(cc, "compiling the malloc-counting shim")
+        for threads in ["1", "2"] {
+            let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20",
+                                                 "--threads", threads, "--precision", "bf16"],
+                                timeout: 300, environment: ["LD_PRELOAD": dir + "/count.so"])
+            Harness.assertSuccess(r, "bf16 bench, \(threads) thread(s)")
+            XCTAssertTrue(r.stdout.contains("precision bf16"), r.stdout)
+            XCTAssertTrue(r.stdout.contains("heap allocations during the 20 timed steps: 0"), "\(threads) thread(s):\n\(r.stdout)")
+        }
+    }
+
+    /// bf16 products are computed per output element in a fixed order whatever the batch split,
+    /// so world sizes differ only by the float32 gradient sums, as at fp32: same tolerance.
+    func testSingleAndTwoRanksAgreeInBF16() throws {
+        let single = Harness.temporaryDirectory("bf16-single")
+        Harness.assertSuccess(Harness.goml(tinyRun(single) + ["--single"]), "--single")
+        let two = Harness.temporaryDirectory("bf16-np2")
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(two)), "np 2")
+        let reference = Harness.losses(single), losses = Harness.losses(two)
+        XCTAssertEqual(reference.count, 12)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(losses, reference), 1e-5, "losses")
+        XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(try Harness.finalParameters(two), try Harness.finalParameters(single)), 1e-5)
+    }
+
+    func testBF16ResumeIsBitwiseAtTheSameWorldSize() throws {
+        let a = Harness.temporaryDirectory("bf16-runA")
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(a)), "run A")
+        let b = Harness.temporaryDirectory("bf16-runB")
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(b, extra: ["--stop-after", "6"])), "run B to 6")
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(b, extra: ["--resume", b])), "run B resumed")
+        XCTAssertEqual(Harness.lossTexts(b), Harness.lossTexts(a), "per-step losses, bit for bit")
+        XCTAssertEqual(try Harness.checkpointTensorBytes(b), try Harness.checkpointTensorBytes(a), "final parameter bytes")
+    }
+
+    func testResumingWithAnotherPrecisionIsRefused() {
+        let out = Harness.temporaryDirectory("bf16-to-fp32")
+        Harness.assertSuccess(Harness.goml(tinyRun(out, steps: 4, extra: ["--single", "--stop-after", "2"])), "bf16 to step 2")
+        let r = Harness.goml(tinyRun(out, steps: 4, precision: "fp32", extra: ["--single", "--resume", out]))
+        XCTAssertNotEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stderr.contains("precision bf16 → fp32"), r.output)
+    }
+
+    func testWithoutBF16UnitsAutoFallsBackAndBF16IsAnError() {
+        let auto = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "1", "--steps", "2"],
+                               timeout: 120, environment: withoutBF16)
+        Harness.assertSuccess(auto, "auto without bf16 units")
+        XCTAssertTrue(auto.stdout.contains("precision fp32 (auto: oneDNN reports avx2, no native bf16 dot products)"), auto.stdout)
+        for command in [["train", "--single", "--config", "tiny", "--steps", "2", "--data", Harness.corpus,
+                         "--out", Harness.temporaryDirectory("nobf16")],
+                        ["bench", "--single", "--config", "tiny", "--steps", "2"],
+                        ["verify", "--reference", "\(Harness.fixtures)/tiny_step.safetensors"]] {
+            let r = Harness.run(Harness.binary, command + ["--precision", "bf16"], timeout: 120, environment: withoutBF16)
+            XCTAssertNotEqual(r.status, 0, r.output)
+            XCTAssertTrue(r.stderr.contains("--precision bf16 needs native bfloat16 dot products") && r.stderr.contains("avx2"), r.output)
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "one-line error expected: \(r.stderr)")
+            XCTAssertFalse(r.stdout.contains("step "), "nothing should run: \(r.stdout)")
+        }
+    }
+
+    func testExactReductionRefusesBF16AndAutoPicksFP32() {
+        let refused = Harness.goml(["train", "--single", "--config", "tiny", "--steps", "2", "--data", Harness.corpus,
+                                    "--out", Harness.temporaryDirectory("exact-bf16"), "--reduction", "exact", "--precision", "bf16"])
+        XCTAssertNotEqual(refused.status, 0, refused.output)
+        XCTAssertTrue(refused.stderr.contains("--reduction exact is bit-identical across world sizes in float32 only"), refused.output)
+        XCTAssertEqual(refused.stderr.split(separator: "\n").count, 1, refused.stderr)
+        let auto = Harness.goml(["train", "--single", "--config", "tiny", "--steps", "2", "--eval-batches", "2", "--data", Harness.corpus,
+                                 "--out", Harness.temporaryDirectory("exact-auto"), "--reduction", "exact"])
+        Harness.assertSuccess(auto, "exact with auto precision")
+        XCTAssertTrue(auto.stdout.contains("precision fp32 (auto: --reduction exact is bit-identical in float32 only)"), auto.stdout)
+    }
+}
