@@ -173,6 +173,7 @@ public final class TrainingRun {
     private func stop(by signal: Int32, checkpointedStep: Int) throws {
         if checkpointedStep != trainer.step { try checkpoint() }
         if comm.isRoot {
+            plot()   // the curves so far, as a finished run leaves them
             let name = signal == SIGTERM ? "SIGTERM" : signal == SIGUSR1 ? "SIGUSR1" : "signal \(signal)"
             let path = (try? Checkpoint.resolve(settings.outDirectory)) ?? settings.outDirectory
             log.line("stopped by \(name) after step \(trainer.step) of \(trainer.options.steps); checkpoint \(path); continue with the same command and --resume \(settings.outDirectory)")

@@ -85,6 +85,8 @@ final class StopSignalTests: XCTestCase {
         XCTAssertLessThan(ckpt.step, 300, "the run was not stopped mid-way")
         XCTAssertEqual(recordedSteps(out), ckpt.step, "every recorded step is in the checkpoint")
         XCTAssertTrue(text.contains("stopped by SIGTERM after step \(ckpt.step) of 300") && text.contains("--resume \(out)"), text.suffix(3000).description)
+        let svg = try XCTUnwrap(String(contentsOfFile: out + "/loss.svg", encoding: .utf8), "a stopped run leaves its curves")
+        XCTAssertTrue(svg.contains("class=\"train-smooth\""), "loss.svg holds the training curve")
 
         Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(out) + ["--resume", out]), "resumed run")
         XCTAssertEqual(Harness.lossTexts(out), Harness.lossTexts(reference), "per-step losses, bit for bit")
