@@ -128,16 +128,24 @@ final class MultiHostTests: XCTestCase {
         XCTAssertLessThan(raw.seconds, 30)
     }
 
+    /// Trains tiny on the two hosts from `local/data.txt`, each host reading its own disk, and
+    /// expects the set-up error (exit 2) that `problem` causes, not a hang.
+    private func trainOnHostData(_ cluster: MultiHostCluster, _ problem: String,
+                                 file: StaticString = #filePath, line: UInt = #line) throws -> MultiHostResult {
+        var arguments = multiHostTinyArguments(out: cluster.local + "/run")
+        arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
+        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
+        XCTAssertFalse(r.timedOut, "the job hung on \(problem)\n\(r.tail)", file: file, line: line)
+        XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)", file: file, line: line)
+        return r
+    }
+
     /// Every rank reads the data: a data file on host1's disk alone makes every rank exit with
     /// an error naming host2 and its rank, not a hang.
     func testDataFileMissingOnOneHostNamesIt() throws {
         let cluster = try multiHostStartCluster()
         try FileManager.default.copyItem(atPath: Harness.corpus, toPath: cluster.disk("host1") + "/data.txt")
-        var arguments = multiHostTinyArguments(out: cluster.local + "/run")
-        arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
-        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
-        XCTAssertFalse(r.timedOut, "the job hung on a data file missing on host2\n\(r.tail)")
-        XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)")
+        let r = try trainOnHostData(cluster, "a data file missing on host2")
         XCTAssertTrue(r.output.contains("rank 1 on host2: data file \(cluster.local)/data.txt not found on host2"),
                       "no error naming host2 and rank 1:\n\(r.tail)")
     }
@@ -149,11 +157,7 @@ final class MultiHostTests: XCTestCase {
         let corpus = try XCTUnwrap(FileManager.default.contents(atPath: Harness.corpus))
         try Data(corpus.prefix(100_000)).write(to: URL(fileURLWithPath: cluster.disk("host1") + "/data.txt"))
         try Data(corpus.suffix(100_000)).write(to: URL(fileURLWithPath: cluster.disk("host2") + "/data.txt"))
-        var arguments = multiHostTinyArguments(out: cluster.local + "/run")
-        arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
-        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
-        XCTAssertFalse(r.timedOut, "the job hung on a different corpus on host2\n\(r.tail)")
-        XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)")
+        let r = try trainOnHostData(cluster, "a different corpus on host2")
         XCTAssertTrue(r.output.contains("rank 1 on host2: its corpus differs from rank 0's on host1 (here 1 file, 100000 bytes, fingerprint "),
                       "no error naming host2, rank 1 and host1:\n\(r.tail)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host1") + "/run/metrics.jsonl"), "training started")

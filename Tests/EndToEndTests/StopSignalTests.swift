@@ -31,10 +31,11 @@ final class StopSignalTests: XCTestCase {
         var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
     }
 
-    func startMpirun(_ arguments: [String], mpiOptions: [String] = []) throws -> Job {
+    /// Starts `executable` in the background, its stdout and stderr together in one file.
+    func startJob(_ executable: String, _ arguments: [String]) throws -> Job {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
-        process.arguments = ["-np", "2"] + Harness.mpirunOptions + mpiOptions + [Harness.binary] + arguments
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
         process.environment = Harness.environment
         let log = Harness.temporaryDirectory("stoplog") + "/log"
         FileManager.default.createFile(atPath: log, contents: nil)
@@ -44,6 +45,10 @@ final class StopSignalTests: XCTestCase {
         process.standardInput = FileHandle.nullDevice
         try process.run()
         return Job(process: process, log: log)
+    }
+
+    func startMpirun(_ arguments: [String], mpiOptions: [String] = []) throws -> Job {
+        try startJob("/usr/bin/mpirun", ["-np", "2"] + Harness.mpirunOptions + mpiOptions + [Harness.binary] + arguments)
     }
 
     /// The ranks of the job writing to `out` (their command lines name it).
@@ -97,18 +102,10 @@ final class StopSignalTests: XCTestCase {
     /// and the launcher exits 10 without restarting it.
     func testSigtermToTheLauncherStopsTheJob() throws {
         let out = Harness.temporaryDirectory("launcherstop")
-        let launcher = Process()
-        launcher.executableURL = URL(fileURLWithPath: Harness.packageRoot + "/launch/train")
         // --bin: the launcher must not build (`swift test` holds the build directory's lock).
-        launcher.arguments = ["--bin", Harness.binary, "--np", "2", "--max-restarts", "2", "--"] + stopTestArguments(out, steps: 100_000).dropFirst()
-        launcher.environment = Harness.environment
-        let log = Harness.temporaryDirectory("launcherlog") + "/log"
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = FileHandle(forWritingAtPath: log)
-        launcher.standardOutput = handle
-        launcher.standardError = handle
-        try launcher.run()
-        let job = Job(process: launcher, log: log)
+        let job = try startJob(Harness.packageRoot + "/launch/train",
+                               ["--bin", Harness.binary, "--np", "2", "--max-restarts", "2", "--"] + stopTestArguments(out, steps: 100_000).dropFirst())
+        let launcher = job.process
         guard waitForTraining(out, running: { launcher.isRunning }) else {
             _ = finish(job, timeout: 5)
             return XCTFail("training did not get going\n\(job.output.suffix(3000))")
