@@ -107,9 +107,7 @@ struct PrecisionOptions: ParsableArguments {
             guard OneDNN.hasNativeBF16 else {
                 throw ValidationError("--precision bf16 needs native bfloat16 dot products (AVX512_BF16 or AMX), but oneDNN reports \(isa) on this CPU; use --precision fp32 or auto")
             }
-            if exact {
-                throw ValidationError("--reduction exact is bit-identical across world sizes in float32 only; use --precision fp32 (auto picks it) or --reduction allreduce")
-            }
+            // bf16 under --reduction exact is refused by TrainingOptions.validate, with the fix.
             return (.bf16, "requested; oneDNN on \(isa)")
         case "auto":
             if exact { return (.fp32, "auto: --reduction exact is bit-identical in float32 only") }
