@@ -45,7 +45,7 @@ final class AllocationTests: XCTestCase {
                               ("overlapped buckets, micro-batches, 2 workers", ["--threads", "2", "--bucket-mb", "0.05", "--micro-batch", "1"]),
                               ("after backward", ["--threads", "2", "--no-overlap"]),
                               ("exact", ["--reduction", "exact"]), ("mapped files", ["--threads", "2", "--data"] + pieces)] {
-            let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20"] + extra,
+            let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20", "--precision", "fp32"] + extra,
                                 timeout: 300, environment: ["LD_PRELOAD": dir + "/count.so"])
             Harness.assertSuccess(r, mode)
             XCTAssertTrue(r.stdout.contains("heap allocations during the 20 timed steps: 0"), "\(mode):\n\(r.stdout)")

@@ -8,7 +8,7 @@ import XCTest
 final class CheckpointTests: XCTestCase {
     func run(_ out: String, steps: Int = 40, extra: [String] = []) -> [String] {
         ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-         "--log-every", "10", "--data", Harness.corpus, "--out", out] + extra
+         "--log-every", "10", "--precision", "fp32", "--data", Harness.corpus, "--out", out] + extra
     }
 
     func testResumedRunIsIdenticalToAnUninterruptedOne() throws {

@@ -9,7 +9,7 @@ import XCTest
 final class DataTests: XCTestCase {
     func tinyRun(_ out: String, data: [String], steps: Int = 20) -> [String] {
         ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "10", "--eval-batches", "2",
-         "--log-every", "10", "--out", out, "--data"] + data
+         "--log-every", "10", "--precision", "fp32", "--out", out, "--data"] + data
     }
 
     func corpusBytes() throws -> [UInt8] {

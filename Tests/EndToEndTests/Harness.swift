@@ -2,6 +2,7 @@
 // what runs leave behind. The binary comes from GOML_DIST_BIN (set by launch/test).
 
 import Foundation
+import GomlCore
 import GomlIO
 import XCTest
 
@@ -131,6 +132,14 @@ enum Harness {
     static func assertSuccess(_ r: Result, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertFalse(r.timedOut, "\(what) timed out after \(Int(r.seconds)) s\n\(r.output.suffix(3000))", file: file, line: line)
         XCTAssertEqual(r.status, 0, "\(what) failed\n\(r.output.suffix(3000))", file: file, line: line)
+    }
+
+    /// Skips the calling test where this CPU (or ONEDNN_MAX_CPU_ISA) gives no native bf16 dot
+    /// products: the bf16 path cannot run there, and the rest of the suite must still.
+    static func requireNativeBF16() throws {
+        guard OneDNN.hasNativeBF16 else {
+            throw XCTSkip("needs AVX512_BF16 (native bf16 dot products); oneDNN reports \(OneDNN.isaName) on this CPU")
+        }
     }
 
     static func maxRelativeDifference(_ a: [Double], _ b: [Double]) -> Double {

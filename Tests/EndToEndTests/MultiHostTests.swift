@@ -184,7 +184,7 @@ private let multiHostSubnet = "10.231.0.0/24"
 
 private func multiHostTinyArguments(out: String, steps: Int = 20) -> [String] {
     ["--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-     "--log-every", steps > 100 ? "1000" : "1", "--data", Harness.corpus, "--out", out]
+     "--log-every", steps > 100 ? "1000" : "1", "--precision", "fp32", "--data", Harness.corpus, "--out", out]
 }
 
 private struct MultiHostResult {

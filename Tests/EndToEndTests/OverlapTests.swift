@@ -8,7 +8,7 @@ import XCTest
 final class OverlapTests: XCTestCase {
     func tinyRun(_ out: String, steps: Int = 20, extra: [String] = []) -> [String] {
         ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--log-every", "10",
-         "--data", Harness.corpus, "--out", out] + extra
+         "--precision", "fp32", "--data", Harness.corpus, "--out", out] + extra
     }
 
     /// Losses and final parameters of `extra` against `reference`, within 1e-5 relative (parameters: to the largest).
@@ -42,16 +42,16 @@ final class OverlapTests: XCTestCase {
     /// the two splits' parameters were measured 1.2e-5 apart, past this tolerance.
     func testAccumulatedEqualsUnaccumulated() throws {
         let whole = Harness.temporaryDirectory("whole"), micro = Harness.temporaryDirectory("micro")
-        let w = Harness.mpirun(np: 2, tinyRun(whole, extra: ["--threads", "1", "--precision", "fp32"]))
+        let w = Harness.mpirun(np: 2, tinyRun(whole, extra: ["--threads", "1"]))
         Harness.assertSuccess(w, "whole shard")
-        let m = Harness.mpirun(np: 2, tinyRun(micro, extra: ["--threads", "2", "--micro-batch", "1", "--bucket-mb", "0.05", "--precision", "fp32"]))
+        let m = Harness.mpirun(np: 2, tinyRun(micro, extra: ["--threads", "2", "--micro-batch", "1", "--bucket-mb", "0.05"]))
         Harness.assertSuccess(m, "micro-batches")
         XCTAssertTrue(w.stdout.contains("micro-batch 4 sequence(s) × 1 worker(s)"), w.stdout)
         XCTAssertTrue(m.stdout.contains("micro-batch 1 sequence(s) × 2 worker(s)"), m.stdout)
         try assertClose(micro, whole, "accumulated")
         // One run alone, without MPI, too.
         let single = Harness.temporaryDirectory("micro-single")
-        Harness.assertSuccess(Harness.goml(tinyRun(single, extra: ["--single", "--micro-batch", "2", "--precision", "fp32"])), "--single micro-batches")
+        Harness.assertSuccess(Harness.goml(tinyRun(single, extra: ["--single", "--micro-batch", "2"])), "--single micro-batches")
         try assertClose(single, whole, "accumulated --single")
     }
 

@@ -13,7 +13,8 @@ final class PrecisionTests: XCTestCase {
          "--log-every", "1", "--data", Harness.corpus, "--out", out, "--precision", precision] + extra
     }
 
-    func testBF16VerifyPassesOnEveryFixture() {
+    func testBF16VerifyPassesOnEveryFixture() throws {
+        try Harness.requireNativeBF16()
         for name in fixtureNames {
             let r = Harness.goml(["verify", "--reference", "\(Harness.fixtures)/\(name).safetensors", "--precision", "bf16"], timeout: 120)
             Harness.assertSuccess(r, "verify --precision bf16 \(name)")
@@ -22,7 +23,8 @@ final class PrecisionTests: XCTestCase {
         }
     }
 
-    func testABrokenBF16PathFailsVerify() {
+    func testABrokenBF16PathFailsVerify() throws {
+        try Harness.requireNativeBF16()
         for name in fixtureNames {
             let r = Harness.goml(["verify", "--reference", "\(Harness.fixtures)/\(name).safetensors", "--precision", "bf16",
                                   "--fault-bf16", "wrong-leading-dimension"], timeout: 120)
@@ -32,6 +34,7 @@ final class PrecisionTests: XCTestCase {
     }
 
     func testBF16StepsDoNotAllocate() throws {
+        try Harness.requireNativeBF16()
         let dir = Harness.temporaryDirectory("malloc-bf16")
         try AllocationTests.shimSource.write(toFile: dir + "/count.c", atomically: true, encoding: .utf8)
         let cc = Harness.run("/usr/bin/env", ["cc", "-O2", "-shared", "-fPIC", "-o", dir + "/count.so", dir + "/count.c"], timeout: 120)
@@ -49,6 +52,7 @@ final class PrecisionTests: XCTestCase {
     /// bf16 products are computed per output element in a fixed order whatever the batch split,
     /// so world sizes differ only by the float32 gradient sums, as at fp32: same tolerance.
     func testSingleAndTwoRanksAgreeInBF16() throws {
+        try Harness.requireNativeBF16()
         let single = Harness.temporaryDirectory("bf16-single")
         Harness.assertSuccess(Harness.goml(tinyRun(single) + ["--single"]), "--single")
         let two = Harness.temporaryDirectory("bf16-np2")
@@ -60,6 +64,7 @@ final class PrecisionTests: XCTestCase {
     }
 
     func testBF16ResumeIsBitwiseAtTheSameWorldSize() throws {
+        try Harness.requireNativeBF16()
         let a = Harness.temporaryDirectory("bf16-runA")
         Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(a)), "run A")
         let b = Harness.temporaryDirectory("bf16-runB")
@@ -69,7 +74,8 @@ final class PrecisionTests: XCTestCase {
         XCTAssertEqual(try Harness.checkpointTensorBytes(b), try Harness.checkpointTensorBytes(a), "final parameter bytes")
     }
 
-    func testResumingWithAnotherPrecisionIsRefused() {
+    func testResumingWithAnotherPrecisionIsRefused() throws {
+        try Harness.requireNativeBF16()
         let out = Harness.temporaryDirectory("bf16-to-fp32")
         Harness.assertSuccess(Harness.goml(tinyRun(out, steps: 4, extra: ["--single", "--stop-after", "2"])), "bf16 to step 2")
         let r = Harness.goml(tinyRun(out, steps: 4, precision: "fp32", extra: ["--single", "--resume", out]))

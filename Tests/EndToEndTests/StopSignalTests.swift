@@ -9,7 +9,7 @@ import XCTest
 /// The tiny training every stop test runs: long enough to be signalled mid-run.
 func stopTestArguments(_ out: String, steps: Int = 300) -> [String] {
     ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--threads", "1", "--eval-every", "0",
-     "--eval-batches", "2", "--log-every", "50", "--data", Harness.corpus, "--out", out]
+     "--eval-batches", "2", "--log-every", "50", "--precision", "fp32", "--data", Harness.corpus, "--out", out]
 }
 
 /// Steps recorded so far in OUT/metrics.jsonl.

@@ -6,7 +6,7 @@ import XCTest
 final class TrainingTests: XCTestCase {
     func tinyRun(_ out: String, steps: Int = 20) -> [String] {
         ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-         "--log-every", "1", "--data", Harness.corpus, "--out", out]
+         "--log-every", "1", "--precision", "fp32", "--data", Harness.corpus, "--out", out]
     }
 
     func testEveryWorldSizeAndTransportGivesTheSameRun() throws {
