@@ -63,9 +63,9 @@ public final class RankZeroLog {
     func step(_ r: StepResult, of o: TrainingOptions, tokensPerStep: Int, peakGFLOPS: Double, elapsed: Double, force: Bool) {
         guard isRoot else { return }
         let tokensPerSecond = Double(tokensPerStep) / r.timings.total
-        let mfu = peakGFLOPS > 0 ? tokensPerSecond * o.model.flopsPerToken / (peakGFLOPS * 1e9) : 0
-        let text = String(format: "step %6d/%d | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s | MFU %.1f%%",
-                          r.step, o.steps, r.loss, r.lr, r.gradNorm, r.timings.total * 1000, tokensPerSecond, mfu * 100)
+        let mfu = ProductPeak.utilization(modelGFLOPS: tokensPerSecond * o.model.flopsPerToken / 1e9, peakGFLOPS: peakGFLOPS)
+        let text = String(format: "step %6d/%d | loss %.4f | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s | ",
+                          r.step, o.steps, r.loss, r.lr, r.gradNorm, r.timings.total * 1000, tokensPerSecond) + ProductPeak.describe(mfu)
         if force || !interactive {
             if force { line(text) }
         } else {

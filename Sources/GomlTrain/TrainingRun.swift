@@ -16,6 +16,7 @@ public struct RunSettings {
     /// Continue from a checkpoint: every rank sets `resume`; rank 0 alone holds the checkpoint.
     public var resume = false
     public var resumeFrom: TrainingCheckpoint? = nil
+    /// The ceiling MFU is quoted against: one rank's measured product rate at the run's precision.
     public var peakGFLOPS: Double = 0
     /// Why the run's precision was chosen, for the header.
     public var precisionReason = "requested"
@@ -265,6 +266,8 @@ public final class TrainingRun {
         log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
                         Double(trainer.activationBytes) / 1e6))
         log.line("precision \(o.precision.rawValue) (\(settings.precisionReason))")
+        log.line(String(format: "MFU is quoted against %@ products at %.1f GFLOP/s per rank, measured on its %d thread(s)",
+                        o.precision.rawValue, settings.peakGFLOPS, settings.threads))
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
     }

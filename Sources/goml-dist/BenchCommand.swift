@@ -49,9 +49,8 @@ struct BenchCommand: ParsableCommand {
                                 communication: communication), nil)
         }
         if let corpus { agreeOnData(comm, corpus) }
-        // The ceiling MFU is quoted against: sgemm on all of this rank's cores.
-        BLAS.setThreads(threads)
-        let peak = sampling ? 0 : BLAS.measureSgemmGFLOPS()
+        // The ceiling MFU is quoted against: products at the run's precision on all of this rank's cores.
+        let peak = sampling ? 0 : ProductPeak.measure(trainer.options.precision, threads: threads)
         configureBLAS(cores: threads, trainer: trainer)
         if sampling {
             if comm.isRoot { benchSampling(trainer, threads: threads) }
@@ -76,22 +75,24 @@ struct BenchCommand: ParsableCommand {
         let ms = median(totals) * 1000
         let tokens = Double(o.batch * o.model.seqLen)
         let tokensPerSecond = tokens / (ms / 1000)
-        let mfu = tokensPerSecond * o.model.flopsPerToken / (peak * 1e9 * Double(comm.size))
+        let modelGFLOPS = tokensPerSecond * o.model.flopsPerToken / 1e9
+        let mfu = ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peak * Double(comm.size))
         let split = [("forward", \StepTimings.forward), ("backward", \StepTimings.backward), ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
             .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
-        print("bench \(model.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(o.reduction.rawValue)\(parallel.noOverlap ? "" : " overlapped") (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
+        print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(o.reduction.rawValue)\(parallel.noOverlap ? "" : " overlapped") (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
         print("precision \(o.precision.rawValue) (\(precisionReason))")
-        print(String(format: "sgemm 1024³ on %d thread(s): %.1f GFLOP/s", threads, peak))
+        print(String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, threads, peak))
         print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
         // Communication the step waited for (the reduce phase) against the time the network was busy.
         let busy = median(phases.map(\.communication)) * 1000, exposed = split[2].1
         let hidden = busy > 0 ? max(0, 1 - exposed / busy) : 0
         print(String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward)", busy, exposed, hidden * 100))
-        print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, MFU %.1f%%", tokensPerSecond, tokensPerSecond * o.model.flopsPerToken / 1e9, mfu * 100))
+        print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", tokensPerSecond, modelGFLOPS) + ProductPeak.describe(mfu))
         let json: [String: Any] = [
-            "config": model.config, "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
-            "ms_per_step": (ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(), "mfu": (mfu * 10000).rounded() / 10000,
-            "sgemm_gflops": peak.rounded(), "reduction": o.reduction.rawValue, "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
+            "config": try model.name(), "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
+            "ms_per_step": (ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(),
+            "mfu": mfu.map { ($0 * 10000).rounded() / 10000 } ?? NSNull(),
+            "peak_gflops": peak.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue, "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
             "forward_ms": split[0].1, "backward_ms": split[1].1, "reduce_ms": split[2].1, "optimizer_ms": split[3].1,
             "comm_ms": busy, "exposed_comm_ms": exposed, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
             "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
@@ -125,8 +126,8 @@ struct BenchCommand: ParsableCommand {
             results[cached ? "kv_cache_tokens_per_s" : "no_cache_tokens_per_s"] = Double(sampleTokens) / Date().timeIntervalSince(start)
         }
         print(String(format: "sampling %@ (%@), %d tokens ending at %d of context, %d thread(s): KV cache %.0f tokens/s, full recompute %.0f tokens/s",
-                     model.config, config.summary, sampleTokens, config.seqLen, threads, results["kv_cache_tokens_per_s"]!, results["no_cache_tokens_per_s"]!))
-        var json: [String: Any] = ["config": model.config, "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen]
+                     try! model.name(), config.summary, sampleTokens, config.seqLen, threads, results["kv_cache_tokens_per_s"]!, results["no_cache_tokens_per_s"]!))
+        var json: [String: Any] = ["config": try! model.name(), "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen]
         for (k, v) in results { json[k] = v.rounded() }
         print(String(decoding: try! JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
     }

@@ -28,6 +28,12 @@ struct ModelOptions: ParsableArguments {
         try c.validate()
         return c
     }
+
+    /// The preset's name when nothing overrides it; otherwise the dimensions that run.
+    func name() throws -> String {
+        let c = try model()
+        return c == (try ModelConfig.preset(named: config)) ? config : c.summary
+    }
 }
 
 struct OptimizationOptions: ParsableArguments {

@@ -114,9 +114,9 @@ struct TrainCommand: ParsableCommand {
         }
         agreeOnData(comm, corpus)
         var run = settings
-        // The ceiling MFU is quoted against: sgemm on all of this rank's cores (rank 0 measures).
-        BLAS.setThreads(threads)
-        if comm.isRoot { run.peakGFLOPS = BLAS.measureSgemmGFLOPS(size: 512, repeats: 4) }
+        // The ceiling MFU is quoted against: products at the run's precision on all of this
+        // rank's cores (rank 0 measures).
+        if comm.isRoot { run.peakGFLOPS = ProductPeak.measure(trainer.options.precision, threads: threads, size: 512, repeats: 4) }
         configureBLAS(cores: threads, trainer: trainer)
         let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run) }
         do {
