@@ -109,7 +109,6 @@ struct BenchCommand: ParsableCommand {
         print(String(decoding: text, as: UTF8.self))
     }
 
-
     private func benchSampling(_ trainer: Trainer, threads: Int) {
         var rng = Xoshiro256(seed: 5)
         trainer.layout.initialise(trainer.params.pointer, rng: &rng)

@@ -54,7 +54,7 @@ final class MultiHostTests: XCTestCase {
     /// Overlap hides communication, read from `bench`'s JSON: tiny at batch 32 on two hosts
     /// joined at 1 Gbit/s, 50 kB buckets. The floor, 0.3, is about half the hidden share
     /// measured here (0.58–0.82, eight runs under load average 7–11; its 0.53 MB gradient needs
-    /// ≥ 4 ms a direction, its backward ≈ 25–60 ms): the last bucket is all that must wait.
+    /// ≥ 4 ms a direction, its backward ≈ 55 ms here): the last bucket is all that must wait.
     /// After backward (`--no-overlap`) nothing can hide: the same measure gives 0 there, and a
     /// bucket path that started its all-reduces only once backward ended would too.
     func testOverlapHidesCommunicationOnAShapedLink() throws {
