@@ -34,7 +34,7 @@ let package = Package(
         ),
         .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore"]),
         .testTarget(name: "GomlIOTests", dependencies: ["GomlIO", "GomlTrain"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["GomlIO"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["GomlCore", "GomlIO"]),
     ],
     // The numerical code shares raw buffers single-threaded; Swift 6's strict concurrency
     // checking would only add annotations here.

@@ -62,13 +62,21 @@ struct BenchCommand: ParsableCommand {
         var totals: [Double] = [], phases: [StepTimings] = []
         totals.reserveCapacity(steps)
         phases.reserveCapacity(steps)
-        var allocationsBefore = 0
+        var allocationsBefore = HeapAllocations(total: 0, inOpenMPI: 0)
         for i in 0..<(warmup + steps) {
-            if i == warmup { allocationsBefore = heapAllocationCount() ?? 0 }
+            if i == warmup { allocationsBefore = HeapAllocations.count() ?? allocationsBefore }
             let r = trainer.trainStep()
             if i >= warmup { totals.append(r.timings.total); phases.append(r.timings) }
         }
-        let allocations = heapAllocationCount().map { $0 - allocationsBefore }
+        // Every rank reports its own count: the ranks' communication threads differ in timing.
+        if let after = HeapAllocations.count() {
+            let total = after.total - allocationsBefore.total
+            var line = "\(comm.size > 1 ? "rank \(comm.rank): " : "")heap allocations during the \(steps) timed steps: \(total)"
+            if let afterMPI = after.inOpenMPI, let beforeMPI = allocationsBefore.inOpenMPI {
+                line += " (in OpenMPI's libraries \(afterMPI - beforeMPI), elsewhere \(total - (afterMPI - beforeMPI)))"
+            }
+            print(line)
+        }
         comm.finalize()
         guard comm.isRoot else { return }
         func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
@@ -98,18 +106,8 @@ struct BenchCommand: ParsableCommand {
             "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
             "micro_batch": trainer.microBatch,
         ]
-        if let allocations {
-            print("heap allocations during the \(steps) timed steps: \(allocations)")
-        }
         let text = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
         print(String(decoding: text, as: UTF8.self))
-    }
-
-    /// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations`
-    /// is preloaded (see Tests/EndToEndTests/AllocationTests.swift); nil otherwise.
-    private func heapAllocationCount() -> Int? {
-        guard let symbol = dlsym(nil, "goml_heap_allocations") else { return nil }
-        return Int(unsafeBitCast(symbol, to: (@convention(c) () -> Int).self)())
     }
 
     private func benchSampling(_ trainer: Trainer, threads: Int) {
@@ -130,5 +128,21 @@ struct BenchCommand: ParsableCommand {
         var json: [String: Any] = ["config": try! model.name(), "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen]
         for (k, v) in results { json[k] = v.rounded() }
         print(String(decoding: try! JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
+    }
+}
+
+/// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations` is
+/// preloaded (see Tests/EndToEndTests/AllocationTests.swift); `inOpenMPI` counts those whose
+/// caller lies in OpenMPI's libraries, when the shim exports `goml_heap_allocations_in_openmpi`.
+private struct HeapAllocations {
+    let total: Int
+    let inOpenMPI: Int?
+
+    static func count() -> HeapAllocations? {
+        func read(_ name: String) -> Int? {
+            dlsym(nil, name).map { Int(unsafeBitCast($0, to: (@convention(c) () -> Int).self)()) }
+        }
+        guard let total = read("goml_heap_allocations") else { return nil }
+        return HeapAllocations(total: total, inOpenMPI: read("goml_heap_allocations_in_openmpi"))
     }
 }

@@ -51,6 +51,33 @@ final class MultiHostTests: XCTestCase {
         XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(hierarchicalLosses, flatLosses), 1e-5)
     }
 
+    /// Overlap hides communication, read from `bench`'s JSON: tiny at batch 32 on two hosts
+    /// joined at 1 Gbit/s, 50 kB buckets. The floor, 0.3, is about half the hidden share
+    /// measured here (0.58–0.82, eight runs under load average 7–11; its 0.53 MB gradient needs
+    /// ≥ 4 ms a direction, its backward ≈ 55 ms here): the last bucket is all that must wait.
+    /// After backward (`--no-overlap`) nothing can hide: the same measure gives 0 there, and a
+    /// bucket path that started its all-reduces only once backward ended would too.
+    func testOverlapHidesCommunicationOnAShapedLink() throws {
+        let cluster = try multiHostStartCluster()
+        let rate = cluster.script(["rate", "1gbit"], timeout: 60)
+        XCTAssertEqual(rate.status, 0, "launch/cluster rate 1gbit failed\n\(rate.tail)")
+        func bench(_ extra: [String]) throws -> [String: Any] {
+            let r = cluster.rawMpirun(hostfile: "hostfiles/netns-2hosts", ranks: 2,
+                                      gomlArguments: ["bench", "--config", "tiny", "--batch", "32", "--threads", "1", "--bucket-mb", "0.05",
+                                                      "--steps", "10", "--warmup", "3"] + extra, timeout: 180)
+            XCTAssertEqual(r.status, 0, "bench \(extra) failed\n\(r.tail)")
+            let last = try XCTUnwrap(r.output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line\n\(r.tail)")
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last))
+            XCTAssertEqual(json["ranks"] as? Int, 2, String(last))
+            XCTAssertEqual(json["overlap"] as? Bool, !extra.contains("--no-overlap"), String(last))
+            return json
+        }
+        let overlapped = try bench([]), afterBackward = try bench(["--no-overlap"])
+        let hidden = try XCTUnwrap(overlapped["hidden_comm_share"] as? Double), hiddenAfter = try XCTUnwrap(afterBackward["hidden_comm_share"] as? Double)
+        XCTAssertGreaterThanOrEqual(hidden, 0.3, "overlapped: \(overlapped)")
+        XCTAssertLessThan(hiddenAfter, 0.05, "after backward: \(afterBackward)")
+    }
+
     /// A host whose link is down: launch/train names it before starting anything, and mpirun
     /// alone (no check) fails naming it too, both within a bounded time.
     func testHostOffTheNetworkFailsClearly() throws {
@@ -272,10 +299,14 @@ private struct MultiHostCluster {
 
     /// mpirun alone on the head node, with the agent and the subnet but no checks.
     func rawMpirun(hostfile: String, ranks: Int, trainArguments: [String], timeout: Double) -> MultiHostResult {
+        rawMpirun(hostfile: hostfile, ranks: ranks, gomlArguments: ["train"] + trainArguments, timeout: timeout)
+    }
+
+    func rawMpirun(hostfile: String, ranks: Int, gomlArguments: [String], timeout: Double) -> MultiHostResult {
         script(["run", "--", "mpirun", "-np", String(ranks), "--hostfile", hostfile, "--bind-to", "none",
                 "--mca", "plm_rsh_agent", Harness.packageRoot + "/launch/netns-agent",
                 "--mca", "btl_tcp_if_include", multiHostSubnet, "--mca", "oob_tcp_if_include", multiHostSubnet,
-                "-x", "OPENBLAS_CORETYPE", Harness.binary, "train"] + trainArguments, timeout: timeout)
+                "-x", "OPENBLAS_CORETYPE", Harness.binary] + gomlArguments, timeout: timeout)
     }
 
     func setLink(_ host: String, up: Bool) throws {
