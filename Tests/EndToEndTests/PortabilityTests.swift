@@ -1,0 +1,34 @@
+// The float32 path on a CPU with no AVX-512 at all: the release binary under QEMU's user-mode
+// emulation of a Haswell (AVX2, FMA; an AVX-512 instruction there is an illegal instruction)
+// checks the PyTorch fixtures and trains a few steps. launch/test installs qemu-user.
+
+import Foundation
+import XCTest
+
+final class PortabilityTests: XCTestCase {
+    static let qemu = "/usr/bin/qemu-x86_64"
+
+    func runOnHaswell(_ arguments: [String]) throws -> Harness.Result {
+        guard FileManager.default.isExecutableFile(atPath: Self.qemu) else {
+            throw XCTSkip("qemu-user is not installed (\(Self.qemu)): apt-get install qemu-user, as launch/test does")
+        }
+        // Emulation runs ~150× slower than the host: small work, generous timeout.
+        return Harness.run(Self.qemu, ["-cpu", "Haswell", Harness.binary] + arguments, timeout: 600)
+    }
+
+    func testFP32PathVerifiesAndTrainsWithoutAVX512() throws {
+        for name in ["tiny_step", "tiny_clip", "tiny_noclip"] {
+            let r = try runOnHaswell(["verify", "--reference", "\(Harness.fixtures)/\(name).safetensors"])
+            Harness.assertSuccess(r, "verify \(name) on an emulated Haswell")
+            XCTAssertTrue(r.stdout.contains("verify: all 83 quantities within tolerance"), r.stdout)
+        }
+        let out = Harness.temporaryDirectory("haswell")
+        let r = try runOnHaswell(["train", "--single", "--config", "tiny", "--batch", "4", "--steps", "3", "--eval-every", "0",
+                                  "--eval-batches", "1", "--log-every", "1", "--data", Harness.corpus, "--out", out])
+        Harness.assertSuccess(r, "train on an emulated Haswell")
+        XCTAssertTrue(r.stdout.contains("precision fp32 (auto: oneDNN reports avx2, no native bf16 dot products)"), r.stdout)
+        let losses = Harness.losses(out)
+        XCTAssertEqual(losses.count, 3, r.stdout)
+        XCTAssertTrue(losses.allSatisfy { $0.isFinite && $0 > 0 }, "\(losses)")
+    }
+}
