@@ -161,7 +161,7 @@ final class MultiHostTests: XCTestCase {
     }
 
     /// launch/train --hosts checks that every host has the binary: one at a path on host1's
-    /// disk alone is refused before anything starts, naming host2.
+    /// disk alone is refused before anything starts, naming host2; on host1 alone it runs.
     func testHostWithoutTheBinaryIsNamed() throws {
         let cluster = try multiHostStartCluster()
         try FileManager.default.copyItem(atPath: Harness.binary, toPath: cluster.disk("host1") + "/goml-dist")
@@ -172,6 +172,14 @@ final class MultiHostTests: XCTestCase {
         XCTAssertTrue(r.output.contains("launch/train: host host2 has no executable \(cluster.local)/goml-dist"), "no message naming host2:\n\(r.tail)")
         XCTAssertFalse(r.output.contains("host host1"), "host1 has the binary:\n\(r.tail)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host1") + "/run"), "the job started")
+        // On host1 alone the binary is everywhere it is needed (the launcher reads its exit-code
+        // table there, as this head node lacks it), and the job runs.
+        let hostfile = cluster.dir + "/host1-only"
+        try "host1 slots=1\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        let alone = cluster.launchTrain(hostfile: hostfile, trainArguments: multiHostTinyArguments(out: cluster.local + "/run"),
+                                        binary: cluster.local + "/goml-dist", timeout: 120)
+        XCTAssertEqual(alone.status, 0, alone.tail)
+        XCTAssertEqual(Harness.losses(cluster.disk("host1") + "/run").count, 20, alone.tail)
     }
 
     /// A hostfile naming a host that does not exist fails at once, naming it, both through
