@@ -65,9 +65,8 @@ final class CheckpointTests: XCTestCase {
     private func skipUnlessNativeBF16() throws {
         let r = Harness.goml(["bench", "--single", "--config", "tiny", "--warmup", "0", "--steps", "1"], timeout: 120)
         Harness.assertSuccess(r, "bench (to learn the precision)")
-        guard let line = r.stdout.split(separator: "\n").first(where: { $0.contains("precision ") && $0.contains("auto:") }) else {
-            return XCTFail("bench names no precision:\n\(r.stdout)")
-        }
+        let line = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.contains("precision ") && $0.contains("auto:") },
+                                 "bench names no precision:\n\(r.stdout)")
         if line.contains("no native bf16") {
             throw XCTSkip("needs AVX512_BF16 (native bf16 dot products): \(line.trimmingCharacters(in: .whitespaces))")
         }
