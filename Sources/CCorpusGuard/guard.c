@@ -14,7 +14,7 @@ struct guarded { const char *base; size_t length; char *name; };
 static struct guarded *table;
 static size_t used, capacity;
 static char prefix[512];
-static int exit_code = 8;
+static int exit_code = 8;        /* ExitStatus.dataShrank; goml-dist configures it from that table */
 static int installed;
 static struct sigaction previous;   /* the handler before ours (e.g. the runtime's backtracer) */
 

@@ -80,8 +80,6 @@ public struct Corpus {
 
     /// Bytes hashed at each end of every file.
     public static let fingerprintSpan = 1 << 20
-    /// Exit status when a mapped file shrank while training.
-    public static let shrankExitCode: Int32 = 8
 
     /// "1 file, 1115394 bytes, fingerprint 3f2a…"
     public var summary: String {
@@ -201,9 +199,10 @@ public struct Corpus {
     }
 }
 
-/// Routes the SIGBUS guard's message: `prefix` names the rank and host under MPI.
-public func configureCorpusGuard(prefix: String) {
-    goml_corpus_guard_configure(prefix, Corpus.shrankExitCode)
+/// Routes the SIGBUS guard's message: `prefix` names the rank and host under MPI; the process
+/// exits with `code`.
+public func configureCorpusGuard(prefix: String, code: Int32) {
+    goml_corpus_guard_configure(prefix, code)
 }
 
 /// A fast 64-bit hash over words, for fingerprints (not cryptographic).

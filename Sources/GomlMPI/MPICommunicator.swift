@@ -32,7 +32,7 @@ public final class MPICommunicator: Communicator {
         let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
         if rc != goml_mpi_success() {
             FileHandle.standardError.write(Data("goml-dist: error: MPI_Init_thread failed (code \(rc)); is this an OpenMPI launch?\n".utf8))
-            exit(2)
+            exit(ExitStatus.setup.code)
         }
         world = goml_mpi_comm_world()
         MPI_Comm_set_errhandler(world, goml_mpi_errors_return())
@@ -64,7 +64,7 @@ public final class MPICommunicator: Communicator {
         hostName = String(cString: name)
         watchdog = CollectiveWatchdog(rank: Int(r), host: hostName, timeout: collectiveTimeout)
         if provided < goml_mpi_thread_serialized() {
-            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: 2)
+            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
         }
     }
 
@@ -80,7 +80,7 @@ public final class MPICommunicator: Communicator {
             var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
             var length: Int32 = 0
             MPI_Error_string(rc, &text, &length)
-            abort("\(call) failed on rank \(rank) (\(hostName)): \(String(cString: text))", code: 3)
+            abort("\(call) failed on rank \(rank) (\(hostName)): \(String(cString: text))", code: ExitStatus.mpiCall.code)
         }
     }
 
@@ -190,7 +190,7 @@ final class CollectiveWatchdog: @unchecked Sendable {
         if let call, Date().timeIntervalSince(since) > timeout {
             let message = "goml-dist: error: rank \(rank) (\(host)) waited \(Int(timeout)) s in \(call) at step \(step) without progress: another rank stopped responding or a host was lost (--collective-timeout \(Int(timeout)))\n"
             FileHandle.standardError.write(Data(message.utf8))
-            _exit(4)
+            _exit(ExitStatus.collectiveTimeout.code)
         }
         return true
     }

@@ -19,7 +19,7 @@ public final class RankZeroLog {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw RunFailure(message: "cannot create output directory \(directory): \(error.localizedDescription)", code: 2)
+            throw RunFailure(message: "cannot create output directory \(directory): \(error.localizedDescription)", code: ExitStatus.setup.code)
         }
         let path = directory + "/metrics.jsonl"
         var kept = ""
@@ -31,7 +31,7 @@ public final class RankZeroLog {
             }
         }
         guard FileManager.default.createFile(atPath: path, contents: Data(kept.utf8)), let handle = FileHandle(forWritingAtPath: path) else {
-            throw RunFailure(message: "cannot write \(path): check that the output directory is writable", code: 2)
+            throw RunFailure(message: "cannot write \(path): check that the output directory is writable", code: ExitStatus.setup.code)
         }
         handle.seekToEndOfFile()
         metricsFile = handle

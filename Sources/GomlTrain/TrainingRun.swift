@@ -29,6 +29,9 @@ public struct RunSettings {
     /// Fault injection for tests: this rank nudges one parameter after its first step, as a
     /// replica that silently diverged would.
     public var divergingRank: Int? = nil
+    /// Fault injection for tests: this rank reports another options hash or data position in
+    /// every step's header, as a rank started with other options or data would.
+    public var headerFault: (rank: Int, field: HeaderFault)? = nil
     /// Polled before every step: the signal that asked this rank to stop, 0 when none. A request
     /// on any rank stops every rank after the same step, with a checkpoint.
     public var stopSignal: () -> Int32 = { 0 }
@@ -39,13 +42,16 @@ public struct RunSettings {
     public init() {}
 }
 
+/// The header field a `RunSettings.headerFault` perturbs.
+public enum HeaderFault: String, CaseIterable, Sendable {
+    case options, data
+}
+
 /// Why a run ended early, with the exit code the job returns.
 public struct RunFailure: Error, CustomStringConvertible {
     public let message: String
     public let code: Int32
     public var description: String { message }
-    /// Exit code of a run stopped by a signal after writing its checkpoint (resume it).
-    public static let stoppedCode: Int32 = 10
 }
 
 public final class TrainingRun {
@@ -111,7 +117,7 @@ public final class TrainingRun {
             let result = trainer.trainStep()
             trainSeconds += result.timings.total
             guard result.finite else {
-                throw RunFailure(message: "non-finite \(result.loss.isFinite ? "gradient norm" : "loss") at step \(result.step) (loss \(result.loss), grad norm \(result.gradNorm)); stopped without writing a checkpoint — lower --lr or check the data", code: 5)
+                throw RunFailure(message: "non-finite \(result.loss.isFinite ? "gradient norm" : "loss") at step \(result.step) (loss \(result.loss), grad norm \(result.gradNorm)); stopped without writing a checkpoint — lower --lr or check the data", code: ExitStatus.nonFinite.code)
             }
             let step = result.step
             if settings.divergingRank == comm.rank && step == 1 { trainer.params.pointer[0] += 1e-3 }
@@ -155,7 +161,7 @@ public final class TrainingRun {
         do {
             try DurableFile.write(Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])), to: settings.outDirectory + "/run.json")
         } catch {
-            throw RunFailure(message: "cannot write \(settings.outDirectory)/run.json: \(error)", code: 2)
+            throw RunFailure(message: "cannot write \(settings.outDirectory)/run.json: \(error)", code: ExitStatus.setup.code)
         }
     }
 
@@ -179,7 +185,7 @@ public final class TrainingRun {
             let path = (try? Checkpoint.resolve(settings.outDirectory)) ?? settings.outDirectory
             log.line("stopped by \(name) after step \(trainer.step) of \(trainer.options.steps); checkpoint \(path); continue with the same command and --resume \(settings.outDirectory)")
         }
-        throw RunFailure(message: "", code: RunFailure.stoppedCode)
+        throw RunFailure(message: "", code: ExitStatus.stopped.code)
     }
 
     /// Rank 0 writes the checkpoint; a failure there ends the whole job, so no rank goes on alone.
@@ -200,7 +206,7 @@ public final class TrainingRun {
             }
         }
         if !comm.allAgree(ok) {
-            throw RunFailure(message: comm.isRoot ? message : "", code: 7)
+            throw RunFailure(message: comm.isRoot ? message : "", code: ExitStatus.checkpointWrite.code)
         }
     }
 
@@ -234,6 +240,7 @@ public final class TrainingRun {
         (header[3], header[4]) = split(data)
         (header[5], header[6]) = split(checksum)
         header[0] = Double(nextStep)
+        if let fault = settings.headerFault, fault.rank == comm.rank { header[fault.field == .options ? 1 : 3] += 1 }
         header[Self.comparedFields] = Double(settings.stopSignal())
         comm.noteStep(nextStep)
         header.withUnsafeBufferPointer { h in gathered.withUnsafeMutableBufferPointer { comm.allGather(h, into: $0) } }
@@ -242,7 +249,7 @@ public final class TrainingRun {
             let what = gathered[r * n] != gathered[0] ? "step"
                 : (gathered[r * n + 1], gathered[r * n + 2]) != (gathered[1], gathered[2]) ? "options/config"
                 : (gathered[r * n + 3], gathered[r * n + 4]) != (gathered[3], gathered[4]) ? "data position" : "parameter checksum"
-            throw RunFailure(message: comm.isRoot ? "ranks 0 and \(r) disagree on the \(what) before step \(nextStep); replicas diverged — stopping" : "", code: 6)
+            throw RunFailure(message: comm.isRoot ? "ranks 0 and \(r) disagree on the \(what) before step \(nextStep); replicas diverged — stopping" : "", code: ExitStatus.replicasDiverged.code)
         }
         var stopSignal = 0.0
         for r in 0..<comm.size { stopSignal = max(stopSignal, gathered[r * n + compared]) }

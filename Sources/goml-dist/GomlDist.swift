@@ -2,17 +2,19 @@
 
 import ArgumentParser
 import Foundation
+import GomlTrain
 
 @main
 struct GomlDist: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "goml-dist",
         abstract: "Data-parallel trainer for byte-level LLaMA-style language models on CPUs over MPI.",
-        subcommands: [TrainCommand.self, SampleCommand.self, PlotCommand.self, BenchCommand.self, VerifyCommand.self, GradcheckCommand.self])
+        subcommands: [TrainCommand.self, SampleCommand.self, PlotCommand.self, BenchCommand.self, VerifyCommand.self, GradcheckCommand.self,
+                      ExitCodesCommand.self])
 }
 
 /// Prints `message` as one line on stderr and exits with `code`.
-func fail(_ message: String, code: Int32 = 1) -> Never {
+func fail(_ message: String, code: Int32 = ExitStatus.failed.code) -> Never {
     FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8))
     exit(code)
 }

@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import GomlCore
+import GomlTrain
 
 struct GradcheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -35,6 +36,6 @@ struct GradcheckCommand: ParsableCommand {
             }
         }
         print("gradcheck: worst relative error \(String(format: "%.2e", worstOverall)), tolerance \(tolerance)")
-        if worstOverall > tolerance || worstOverall.isNaN { throw ExitCode(1) }
+        if worstOverall > tolerance || worstOverall.isNaN { throw ExitCode(ExitStatus.failed.code) }
     }
 }

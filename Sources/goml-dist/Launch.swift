@@ -45,7 +45,7 @@ func configureBLAS(cores: Int, trainer: Trainer) {
 
 /// Runs `body` on every rank; if it throws on any rank, every rank exits with `code`, and the
 /// lowest failing rank's message is printed once (prefixed with its rank and host under MPI).
-func agreeOnSetup<T>(_ comm: Communicator, code: Int32 = 2, _ body: () throws -> T) -> T {
+func agreeOnSetup<T>(_ comm: Communicator, code: Int32 = ExitStatus.setup.code, _ body: () throws -> T) -> T {
     var result: T?
     var message = ""
     do { result = try body() } catch { message = "\(error)" }
@@ -106,7 +106,7 @@ func openData(_ data: [String], validation: [String]) throws -> RunData {
 /// holds other files under the same paths is caught before training; the rank that differs
 /// names itself, its host and rank 0's. A SIGBUS guard message names the rank too.
 func agreeOnData(_ comm: Communicator, _ data: RunData) {
-    configureCorpusGuard(prefix: comm.size > 1 ? "rank \(comm.rank) on \(comm.hostName): " : "")
+    configureCorpusGuard(prefix: comm.size > 1 ? "rank \(comm.rank) on \(comm.hostName): " : "", code: ExitStatus.dataShrank.code)
     guard comm.size > 1 else { return }
     agreeOnSetup(comm) {
         func describe(_ v: ArraySlice<Double>) -> String {

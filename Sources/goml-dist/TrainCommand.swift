@@ -37,6 +37,10 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("plot-every"), help: "Redraw OUT/loss.svg every N steps (0: only at the end).") var plotEvery: Int = 0
     @Option(name: .customLong("fault-diverge-rank"), help: ArgumentHelp("Make this rank's replica diverge after step 1 (tests the replica checks).", visibility: .hidden))
     var faultDivergeRank: Int?
+    @Option(name: .customLong("fault-header-rank"), help: ArgumentHelp("Make this rank report another --fault-header-field in every step's header (tests the header check).", visibility: .hidden))
+    var faultHeaderRank: Int?
+    @Option(name: .customLong("fault-header-field"), help: ArgumentHelp("options or data: the field --fault-header-rank perturbs.", visibility: .hidden))
+    var faultHeaderField: String = HeaderFault.options.rawValue
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -47,6 +51,7 @@ struct TrainCommand: ParsableCommand {
         if logEvery <= 0 { throw ValidationError("--log-every must be positive") }
         if keep <= 0 { throw ValidationError("--keep must be positive") }
         if let t = parallel.threads, t <= 0 { throw ValidationError("--threads must be positive") }
+        if HeaderFault(rawValue: faultHeaderField) == nil { throw ValidationError("unknown --fault-header-field '\(faultHeaderField)': use options or data") }
     }
 
     func options() throws -> TrainingOptions {
@@ -97,6 +102,7 @@ struct TrainCommand: ParsableCommand {
             settings.progress = progress
             settings.plotEvery = plotEvery
             settings.divergingRank = faultDivergeRank
+            settings.headerFault = faultHeaderRank.map { ($0, HeaderFault(rawValue: faultHeaderField)!) }
             settings.stopSignal = { goml_stop_signal_received() }
             settings.allocation = slurmAllocation()
             let corpus = try openData(data, validation: valData)

@@ -4,6 +4,7 @@
 import ArgumentParser
 import GomlCore
 import GomlIO
+import GomlTrain
 
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -43,7 +44,7 @@ struct VerifyCommand: ParsableCommand {
             print("verify: all \(results.count) quantities within tolerance")
         } else {
             print("verify: \(failed.count) of \(results.count) quantities out of tolerance")
-            throw ExitCode(1)
+            throw ExitCode(ExitStatus.failed.code)
         }
     }
 }

@@ -34,7 +34,7 @@ final class CommandTests: XCTestCase {
         let dir = Harness.temporaryDirectory("notref")
         FileManager.default.createFile(atPath: dir + "/x.safetensors", contents: Data("not a safetensors file".utf8))
         let r = Harness.goml(["verify", "--reference", dir + "/x.safetensors"], timeout: 60)
-        XCTAssertNotEqual(r.status, 0)
+        XCTAssertEqual(r.status, 1, r.output)
         XCTAssertTrue(r.stderr.contains("error:") && r.stderr.contains("x.safetensors"), r.output)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "one-line error expected: \(r.stderr)")
     }

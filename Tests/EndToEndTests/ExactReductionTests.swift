@@ -41,7 +41,7 @@ final class ExactReductionTests: XCTestCase {
 
     func testWorldSizesThatDoNotAlignWithTheTreeAreRefused() {
         let r = Harness.mpirun(np: 3, exactRun(Harness.temporaryDirectory("exact-np3"), extra: ["--batch", "6"]), timeout: 60)
-        XCTAssertNotEqual(r.status, 0)
+        XCTAssertEqual(r.status, 2, r.output)
         XCTAssertTrue(r.stderr.contains("power-of-two world size"), r.output)
     }
 
@@ -52,7 +52,7 @@ final class ExactReductionTests: XCTestCase {
         let r = Harness.mpirun(np: 4, ["train", "--config", "tiny", "--steps", "30", "--eval-every", "0", "--checksum-every", "5",
                                       "--fault-diverge-rank", "2", "--data", Harness.corpus, "--out", out], timeout: 120)
         XCTAssertFalse(r.timedOut)
-        XCTAssertNotEqual(r.status, 0)
+        XCTAssertEqual(r.status, 6, r.output)
         XCTAssertTrue(r.stderr.contains("ranks 0 and 2 disagree on the parameter checksum before step 6"), r.output)
         XCTAssertEqual(Harness.losses(out).count, 5, "stopped at the first check after the divergence")
     }
@@ -88,7 +88,7 @@ final class ExactReductionTests: XCTestCase {
         if job.isRunning { kill(victim, SIGCONT); job.terminate() }
         job.waitUntilExit()
         let stderr = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
-        XCTAssertNotEqual(job.terminationStatus, 0)
+        XCTAssertEqual(job.terminationStatus, 4, stderr)
         XCTAssertLessThan(elapsed, timeout + 20, "the job took \(Int(elapsed)) s to end")
         XCTAssertTrue(stderr.contains("without progress") && stderr.contains("--collective-timeout"), stderr)
         // Gone, or a zombie waiting for its reaper: not stopped or running.

@@ -5,6 +5,7 @@
 // tears it down (addTeardownBlock), also when it fails. Needs root and iproute2.
 
 import Foundation
+import GomlIO
 import XCTest
 
 final class MultiHostTests: XCTestCase {
@@ -87,7 +88,7 @@ final class MultiHostTests: XCTestCase {
 
         let launched = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: out), timeout: 90)
         XCTAssertFalse(launched.timedOut, "launch/train hung with host2 off the network\n\(launched.tail)")
-        XCTAssertNotEqual(launched.status, 0, "launch/train succeeded with host2 off the network\n\(launched.tail)")
+        XCTAssertEqual(launched.status, 2, "launch/train did not refuse to start with host2 off the network\n\(launched.tail)")
         XCTAssertTrue(launched.output.contains("host host2 is not reachable"), "no message naming host2:\n\(launched.tail)")
         XCTAssertLessThan(launched.seconds, 30, "the reachability check took \(Int(launched.seconds)) s")
 
@@ -123,15 +124,89 @@ final class MultiHostTests: XCTestCase {
         let r = job.wait(timeout: 120)
         let after = Date().timeIntervalSince(cut)
         XCTAssertFalse(r.timedOut, "the job still ran 120 s after host2 left the network\n\(r.tail)")
-        XCTAssertNotEqual(r.status, 0, "the job succeeded without host2\n\(r.tail)")
+        XCTAssertEqual(r.status, 205, "expected mpirun's exit for a lost host\n\(r.tail)")
         XCTAssertLessThan(after, 60, "the job took \(Int(after)) s to end after host2 left the network")
-        XCTAssertTrue(r.output.contains("host2") && (r.output.contains("lost communication") || r.output.contains("without progress")),
-                      "no message naming the lost host2:\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("host2") && r.output.contains("lost communication"), "no message naming the lost host2:\n\(r.tail)")
         // Nothing is left running on any host (mpirun on head, daemons and ranks on the hosts).
         Thread.sleep(forTimeInterval: 1)
         for host in ["head", "host1", "host2"] {
             XCTAssertEqual(cluster.processes(on: host), [], "processes left on \(host) after the job ended")
         }
+    }
+
+    /// A host that goes silent once (every packet it sends is dropped): mpirun ends the job with
+    /// 205, launch/train relaunches it (--max-restarts) from the checkpoint on rank 0's host,
+    /// and once the host answers again (the relaunch's connections retry until then) the run
+    /// resumes there and finishes.
+    func testLostHostIsRelaunchedFromTheCheckpoint() throws {
+        let cluster = try multiHostStartCluster()
+        let out = cluster.local + "/run", steps = 400
+        var arguments = multiHostTinyArguments(out: out, steps: steps)
+        arguments += ["--collective-timeout", "20", "--ckpt-every", "20", "--log-every", "1000"]
+        let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, launcherOptions: ["--max-restarts", "2"])
+        func waitFor(_ what: String, _ condition: () -> Bool) -> Bool {
+            let deadline = Date().addingTimeInterval(120)
+            while !condition() && job.process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+            if condition() { return true }
+            job.process.terminate()
+            let r = job.wait(timeout: 30)
+            XCTFail("\(what) did not happen (exit \(r.status))\n\(r.tail)")
+            return false
+        }
+        guard waitFor("a checkpoint on host1", { FileManager.default.fileExists(atPath: cluster.disk("host1") + "/run/latest") }) else { return }
+        try cluster.setSilent("host2", true)
+        guard waitFor("the relaunch", { job.output.contains("restart 1 of 2") }) else { return }
+        try cluster.setSilent("host2", false)
+        let r = job.wait(timeout: 300)
+        XCTAssertFalse(r.timedOut, r.tail)
+        XCTAssertEqual(r.status, 0, "the relaunched job failed\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("lost communication") && r.output.contains("host2"), r.tail)
+        XCTAssertTrue(r.output.contains("the job died (exit 205); restart 1 of 2 from the latest checkpoint in \(out) on host1"), r.tail)
+        let resumed = try XCTUnwrap(r.output.range(of: #"resumed from \S+ at step [0-9]+"#, options: .regularExpression).map { String(r.output[$0]) }, r.tail)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(Int(resumed.split(separator: " ").last!)), 20, resumed)
+        XCTAssertEqual(try Checkpoint.loadTraining(Checkpoint.resolve(cluster.disk("host1") + "/run")).step, steps)
+    }
+
+    /// Resuming across hosts: the checkpoint is on host1's disk alone (rank 0 wrote it); rank 0
+    /// reads it and broadcasts it, and the resumed run ends as the uninterrupted one did, bit for
+    /// bit. host2 never has the output directory.
+    func testResumeAcrossHostsReadsRankZerosCheckpoint() throws {
+        let cluster = try multiHostStartCluster()
+        func train(_ name: String, _ extra: [String]) {
+            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + extra,
+                                        timeout: 180)
+            XCTAssertEqual(r.status, 0, "\(name) \(extra) failed\n\(r.tail)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host2") + "/" + name), "host2 has an output directory")
+        }
+        train("full", [])
+        train("run", ["--stop-after", "10"])
+        XCTAssertEqual(Harness.losses(cluster.disk("host1") + "/run").count, 10)
+        train("run", ["--resume", cluster.local + "/run"])
+        let run = cluster.disk("host1") + "/run", full = cluster.disk("host1") + "/full"
+        XCTAssertEqual(Harness.lossTexts(run), Harness.lossTexts(full), "per-step losses, bit for bit")
+        XCTAssertEqual(try Harness.checkpointTensorBytes(run), try Harness.checkpointTensorBytes(full), "final parameter bytes")
+    }
+
+    /// launch/train --hosts checks that every host has the binary: one at a path on host1's
+    /// disk alone is refused before anything starts, naming host2; on host1 alone it runs.
+    func testHostWithoutTheBinaryIsNamed() throws {
+        let cluster = try multiHostStartCluster()
+        try FileManager.default.copyItem(atPath: Harness.binary, toPath: cluster.disk("host1") + "/goml-dist")
+        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: cluster.local + "/run"),
+                                    binary: cluster.local + "/goml-dist", timeout: 90)
+        XCTAssertFalse(r.timedOut, r.tail)
+        XCTAssertEqual(r.status, 2, r.tail)
+        XCTAssertTrue(r.output.contains("launch/train: host host2 has no executable \(cluster.local)/goml-dist"), "no message naming host2:\n\(r.tail)")
+        XCTAssertFalse(r.output.contains("host host1"), "host1 has the binary:\n\(r.tail)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host1") + "/run"), "the job started")
+        // On host1 alone the binary is everywhere it is needed (the launcher reads its exit-code
+        // table there, as this head node lacks it), and the job runs.
+        let hostfile = cluster.dir + "/host1-only"
+        try "host1 slots=1\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        let alone = cluster.launchTrain(hostfile: hostfile, trainArguments: multiHostTinyArguments(out: cluster.local + "/run"),
+                                        binary: cluster.local + "/goml-dist", timeout: 120)
+        XCTAssertEqual(alone.status, 0, alone.tail)
+        XCTAssertEqual(Harness.losses(cluster.disk("host1") + "/run").count, 20, alone.tail)
     }
 
     /// A hostfile naming a host that does not exist fails at once, naming it, both through
@@ -144,7 +219,7 @@ final class MultiHostTests: XCTestCase {
 
         let launched = cluster.launchTrain(hostfile: hostfile, trainArguments: multiHostTinyArguments(out: out), timeout: 90)
         XCTAssertFalse(launched.timedOut, "launch/train hung on an unknown host\n\(launched.tail)")
-        XCTAssertNotEqual(launched.status, 0)
+        XCTAssertEqual(launched.status, 2, launched.tail)
         XCTAssertTrue(launched.output.contains("host host9 is not reachable") && launched.output.contains("Could not resolve hostname host9"),
                       "no message naming host9:\n\(launched.tail)")
 
@@ -228,6 +303,9 @@ private struct MultiHostJob {
     let outputPath: String
     let started: Date
 
+    /// What the job has written so far.
+    var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
+
     /// Waits for the exit, or kills the process after `timeout` seconds.
     func wait(timeout: Double) -> MultiHostResult {
         let timedOut = Harness.waitForExit(process, started: started, timeout: timeout)
@@ -282,18 +360,19 @@ private struct MultiHostCluster {
         multiHostRun("/bin/bash", [Harness.packageRoot + "/launch/cluster"] + arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
     }
 
-    private func trainCommand(hostfile: String, trainArguments: [String]) -> [String] {
-        ["run", "--", "/bin/bash", Harness.packageRoot + "/launch/train", "--bin", Harness.binary, "--hosts", hostfile,
-         "--agent", Harness.packageRoot + "/launch/netns-agent", "--net", multiHostSubnet, "--"] + trainArguments
+    private func trainCommand(hostfile: String, trainArguments: [String], binary: String = Harness.binary, launcherOptions: [String] = []) -> [String] {
+        ["run", "--", "/bin/bash", Harness.packageRoot + "/launch/train", "--bin", binary, "--hosts", hostfile,
+         "--agent", Harness.packageRoot + "/launch/netns-agent", "--net", multiHostSubnet] + launcherOptions + ["--"] + trainArguments
     }
 
     /// launch/train --hosts on the head node.
-    func launchTrain(hostfile: String, trainArguments: [String], timeout: Double) -> MultiHostResult {
-        script(trainCommand(hostfile: hostfile, trainArguments: trainArguments), timeout: timeout)
+    func launchTrain(hostfile: String, trainArguments: [String], binary: String = Harness.binary, timeout: Double) -> MultiHostResult {
+        script(trainCommand(hostfile: hostfile, trainArguments: trainArguments, binary: binary), timeout: timeout)
     }
 
-    func startTrain(hostfile: String, trainArguments: [String]) throws -> MultiHostJob {
-        try multiHostStart("/bin/bash", [Harness.packageRoot + "/launch/cluster"] + trainCommand(hostfile: hostfile, trainArguments: trainArguments),
+    func startTrain(hostfile: String, trainArguments: [String], launcherOptions: [String] = []) throws -> MultiHostJob {
+        try multiHostStart("/bin/bash", [Harness.packageRoot + "/launch/cluster"]
+                           + trainCommand(hostfile: hostfile, trainArguments: trainArguments, launcherOptions: launcherOptions),
                            environment: ["GOML_CLUSTER": name])
     }
 
@@ -312,6 +391,15 @@ private struct MultiHostCluster {
     func setLink(_ host: String, up: Bool) throws {
         let r = multiHostRun("/usr/bin/env", ["ip", "-n", "\(name)-\(host)", "link", "set", "eth0", up ? "up" : "down"], timeout: 30)
         if r.status != 0 { throw MultiHostError("ip link set eth0 on \(host) failed: \(r.output)") }
+    }
+
+    /// Drops every packet HOST sends (a token bucket smaller than any packet), or stops doing so:
+    /// to its peers the host is lost, yet its link stays up, so connections retry until it is back.
+    func setSilent(_ host: String, _ silent: Bool) throws {
+        let tc = silent ? ["qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "8bit", "burst", "10", "latency", "1ms"]
+            : ["qdisc", "del", "dev", "eth0", "root"]
+        let r = multiHostRun("/usr/bin/env", ["ip", "netns", "exec", "\(name)-\(host)", "tc"] + tc, timeout: 30)
+        if r.status != 0 { throw MultiHostError("tc \(tc.joined(separator: " ")) on \(host) failed: \(r.output)") }
     }
 
     /// Bytes received on HOST's link so far.

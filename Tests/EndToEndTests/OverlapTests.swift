@@ -120,7 +120,7 @@ final class OverlapTests: XCTestCase {
         for (extra, message) in cases {
             let r = Harness.mpirun(np: 2, tinyRun(Harness.temporaryDirectory("bad"), extra: extra), timeout: 60)
             XCTAssertFalse(r.timedOut, "\(extra)")
-            XCTAssertNotEqual(r.status, 0, "\(extra)")
+            XCTAssertEqual(r.status, 2, "\(extra):\n\(r.output)")
             XCTAssertTrue(r.stderr.contains(message), "\(extra):\n\(r.output)")
         }
     }

@@ -87,7 +87,7 @@ final class PlotTests: XCTestCase {
     private func assertPlotFails(_ directory: String, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
         let out = Harness.temporaryDirectory("plot-bad") + "/x.svg"
         let r = Harness.goml(["plot", directory, "--out", out], timeout: 60)
-        XCTAssertNotEqual(r.status, 0, r.output, file: file, line: line)
+        XCTAssertEqual(r.status, 1, r.output, file: file, line: line)
         XCTAssertFalse(r.timedOut, file: file, line: line)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "one-line error expected: \(r.stderr)", file: file, line: line)
         XCTAssertTrue(r.stderr.contains(expected), r.stderr, file: file, line: line)
@@ -109,7 +109,7 @@ final class PlotTests: XCTestCase {
         assertPlotFails(run(with: "[1, 2, 3]\n"), "line 1 is not a step record")
 
         let wrongAxis = Harness.goml(["plot", a, "--x", "tokens"], timeout: 60)
-        XCTAssertNotEqual(wrongAxis.status, 0)
+        XCTAssertEqual(wrongAxis.status, 64, wrongAxis.output)   // the argument parser's usage error
         XCTAssertTrue(wrongAxis.stderr.contains("use step or time"), wrongAxis.stderr)
     }
 

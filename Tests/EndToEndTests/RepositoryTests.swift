@@ -40,6 +40,28 @@ final class RepositoryTests: XCTestCase {
         }
     }
 
+    /// README's table of exit statuses is the code's (`goml-dist exit-codes`, which launch/train
+    /// reads), row for row: code, meaning, and whether launch/train relaunches.
+    func testReadmeListsTheExitStatusesOfTheCode() throws {
+        let r = Harness.goml(["exit-codes"], timeout: 60)
+        Harness.assertSuccess(r, "exit-codes")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        let noRelaunch = try XCTUnwrap(lines.first { $0.hasPrefix("EXIT_NO_RELAUNCH=") }, r.stdout)
+            .split(separator: "\"")[1].split(separator: " ").map(String.init)
+        let expected = lines.filter { !$0.hasPrefix("EXIT_NO_RELAUNCH=") }.map { line -> String in
+            let parts = line.split(separator: "#", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            let code = String(parts[0].split(separator: "=")[1])
+            return "| \(code) | \(parts[1]) | \(noRelaunch.contains(code) ? "no" : "yes") |"
+        }
+        let readme = try String(contentsOfFile: Harness.packageRoot + "/README.md", encoding: .utf8)
+        let rows = readme.split(separator: "\n").map(String.init).filter { $0.range(of: #"^\| [0-9]+ \| "#, options: .regularExpression) != nil }
+        XCTAssertEqual(rows, expected)
+        // The codes the README and docs name in their prose.
+        for (name, code) in [("EXIT_SETUP", 2), ("EXIT_DATA_SHRANK", 8), ("EXIT_STOPPED", 10), ("EXIT_HOST_LOST", 205)] {
+            XCTAssertTrue(lines.contains { $0.hasPrefix("\(name)=\(code) ") }, "\(name)=\(code) expected in:\n\(r.stdout)")
+        }
+    }
+
     func testTheCorpusAndFixturesAreCommitted() throws {
         let files = Set(try trackedFiles())
         for needed in ["data/tinyshakespeare.txt", "data/README.md", "docs/model.md",

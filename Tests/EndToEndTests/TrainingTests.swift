@@ -28,11 +28,12 @@ final class TrainingTests: XCTestCase {
         }
     }
 
-    /// Each error: non-zero exit of the whole job within the timeout, one message naming the problem.
-    func expectFailure(np: Int, _ arguments: [String], message: String, file: StaticString = #filePath, line: UInt = #line) {
+    /// Each error: the documented exit status of the whole job (README's table; 2 for set-up
+    /// errors) within the timeout, one message naming the problem.
+    func expectFailure(np: Int, _ arguments: [String], message: String, status: Int32 = 2, file: StaticString = #filePath, line: UInt = #line) {
         let r = np == 0 ? Harness.goml(arguments + ["--single"], timeout: 60) : Harness.mpirun(np: np, arguments, timeout: 60)
         XCTAssertFalse(r.timedOut, "hung: \(r.output.suffix(2000))", file: file, line: line)
-        XCTAssertNotEqual(r.status, 0, r.output, file: file, line: line)
+        XCTAssertEqual(r.status, status, r.output, file: file, line: line)
         XCTAssertTrue(r.stderr.contains(message), "expected '\(message)' in:\n\(r.output.suffix(2000))", file: file, line: line)
         let errorLines = r.stderr.split(separator: "\n").filter { $0.contains("goml-dist: error") }
         XCTAssertEqual(errorLines.count, 1, "one error line from the whole job, got:\n\(r.stderr)", file: file, line: line)
@@ -62,13 +63,24 @@ final class TrainingTests: XCTestCase {
 
     func testNonFiniteLossStopsEveryRankWithoutACheckpoint() {
         let out = Harness.temporaryDirectory("nan")
-        expectFailure(np: 2, tinyRun(out) + ["--lr", "1e38", "--warmup", "0", "--ckpt-every", "1"], message: "non-finite")
+        expectFailure(np: 2, tinyRun(out) + ["--lr", "1e38", "--warmup", "0", "--ckpt-every", "1"], message: "non-finite", status: 5)
         let files = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
         let checkpoints = files.filter { $0.hasPrefix("ckpt-") }
         // The first step is finite (it is taken at the initial parameters); none after the blow-up is saved.
         let losses = Harness.losses(out)
         XCTAssertTrue(losses.allSatisfy(\.isFinite), "a non-finite loss was recorded: \(losses)")
         XCTAssertEqual(checkpoints.count, 2 * losses.count, "only finite steps are checkpointed: \(files)")
+    }
+
+    /// The per-step header check: a rank whose options hash or data position differs from rank
+    /// 0's is named before the first step, and the job ends with exit 6 (replicas disagree).
+    func testHeaderCheckNamesARankWhoseOptionsOrDataPositionDiffer() {
+        for (field, what) in [("options", "options/config"), ("data", "data position")] {
+            let out = Harness.temporaryDirectory("header-\(field)")
+            expectFailure(np: 4, tinyRun(out) + ["--fault-header-rank", "3", "--fault-header-field", field],
+                          message: "goml-dist: error: ranks 0 and 3 disagree on the \(what) before step 1; replicas diverged — stopping", status: 6)
+            XCTAssertEqual(Harness.losses(out), [], "\(field): a step ran")
+        }
     }
 
     func testLossFalls() {
