@@ -2,6 +2,7 @@
 // .allReduce: one in-place MPI sum of the flat buffer (fast; summation order depends on ranks).
 // .exact: a fixed binary tree over micro-shards, so the sum has the same bits at any world size.
 
+import GomlComm
 import GomlCore
 
 public enum ReductionMode: String, Codable, Sendable, CaseIterable {

@@ -5,6 +5,7 @@
 // the communicator owns starting, progress and waiting (see MPICommunicator's ProgressThread).
 
 import Foundation
+import GomlComm
 import GomlCore
 
 /// Buckets of whole contiguous tensors, in the order backward finishes them: from the end of

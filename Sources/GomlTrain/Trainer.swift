@@ -3,6 +3,7 @@
 // A step allocates nothing: buffers are made once here.
 
 import Foundation
+import GomlComm
 import GomlCore
 
 public struct StepTimings: Sendable {

@@ -4,6 +4,7 @@
 // so all ranks leave together.
 
 import Foundation
+import GomlComm
 import GomlCore
 import GomlIO
 

@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import Foundation
+import GomlComm
 import GomlCore
 import GomlIO
 import GomlTrain

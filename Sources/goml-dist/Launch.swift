@@ -2,6 +2,7 @@
 // BLAS threads, and makes every rank leave together when set-up fails on any of them.
 
 import Foundation
+import GomlComm
 import GomlCore
 import GomlIO
 import GomlMPI

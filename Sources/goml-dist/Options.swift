@@ -1,6 +1,7 @@
 // Option bundles shared by the subcommands. `validate()` throws for flag-level problems.
 
 import ArgumentParser
+import GomlComm
 import GomlCore
 import GomlTrain
 

@@ -4,6 +4,7 @@
 import ArgumentParser
 import CStopSignal
 import Foundation
+import GomlComm
 import GomlCore
 import GomlIO
 import GomlTrain
