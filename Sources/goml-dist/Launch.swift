@@ -20,10 +20,9 @@ var launchedByMPI: Bool {
 }
 
 /// Cores this rank uses: --threads, or under Slurm the job's --cpus-per-task, or this node's
-/// cores shared among its ranks. The exact reduction uses one: OpenBLAS's threaded sgemm
-/// splits some products differently from its single-threaded path and rounds them differently.
-func coresPerRank(_ parallel: ParallelOptions, _ comm: Communicator, exact: Bool) -> Int {
-    if exact { return 1 }
+/// cores shared among its ranks; one when the reduction's bits depend on BLAS's thread count.
+func coresPerRank(_ parallel: ParallelOptions, _ comm: Communicator, reduction: ReductionMode?) -> Int {
+    if reduction?.strategy.needsOneBLASThread == true { return 1 }
     if let threads = parallel.threads { return threads }
     if let slurm = ProcessInfo.processInfo.environment["SLURM_CPUS_PER_TASK"].flatMap(Int.init), slurm > 0 { return slurm }
     return max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))

@@ -87,11 +87,11 @@ struct TrainCommand: ParsableCommand {
         _ = goml_stop_signal_install()
         let comm = makeCommunicator(parallel)
         _ = goml_stop_signal_install()
-        let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
+        let threads = coresPerRank(parallel, comm, reduction: try? optimization.mode())
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             var settings = RunSettings()
             var options = try self.options()
-            (options.precision, settings.precisionReason) = try precision.resolve(exact: options.reduction == .exact)
+            (options.precision, settings.precisionReason) = try precision.resolve(float32Reason: options.reduction.strategy.float32Reason)
             settings.outDirectory = out
             settings.threads = threads
             settings.stopAfter = stopAfter
@@ -108,8 +108,7 @@ struct TrainCommand: ParsableCommand {
                 // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.
                 if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options, data: corpus) }
             }
-            let communication = try parallel.communication(reduction: optimization.reduction)
-            settings.communication = communication
+            let communication = try parallel.communication()
             return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
                                 communication: communication), settings, corpus)
         }
