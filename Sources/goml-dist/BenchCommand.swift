@@ -5,7 +5,6 @@ import ArgumentParser
 import Foundation
 import GomlComm
 import GomlCore
-import GomlIO
 import GomlTrain
 
 struct BenchCommand: ParsableCommand {
