@@ -159,29 +159,35 @@ public final class Trainer {
         clock = now
     }
 
+    /// After the workers: worker 0's forward time and the strategy's work after its passes;
+    /// the rest is backward (other workers finish within worker 0's time, shards being equal).
+    private func chargeWorkerPhases() {
+        timings.forward = workerTimings.forward
+        timings.reduce = workerTimings.reduce
+        let now = DispatchTime.now().uptimeNanoseconds
+        timings.backward = Double(now - clock) / 1e9 - timings.forward - timings.reduce
+        clock = now
+    }
+
     /// One optimiser step on the next global batch. Every rank returns the same result.
     public func trainStep() -> StepResult {
         let attempted = step + 1
         timings = StepTimings()
         clock = DispatchTime.now().uptimeNanoseconds
-        // Load: this step's sequences (each pass reads its own).
+        // Load: this step's sequences (each pass reads its own rows).
         sampler.next(into: &offsets)
         sequenceLosses.update(repeating: 0)
-        // Forward and backward on every worker.
+        // Forward and backward on every worker; the passes hand their gradients to the strategy.
         strategy.beginStep()
         pool.run()
         releaseSequences(myShard)
-        // Other workers finish within worker 0's time (equal shards): the wait counts as backward.
-        timings.forward = workerTimings.forward
-        timings.reduce = workerTimings.reduce
-        timings.backward = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9 - timings.forward - timings.reduce
-        clock = DispatchTime.now().uptimeNanoseconds
-        // Reduce: gradients across workers and ranks, then the losses.
+        chargeWorkerPhases()
+        // Reduce: the gradient across workers and ranks, then the losses.
         timings.communication = strategy.reduce()
         let loss = reduceLoss()
         lap(\.reduce)
         // Here the reduced gradient (strategy.reducedGradient) is final, the same on every rank.
-        // Clip and update.
+        // Norm, clip and AdamW.
         let lr = options.schedule.rate(atStep: attempted)
         let update = strategy.finishStep(lr: lr, lossIsFinite: loss.isFinite)
         if update.applied { step = attempted }
