@@ -22,12 +22,14 @@ let package = Package(
         .target(name: "GomlCore", dependencies: ["CBLAS", "CDNNL", "CBF16"], swiftSettings: optimise),
         .target(name: "CCorpusGuard"),
         .target(name: "GomlIO", dependencies: ["GomlCore", "CCorpusGuard"], swiftSettings: optimise),
-        .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO"], swiftSettings: optimise),
-        .target(name: "GomlMPI", dependencies: ["CMPI", "GomlTrain"], swiftSettings: optimise),
+        // The Communicator protocol alone, so the MPI side needs neither the maths nor the trainer.
+        .target(name: "GomlComm", swiftSettings: optimise),
+        .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO", "GomlComm"], swiftSettings: optimise),
+        .target(name: "GomlMPI", dependencies: ["CMPI", "GomlComm"], swiftSettings: optimise),
         .executableTarget(
             name: "goml-dist",
             dependencies: [
-                "GomlCore", "GomlIO", "GomlTrain", "GomlMPI", "CStopSignal",
+                "GomlCore", "GomlIO", "GomlComm", "GomlTrain", "GomlMPI", "CStopSignal",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimise

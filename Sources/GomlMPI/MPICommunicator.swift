@@ -7,7 +7,7 @@
 
 import CMPI
 import Foundation
-import GomlTrain
+import GomlComm
 
 public final class MPICommunicator: Communicator {
     public let rank: Int

@@ -2,6 +2,7 @@
 // On a terminal, steps between logged lines show as one live progress line with an ETA.
 
 import Foundation
+import GomlComm
 import GomlCore
 
 public final class RankZeroLog {

@@ -1,8 +1,10 @@
 // Trainer: one data-parallel training step and distributed evaluation, per SPEC.
-// Every rank runs the same code on its shard; all communication goes through `Communicator`.
-// A step allocates nothing: buffers are made once here.
+// Every rank runs the same code on its shard: the Trainer keeps the models, worker threads,
+// data and losses; its DataParallelStrategy turns gradients into the update. All
+// communication goes through `Communicator`. A step allocates nothing: buffers are made once.
 
 import Foundation
+import GomlComm
 import GomlCore
 
 public struct StepTimings: Sendable {
@@ -11,21 +13,6 @@ public struct StepTimings: Sendable {
     /// during backward, so it is not a phase of the step (`reduce` is what was left exposed).
     public var communication = 0.0
     public var total: Double { forward + backward + reduce + optimizer }
-}
-
-/// How the gradient all-reduce runs (allreduce mode); none of it changes the model's maths
-/// beyond float32 summation order, except bf16 compression.
-public struct CommunicationSettings: Sendable {
-    /// Start each bucket's all-reduce while backward computes earlier layers.
-    public var overlap = true
-    /// Bucket size; measured on the two-host cluster (docs/multihost-bench.md).
-    public var bucketBytes = 1_000_000
-    public var compression = GradientCompression.none
-    /// Several ranks per host on several hosts: reduce inside each host first, so one copy
-    /// per host crosses the network. Off by default: slower on the test cluster despite half
-    /// the bytes (docs/multihost-bench.md).
-    public var hierarchical = false
-    public init() {}
 }
 
 public struct StepResult: Sendable {
@@ -41,8 +28,11 @@ public final class Trainer {
     public let options: TrainingOptions
     public let comm: Communicator
     public let layout: ParameterLayout
-    public let params: FloatBuffer, grads: FloatBuffer
-    public let optimizer: AdamW
+    /// How gradients become the update, chosen once from `options.reduction`: it owns the
+    /// parameters, gradients, collectives and optimizer.
+    public let strategy: DataParallelStrategy
+    public var params: FloatBuffer { strategy.parameters }
+    public var optimizer: AdamW { strategy.optimizer }
     public var sampler: BatchSampler
     /// Steps completed so far.
     public var step = 0
@@ -51,19 +41,11 @@ public final class Trainer {
     private let train: ByteSource, validation: ByteSource
     public var trainBytes: Int { train.count }
     public var validationBytes: Int { validation.count }
-    /// One model per worker thread; workers split this rank's shard (allreduce mode).
+    /// One model per worker thread; workers split this rank's shard as `strategy.passes` says.
     private let models: [Transformer]
     private var model: Transformer { models[0] }
-    private let workerShards: [Range<Int>]
-    private let workerGrads: [FloatBuffer]   // worker i > 0 accumulates here; worker 0 into grads
     private let pool: WorkerPool
     private var workerTimings = StepTimings()
-    private let tree: TreeReducer?
-    private let overlapped: OverlappedReduction?
-    private let communication: CommunicationSettings
-    /// Allreduce mode: each worker runs its sequences as `microBatchesPerWorker` forward/backward
-    /// passes of `models[i].batch` sequences, accumulating gradients (one all-reduce per step).
-    private let microBatchesPerWorker: Int
     private let myShard: Range<Int>
     private var offsets: [Int]
     /// [B] global slots of per-sequence loss sums; this rank fills its own, the rest stay 0.
@@ -71,55 +53,28 @@ public final class Trainer {
     private var evalLosses: [Double]         // [evalBatches·B]
     private let tokensPerStep: Int
 
-    /// `workers` threads split this rank's sequences (allreduce mode; each should then use
-    /// one BLAS thread); the exact reduction always uses one.
+    /// `workers` threads may split this rank's sequences (each should then use one BLAS
+    /// thread); the strategy decides how many do.
     public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1,
                 communication: CommunicationSettings = CommunicationSettings()) throws {
         try options.validate(worldSize: comm.size)
+        let strategyType = options.reduction.strategy
+        try strategyType.validate(options, communication: communication, worldSize: comm.size)
         try split.check(seqLen: options.model.seqLen)
         self.options = options
         self.comm = comm
         layout = ParameterLayout(options.model)
-        params = FloatBuffer(count: layout.count)
-        grads = FloatBuffer(count: layout.count)
-        optimizer = AdamW(layout: layout, config: options.optimizer)
         let T = options.model.seqLen
         train = split.train
         validation = split.validation
         sampler = BatchSampler(seed: options.seed, batch: options.batch, seqLen: T, dataCount: split.train.count)
-        let mine = shard(batch: options.batch, rank: comm.rank, worldSize: comm.size)
-        myShard = mine
-        let grads = self.grads, count = layout.count
-        switch options.reduction {
-        case .allReduce:
-            // Workers split whole micro-batches; without --micro-batch each worker's share is one.
-            let microBatches = options.microBatch.map { mine.count / $0 } ?? mine.count
-            let workers = Trainer.workerCount(requested: requested, sequences: microBatches)
-            let per = mine.count / workers
-            microBatchesPerWorker = options.microBatch == nil ? 1 : microBatches / workers
-            workerShards = (0..<workers).map { (mine.lowerBound + $0 * per)..<(mine.lowerBound + ($0 + 1) * per) }
-            models = (0..<workers).map { _ in Transformer(config: options.model, batch: options.microBatch ?? per, products: makeProducts(options.precision)) }
-            workerGrads = [grads] + (1..<workers).map { _ in FloatBuffer(count: count) }
-            tree = nil
-            overlapped = communication.overlap
-                ? OverlappedReduction(layout: layout, bucketBytes: communication.bucketBytes, workerGrads: workerGrads,
-                                      comm: comm, compression: communication.compression,
-                                      hierarchical: communication.hierarchical)
-                : nil
-            if !communication.overlap && communication.compression != .none {
-                // After backward, compressed: the whole gradient as one bucket of the same machinery.
-                comm.prepareNonBlockingSums([grads.pointer], compression: communication.compression,
-                                            hierarchical: communication.hierarchical)   // one bucket
-            }
-        case .exact:
-            workerShards = [mine]
-            models = [Transformer(config: options.model, batch: options.exactMicroBatch, products: makeProducts(options.precision))]
-            workerGrads = [grads]
-            tree = TreeReducer(result: grads, leaves: options.batch / options.exactMicroBatch)
-            overlapped = nil
-            microBatchesPerWorker = 1
+        myShard = shard(batch: options.batch, rank: comm.rank, worldSize: comm.size)
+        strategy = strategyType.init(options: options, layout: layout, comm: comm, shard: myShard, workers: requested,
+                                     communication: communication)
+        let passes = strategy.passes
+        models = (0..<passes.workers).map { _ in
+            Transformer(config: options.model, batch: passes.microBatch, products: makeProducts(options.precision))
         }
-        self.communication = communication
         finalPass = .allocate(capacity: models.count)
         finalPass.initialize(repeating: false)
         pool = WorkerPool(count: models.count)
@@ -129,16 +84,14 @@ public final class Trainer {
         evalLosses = Array(repeating: 0, count: options.evalBatches * options.batch)
         tokensPerStep = options.batch * T
         pool.launch { [unowned self] worker in self.forwardBackward(worker: worker) }
-        if let overlapped {
-            for (worker, model) in models.enumerated() {
-                model.gradientsFinal = { [unowned self] offset in
-                    if self.finalPass[worker] { overlapped.workerReached(worker, offset: offset) }
-                }
+        for (worker, model) in models.enumerated() {
+            model.gradientsFinal = { [unowned self] offset in
+                if self.finalPass[worker] { self.strategy.gradientsFinal(worker: worker, from: offset) }
             }
         }
     }
 
-    /// Per worker: true during its last micro-batch, whose backward makes its gradients final.
+    /// Per worker: true during its last pass, whose backward makes its gradients final.
     private let finalPass: UnsafeMutableBufferPointer<Bool>
 
     /// Activation memory of this rank: every worker's model for one micro-batch.
@@ -147,31 +100,31 @@ public final class Trainer {
 
     deinit { sequenceLosses.deallocate(); finalPass.deallocate() }
 
-    /// The largest worker count ≤ requested that splits `sequences` evenly.
-    public static func workerCount(requested: Int, sequences: Int) -> Int {
-        var n = max(1, min(requested, sequences))
-        while sequences % n != 0 { n -= 1 }
-        return n
-    }
-
     public var workers: Int { models.count }
 
-    /// Forward and backward of one worker's sequences, micro-batch by micro-batch: the first
-    /// overwrites its gradient buffer, the others accumulate into it.
+    /// Forward and backward of one worker's passes, into the buffers the strategy gives; the
+    /// time of forward and of the strategy's work after each pass is recorded for worker 0.
     private func forwardBackward(worker: Int) {
-        let model = models[worker], grads = workerGrads[worker], micro = model.batch
-        var forward: UInt64 = 0
-        for k in 0..<microBatchesPerWorker {
-            let first = workerShards[worker].lowerBound + k * micro, range = first..<(first + micro)
+        let model = models[worker], passes = strategy.passes
+        var forward: UInt64 = 0, afterPasses: UInt64 = 0
+        for pass in 0..<passes.passesPerWorker {
+            let range = passes.sequences(worker: worker, pass: pass)
             load(sequences: range, into: model, from: train, offsets: offsets)
             let start = DispatchTime.now().uptimeNanoseconds
             model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
             forward += DispatchTime.now().uptimeNanoseconds - start
-            finalPass[worker] = k == microBatchesPerWorker - 1
-            model.backward(UnsafePointer(params.base), grads.base, accumulate: k > 0)
+            let (gradient, accumulate) = strategy.gradientBuffer(worker: worker, pass: pass)
+            finalPass[worker] = pass == passes.passesPerWorker - 1
+            model.backward(UnsafePointer(params.base), gradient.base, accumulate: accumulate)
             for (row, g) in range.enumerated() { sequenceLosses[g] = model.lossSum(sequence: row) }
+            let ended = DispatchTime.now().uptimeNanoseconds
+            strategy.passFinished(worker: worker, pass: pass)
+            afterPasses += DispatchTime.now().uptimeNanoseconds - ended
         }
-        if worker == 0 { workerTimings.forward = Double(forward) / 1e9 }
+        if worker == 0 {
+            workerTimings.forward = Double(forward) / 1e9
+            workerTimings.reduce = Double(afterPasses) / 1e9
+        }
     }
 
     /// Rank 0 draws SPEC's initialisation from the seed and broadcasts it, so replicas start identical.
@@ -206,16 +159,14 @@ public final class Trainer {
         clock = now
     }
 
-    /// Leaf `leaf` of the exact reduction tree: one micro-shard's gradient, overwriting `buffer`.
-    private func microShardGradient(_ leaf: Int, into buffer: FloatBuffer) {
-        lap(\.reduce)   // the tree additions since the previous leaf
-        let micro = options.exactMicroBatch, first = leaf * micro
-        load(sequences: first..<(first + micro), into: model, from: train, offsets: offsets)
-        model.forward(UnsafePointer(params.base), gradScale: 1 / Float(tokensPerStep))
-        lap(\.forward)
-        model.backward(UnsafePointer(params.base), buffer.base, accumulate: false)
-        lap(\.backward)
-        for row in 0..<micro { sequenceLosses[first + row] = model.lossSum(sequence: row) }
+    /// After the workers: worker 0's forward time and the strategy's work after its passes;
+    /// the rest is backward (other workers finish within worker 0's time, shards being equal).
+    private func chargeWorkerPhases() {
+        timings.forward = workerTimings.forward
+        timings.reduce = workerTimings.reduce
+        let now = DispatchTime.now().uptimeNanoseconds
+        timings.backward = Double(now - clock) / 1e9 - timings.forward - timings.reduce
+        clock = now
     }
 
     /// One optimiser step on the next global batch. Every rank returns the same result.
@@ -223,52 +174,34 @@ public final class Trainer {
         let attempted = step + 1
         timings = StepTimings()
         clock = DispatchTime.now().uptimeNanoseconds
+        // Load: this step's sequences (each pass reads its own rows).
         sampler.next(into: &offsets)
         sequenceLosses.update(repeating: 0)
-        if let tree {
-            let micro = options.exactMicroBatch
-            tree.reduceLocal((myShard.lowerBound / micro)..<(myShard.upperBound / micro)) { leaf, buffer in
-                microShardGradient(leaf, into: buffer)
-            }
-            releaseSequences(myShard)
-            tree.reduceAcrossRanks(comm)
-        } else {
-            overlapped?.beginStep()
-            pool.run()
-            releaseSequences(myShard)
-            // Other workers finish within worker 0's time (equal shards): the wait counts as backward.
-            timings.forward = workerTimings.forward
-            timings.backward = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9 - timings.forward
-            clock = DispatchTime.now().uptimeNanoseconds
-            if let overlapped {
-                timings.communication = overlapped.finishStep()
-            } else {
-                for extra in workerGrads.dropFirst() { grads.add(extra.base) }
-                if communication.compression == .none {
-                    comm.allReduceSum(grads.pointer)
-                } else {
-                    comm.startAllReduceSum(bucket: 0)
-                    _ = comm.waitForAllReduces()
-                }
-                timings.communication = Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9
-            }
-        }
-        // Each slot is non-zero on one rank only, so this sum is exact; then a fixed-order total.
-        comm.allReduceSum(sequenceLosses)
+        // Forward and backward on every worker; the passes hand their gradients to the strategy.
+        strategy.beginStep()
+        pool.run()
+        releaseSequences(myShard)
+        chargeWorkerPhases()
+        // Reduce: the gradient across workers and ranks, then the losses.
+        timings.communication = strategy.reduce()
+        let loss = reduceLoss()
         lap(\.reduce)
+        // Here the reduced gradient (strategy.reducedGradient) is final, the same on every rank.
+        // Norm, clip and AdamW.
+        let lr = options.schedule.rate(atStep: attempted)
+        let update = strategy.finishStep(lr: lr, lossIsFinite: loss.isFinite)
+        if update.applied { step = attempted }
+        lap(\.optimizer)
+        return StepResult(step: attempted, loss: loss, gradNorm: update.gradNorm, lr: lr, timings: timings)
+    }
+
+    /// The batch's mean loss per token. Each slot is non-zero on one rank only, so the sum over
+    /// ranks is exact; then a fixed-order total. Collective.
+    private func reduceLoss() -> Double {
+        comm.allReduceSum(sequenceLosses)
         var lossSum = 0.0
         for value in sequenceLosses { lossSum += value }
-        let loss = lossSum / Double(tokensPerStep)
-        // The reduced gradient is identical on every rank, so its norm and the stop decision are too.
-        let norm = globalNorm(UnsafeBufferPointer(grads.pointer))
-        let lr = options.schedule.rate(atStep: attempted)
-        if loss.isFinite && norm.isFinite {
-            optimizer.update(params.base, grads: grads.base, lr: lr,
-                             gradScale: clipScale(norm: norm, maxNorm: options.optimizer.gradClip))
-            step = attempted
-        }
-        lap(\.optimizer)
-        return StepResult(step: attempted, loss: loss, gradNorm: norm, lr: lr, timings: timings)
+        return lossSum / Double(tokensPerStep)
     }
 
     /// SPEC's validation loss: the fixed validation sequences split evenly over ranks, each

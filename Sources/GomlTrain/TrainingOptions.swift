@@ -24,7 +24,6 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
     /// Sequences per forward/backward pass: the leaf of the exact reduction tree (default 1),
     /// or in allreduce mode the micro-batches a rank accumulates (default: its whole shard).
     public var microBatch: Int? = nil
-    public var exactMicroBatch: Int { microBatch ?? 1 }
     /// Ranks compare a parameter checksum every this many steps.
     public var checksumEvery: Int = 50
     /// Matrix-product arithmetic (bf16: bfloat16 operands, float32 accumulation).
@@ -47,13 +46,10 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         if optimizer != other.optimizer { diffs.append("optimizer settings") }
         if seed != other.seed { diffs.append("seed \(other.seed) → \(seed)") }
         if precision != other.precision { diffs.append("precision \(other.precision.rawValue) → \(precision.rawValue)") }
-        if exactMicroBatch != other.exactMicroBatch && reduction == .exact {
-            diffs.append("micro-batch \(other.exactMicroBatch) → \(exactMicroBatch)")
-        }
-        return diffs
+        return diffs + reduction.strategy.trajectoryDifferences(self, from: other)
     }
 
-    /// Flag-level checks that need no data and no ranks.
+    /// Flag-level checks that need no data and no ranks (the strategy adds its own).
     public func validate(worldSize: Int) throws {
         try model.validate()
         func positive(_ name: String, _ v: Int) throws {
@@ -69,22 +65,6 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         if !(optimizer.gradClip > 0) { throw ConfigError("--grad-clip must be > 0") }
         if batch % worldSize != 0 {
             throw ConfigError("global batch \(batch) is not divisible by the world size \(worldSize); choose --batch as a multiple of \(worldSize) or run on a number of ranks that divides \(batch)")
-        }
-        let perRank = batch / worldSize
-        if reduction == .allReduce, let microBatch, perRank % microBatch != 0 {
-            throw ConfigError("each rank's \(perRank) sequences must split into micro-batches of \(microBatch); choose --micro-batch dividing \(perRank)")
-        }
-        if reduction == .exact {
-            if precision == .bf16 {
-                throw ConfigError("--reduction exact is bit-identical across world sizes in float32 only; use --precision fp32 (auto picks it) or --reduction allreduce")
-            }
-            let microBatch = exactMicroBatch
-            if perRank % microBatch != 0 {
-                throw ConfigError("exact reduction: each rank's \(perRank) sequences must split into micro-shards of \(microBatch); choose --micro-batch dividing \(perRank)")
-            }
-            if worldSize & (worldSize - 1) != 0 {
-                throw ConfigError("exact reduction needs a power-of-two world size (got \(worldSize)) so ranks own whole subtrees; use 1, 2, 4, 8… ranks or --reduction allreduce")
-            }
         }
     }
 }

@@ -4,6 +4,7 @@
 // so all ranks leave together.
 
 import Foundation
+import GomlComm
 import GomlCore
 import GomlIO
 
@@ -37,8 +38,6 @@ public struct RunSettings {
     public var stopSignal: () -> Int32 = { 0 }
     /// The scheduler's allocation (Slurm job, nodes, tasks), for the header.
     public var allocation: String? = nil
-    /// How the gradient all-reduce runs (for the header).
-    public var communication = CommunicationSettings()
     public init() {}
 }
 
@@ -256,19 +255,11 @@ public final class TrainingRun {
         return Int32(stopSignal)
     }
 
-    private var reductionDetail: String {
-        let c = settings.communication
-        guard trainer.options.reduction == .allReduce else { return "" }
-        let overlap = c.overlap ? String(format: ", overlapped with backward in %.1f MB buckets", Double(c.bucketBytes) / 1e6) : ", after backward"
-        let hierarchy = c.hierarchical && comm.localSize > 1 && comm.localSize < comm.size ? ", within each host first" : ""
-        return overlap + hierarchy + (c.compression == .none ? "" : ", \(c.compression.rawValue) on the wire")
-    }
-
     private func printHeader() {
         let o = trainer.options
         let resume = settings.resumeFrom.map { " resumed from \($0.path) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
-        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(o.reduction.rawValue)\(reductionDetail)")
+        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(trainer.strategy.summary)")
         if let allocation = settings.allocation { log.line(allocation) }
         log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
                         Double(trainer.activationBytes) / 1e6))

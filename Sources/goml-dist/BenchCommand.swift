@@ -3,8 +3,8 @@
 
 import ArgumentParser
 import Foundation
+import GomlComm
 import GomlCore
-import GomlIO
 import GomlTrain
 
 struct BenchCommand: ParsableCommand {
@@ -27,7 +27,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         let comm = makeCommunicator(parallel)
-        let threads = coresPerRank(parallel, comm, exact: reduction == ReductionMode.exact.rawValue)
+        let threads = coresPerRank(parallel, comm, reduction: ReductionMode(rawValue: reduction))
         var precisionReason = ""
         let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
             var o = TrainingOptions(model: try model.model())
@@ -36,8 +36,8 @@ struct BenchCommand: ParsableCommand {
             guard let mode = ReductionMode(rawValue: reduction) else { throw ValidationError("unknown --reduction '\(reduction)'") }
             o.reduction = mode
             o.microBatch = microBatch
-            (o.precision, precisionReason) = try precision.resolve(exact: mode == .exact)
-            let communication = try parallel.communication(reduction: reduction)
+            (o.precision, precisionReason) = try precision.resolve(float32Reason: mode.strategy.float32Reason)
+            let communication = try parallel.communication()
             if !data.isEmpty {
                 let corpus = try openData(data, validation: [])
                 return (try Trainer(options: o, comm: comm, split: corpus.split, workers: threads,
@@ -87,7 +87,7 @@ struct BenchCommand: ParsableCommand {
         let mfu = ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peak * Double(comm.size))
         let split = [("forward", \StepTimings.forward), ("backward", \StepTimings.backward), ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
             .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
-        print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(o.reduction.rawValue)\(parallel.noOverlap ? "" : " overlapped") (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
+        print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
         print("precision \(o.precision.rawValue) (\(precisionReason))")
         print(String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, threads, peak))
         print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")

@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import GomlTrain
+import GomlComm
 
 struct ExitCodesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import GomlTrain
+import GomlComm
 
 @main
 struct GomlDist: ParsableCommand {

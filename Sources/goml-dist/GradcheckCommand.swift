@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import GomlCore
 import GomlTrain
+import GomlComm
 
 struct GradcheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

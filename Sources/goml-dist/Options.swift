@@ -1,6 +1,7 @@
 // Option bundles shared by the subcommands. `validate()` throws for flag-level problems.
 
 import ArgumentParser
+import GomlComm
 import GomlCore
 import GomlTrain
 
@@ -57,11 +58,15 @@ struct OptimizationOptions: ParsableArguments {
         o.steps = steps; o.lr = lr; o.minLR = minLR; o.warmup = warmup; o.seed = seed
         o.optimizer.beta1 = beta1; o.optimizer.beta2 = beta2
         o.optimizer.weightDecay = weightDecay; o.optimizer.gradClip = gradClip
+        o.reduction = try mode()
+        o.microBatch = microBatch
+    }
+
+    func mode() throws -> ReductionMode {
         guard let mode = ReductionMode(rawValue: reduction) else {
             throw ValidationError("unknown --reduction '\(reduction)': use allreduce or exact")
         }
-        o.reduction = mode
-        o.microBatch = microBatch
+        return mode
     }
 }
 
@@ -80,16 +85,13 @@ struct ParallelOptions: ParsableArguments {
     var hierarchical = false
 
     /// The all-reduce settings, or a one-line error naming the flag.
-    func communication(reduction: String) throws -> CommunicationSettings {
+    func communication() throws -> CommunicationSettings {
         var c = CommunicationSettings()
         c.overlap = !noOverlap
         guard bucketMB > 0, bucketMB <= 1024 else { throw ValidationError("--bucket-mb is \(bucketMB); it must lie in (0, 1024]") }
         c.bucketBytes = max(4, Int(bucketMB * 1_000_000))
         guard let compression = GradientCompression(rawValue: gradCompression) else {
             throw ValidationError("unknown --grad-compression '\(gradCompression)': use none or bf16")
-        }
-        if compression != .none && reduction == ReductionMode.exact.rawValue {
-            throw ValidationError("--grad-compression \(gradCompression) cannot be used with --reduction exact, whose tree sums float32 bits; drop one of them")
         }
         c.compression = compression
         c.hierarchical = hierarchical
@@ -105,7 +107,8 @@ struct PrecisionOptions: ParsableArguments {
     init(precision: String) { self.precision = precision }
 
     /// The precision to run and why (for the run header). Throws when bf16 cannot run here.
-    func resolve(exact: Bool = false) throws -> (precision: Precision, reason: String) {
+    /// `float32Reason`: why the run's reduction needs float32 (a DataParallelStrategy's), if it does.
+    func resolve(float32Reason: String? = nil) throws -> (precision: Precision, reason: String) {
         let isa = OneDNN.isaName
         switch precision {
         case "fp32": return (.fp32, "requested")
@@ -113,10 +116,10 @@ struct PrecisionOptions: ParsableArguments {
             guard OneDNN.hasNativeBF16 else {
                 throw ValidationError("--precision bf16 needs native bfloat16 dot products (AVX512_BF16 or AMX), but oneDNN reports \(isa) on this CPU; use --precision fp32 or auto")
             }
-            // bf16 under --reduction exact is refused by TrainingOptions.validate, with the fix.
+            // bf16 under a float32-only reduction is refused by the strategy's validate, with the fix.
             return (.bf16, "requested; oneDNN on \(isa)")
         case "auto":
-            if exact { return (.fp32, "auto: --reduction exact is bit-identical in float32 only") }
+            if let float32Reason { return (.fp32, "auto: \(float32Reason)") }
             return OneDNN.hasNativeBF16 ? (.bf16, "auto: oneDNN reports \(isa), native bf16 dot products")
                 : (.fp32, "auto: oneDNN reports \(isa), no native bf16 dot products")
         default:

@@ -4,8 +4,8 @@
 import ArgumentParser
 import CStopSignal
 import Foundation
+import GomlComm
 import GomlCore
-import GomlIO
 import GomlTrain
 
 struct TrainCommand: ParsableCommand {
@@ -62,40 +62,17 @@ struct TrainCommand: ParsableCommand {
         return o
     }
 
-    /// The checkpoint to resume from, refused when it cannot continue this run unchanged.
-    func checkedCheckpoint(_ path: String, options: TrainingOptions, data: RunData) throws -> TrainingCheckpoint {
-        let ckpt = try Checkpoint.loadTraining(try Checkpoint.resolve(path))
-        if let saved = ckpt.dataFingerprint, saved != data.identity {
-            let change = "checkpoint \(ckpt.path) was trained on data with fingerprint \(saved), but this run's is \(data.identity)"
-            guard allowDataChange else {
-                throw ConfigError("\(change); pass the original --data (and --val-data), or --allow-data-change to continue on this corpus")
-            }
-            FileHandle.standardError.write(Data("goml-dist: warning: \(change); continuing (--allow-data-change)\n".utf8))
-        }
-        if ckpt.config != options.model {
-            throw ConfigError("checkpoint \(ckpt.path) holds model \(ckpt.config.summary) but the options ask for \(options.model.summary); pass the same --config/overrides as the original run")
-        }
-        if let saved = try? JSONDecoder().decode(TrainingOptions.self, from: Data(ckpt.optionsJSON.utf8)),
-           case let diffs = options.sameTrajectory(as: saved), !diffs.isEmpty {
-            throw ConfigError("resuming \(ckpt.path) with different options (\(diffs.joined(separator: "; "))); pass the original run's options")
-        }
-        if ckpt.step >= options.steps {
-            throw ConfigError("checkpoint \(ckpt.path) is at step \(ckpt.step), not before --steps \(options.steps); raise --steps to continue")
-        }
-        return ckpt
-    }
-
     func run() throws {
         // Before MPI's set-up, so that a stop request during start-up does not kill the rank
         // (SIGUSR1's default), and again after it, so that ours stays the handler.
         _ = goml_stop_signal_install()
         let comm = makeCommunicator(parallel)
         _ = goml_stop_signal_install()
-        let threads = coresPerRank(parallel, comm, exact: optimization.reduction == ReductionMode.exact.rawValue)
+        let threads = coresPerRank(parallel, comm, reduction: try? optimization.mode())
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             var settings = RunSettings()
             var options = try self.options()
-            (options.precision, settings.precisionReason) = try precision.resolve(exact: options.reduction == .exact)
+            (options.precision, settings.precisionReason) = try precision.resolve(float32Reason: options.reduction.strategy.float32Reason)
             settings.outDirectory = out
             settings.threads = threads
             settings.stopAfter = stopAfter
@@ -111,10 +88,12 @@ struct TrainCommand: ParsableCommand {
             if let resume {
                 settings.resume = true
                 // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.
-                if comm.isRoot { settings.resumeFrom = try checkedCheckpoint(resume, options: options, data: corpus) }
+                if comm.isRoot {
+                    settings.resumeFrom = try checkpointToResume(resume, options: options, dataIdentity: corpus.identity,
+                                                                 allowDataChange: allowDataChange)
+                }
             }
-            let communication = try parallel.communication(reduction: optimization.reduction)
-            settings.communication = communication
+            let communication = try parallel.communication()
             return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
                                 communication: communication), settings, corpus)
         }

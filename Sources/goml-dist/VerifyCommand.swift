@@ -5,6 +5,7 @@ import ArgumentParser
 import GomlCore
 import GomlIO
 import GomlTrain
+import GomlComm
 
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

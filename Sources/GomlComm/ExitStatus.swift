@@ -1,5 +1,5 @@
-// ExitStatus: every exit status a goml-dist job ends with, in one table. The commands exit
-// with these; `goml-dist exit-codes` prints them for launch/train, which relaunches a job only
+// ExitStatus: every exit status a goml-dist job ends with, in one table, beside the
+// Communicator that aborts with them. The commands exit with these; `goml-dist exit-codes` prints them for launch/train, which relaunches a job only
 // when a restart can help; README's table lists them.
 
 /// An exit status: its code, what it means, and whether launch/train relaunches the job.

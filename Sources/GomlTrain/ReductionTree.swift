@@ -1,12 +1,9 @@
-// GradientReduction: how each rank's gradients become the global batch's gradient.
-// .allReduce: one in-place MPI sum of the flat buffer (fast; summation order depends on ranks).
-// .exact: a fixed binary tree over micro-shards, so the sum has the same bits at any world size.
+// ReductionTree: the fixed binary tree ExactTreeReduction sums micro-shard gradients along, so
+// the sum has the same bits at any world size: this rank's subtree leaf by leaf, then across
+// ranks by recursive halving and doubling. Sums only; what a leaf is belongs to the caller.
 
+import GomlComm
 import GomlCore
-
-public enum ReductionMode: String, Codable, Sendable, CaseIterable {
-    case allReduce = "allreduce", exact
-}
 
 /// The fixed pairwise tree over micro-shards 0..<n: sum(lo..<hi) = sum(lo..<mid) + sum(mid..<hi),
 /// mid = lo + (hi − lo)/2. With W a power of two dividing n, rank r's contiguous micro-shards are
@@ -18,30 +15,42 @@ public final class TreeReducer {
     private let incoming: FloatBuffer
     /// The slice each halving level started from, for the doubling phase (64 levels: any world size).
     private var spans = [(Int, Int)](repeating: (0, 0), count: 64)
+    /// Per leaf of this rank's subtree: the depth of the partial it overwrites, and the depths d
+    /// whose `partials[d] += partials[d + 1]` follow it (the subtrees it completes, innermost first).
+    private let leafDepths: [Int]
+    private let sumsAfterLeaf: [[Int]]
 
-    public init(result: FloatBuffer, leaves: Int) {
+    /// `leaves` in the whole tree, of which this rank sums `local` (one node of the tree).
+    public init(result: FloatBuffer, leaves: Int, local: Range<Int>) {
         var depth = 0
         while (1 << depth) < leaves { depth += 1 }
         partials = [result] + (0..<(depth + 1)).map { _ in FloatBuffer(count: result.count) }
         incoming = FloatBuffer(count: result.count)
-    }
-
-    /// Sums leaves lo..<hi into partials[0]. `leaf(i, buffer)` must overwrite the buffer with
-    /// leaf i's gradient.
-    public func reduceLocal(_ range: Range<Int>, leaf: (Int, FloatBuffer) -> Void) {
-        reduce(range.lowerBound, range.upperBound, depth: 0, leaf: leaf)
-    }
-
-    private func reduce(_ lo: Int, _ hi: Int, depth: Int, leaf: (Int, FloatBuffer) -> Void) {
-        let out = partials[depth]
-        if hi - lo == 1 {
-            leaf(lo, out)
-            return
+        // The recursion sum(lo..<hi) = sum(lo..<mid) + sum(mid..<hi), walked once and recorded,
+        // so that the caller can compute leaves in order, one at a time.
+        var depths: [Int] = [], sums: [[Int]] = []
+        func walk(_ lo: Int, _ hi: Int, depth: Int) {
+            if hi - lo == 1 {
+                depths.append(depth)
+                sums.append([])
+                return
+            }
+            let mid = lo + (hi - lo) / 2
+            walk(lo, mid, depth: depth)
+            walk(mid, hi, depth: depth + 1)
+            sums[sums.count - 1].append(depth)
         }
-        let mid = lo + (hi - lo) / 2
-        reduce(lo, mid, depth: depth, leaf: leaf)
-        reduce(mid, hi, depth: depth + 1, leaf: leaf)
-        out.add(partials[depth + 1].base)
+        walk(local.lowerBound, local.upperBound, depth: 0)
+        leafDepths = depths
+        sumsAfterLeaf = sums
+    }
+
+    /// The buffer leaf `k` of this rank's subtree (counted from its first) must overwrite with its gradient.
+    public func leafBuffer(_ k: Int) -> FloatBuffer { partials[leafDepths[k]] }
+
+    /// After leaf `k` is written: adds up the subtrees it completes. Leaves come in order.
+    public func leafWritten(_ k: Int) {
+        for depth in sumsAfterLeaf[k] { partials[depth].add(partials[depth + 1].base) }
     }
 
     /// Combines the ranks' subtree sums along the tree: ranks r and r + 2^s are siblings at

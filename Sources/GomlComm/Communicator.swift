@@ -1,5 +1,6 @@
 // Communicator: the seam between training and the distributed engine. The trainer sees only
 // this protocol; GomlMPI implements it over OpenMPI, SingleProcessCommunicator without MPI.
+// It imports nothing but Foundation, so the MPI side depends on neither the maths nor the trainer.
 
 import Foundation
 

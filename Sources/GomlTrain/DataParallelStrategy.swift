@@ -1,0 +1,98 @@
+// DataParallelStrategy: how this rank's gradients become the update, behind one protocol. A
+// strategy is chosen once, from `TrainingOptions.reduction`, and owns the parameters, the
+// gradient buffers, the buckets, the collectives and the optimizer step; the Trainer owns the
+// models, worker threads, data and losses, and calls the strategy at fixed points of a step:
+//
+//     strategy.beginStep()
+//     pool.run()                  // each pass writes strategy.gradientBuffer(worker:pass:); backward
+//                                 // reports strategy.gradientsFinal(worker:from:)
+//     strategy.reduce()           // across workers and ranks
+//     strategy.finishStep(lr:…)   // norm, clip, AdamW
+//
+// Which mode is which is decided here (ReductionMode.strategy) and nowhere else: every policy
+// that differs between modes is a requirement below. A sharded strategy (each rank keeping the
+// AdamW moments of one slice: reduce-scatter the gradient, update the slice, all-gather the
+// parameters) is a third implementation and a third case of ReductionMode.
+
+import GomlComm
+import GomlCore
+
+/// The persisted choice of strategy (checkpoints store it with the options).
+public enum ReductionMode: String, Codable, Sendable, CaseIterable {
+    case allReduce = "allreduce", exact
+
+    /// The strategy this mode runs: the one place a mode is mapped to behaviour.
+    public var strategy: DataParallelStrategy.Type {
+        switch self {
+        case .allReduce: ReplicatedAllReduce.self
+        case .exact: ExactTreeReduction.self
+        }
+    }
+}
+
+public protocol DataParallelStrategy: AnyObject {
+    /// Checks this strategy makes of the options before anything is allocated; errors are one
+    /// line naming the flag and the fix. The options' own `validate` has run.
+    static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws
+    /// Why this strategy needs float32 matrix products (`--precision auto` then picks fp32), or nil.
+    static var float32Reason: String? { get }
+    /// True when the strategy's bits depend on BLAS's thread count, so each rank runs one.
+    static var needsOneBLASThread: Bool { get }
+    /// Differences between a checkpoint's options and a resumption's that change this
+    /// strategy's numbers, beyond those every strategy shares (`TrainingOptions.sameTrajectory`).
+    static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String]
+
+    /// Makes every buffer the strategy needs (and registers its buckets: no collective here).
+    /// `shard` is this rank's part of the global batch; `workers` the threads asked for.
+    init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers: Int,
+         communication: CommunicationSettings)
+
+    /// The whole parameters, read by every forward and backward. [P]
+    var parameters: FloatBuffer { get }
+    /// AdamW and its moments, as checkpoints store them.
+    var optimizer: AdamW { get }
+    /// How the shard is cut into forward/backward passes on worker threads.
+    var passes: PassPlan { get }
+    /// The reduction as the run header names it, e.g. "allreduce, after backward".
+    var summary: String { get }
+
+    /// Before a step's first pass.
+    func beginStep()
+    /// The buffer `worker`'s pass `pass` writes its gradient into, and whether it adds to it.
+    func gradientBuffer(worker: Int, pass: Int) -> (buffer: FloatBuffer, accumulate: Bool)
+    /// From backward, during `worker`'s last pass of the step: its gradients from `offset` on are
+    /// final. Called on worker threads; must not allocate.
+    func gradientsFinal(worker: Int, from offset: Int)
+    /// After `worker`'s pass `pass` (its backward and losses) is done.
+    func passFinished(worker: Int, pass: Int)
+    /// After every pass: completes the gradient sum across workers and ranks (collective).
+    /// Returns the seconds the network was busy with it.
+    func reduce() -> Double
+    /// The reduced gradient the update reads: final, and the same on every rank, between
+    /// `reduce()` and `finishStep`.
+    var reducedGradient: UnsafeMutableBufferPointer<Float> { get }
+    /// Global norm, clip and AdamW from the reduced gradient, at learning rate `lr`; no update
+    /// when the loss or the norm is not finite (the run then stops).
+    func finishStep(lr: Double, lossIsFinite: Bool) -> StepUpdate
+}
+
+/// How a rank's shard of the batch runs: `workers` threads, each `passesPerWorker`
+/// forward/backward passes of `microBatch` sequences, in contiguous blocks.
+public struct PassPlan: Sendable {
+    public let firstSequence: Int
+    public let workers: Int
+    public let microBatch: Int
+    public let passesPerWorker: Int
+
+    /// The batch positions `worker`'s pass `pass` trains on.
+    public func sequences(worker: Int, pass: Int) -> Range<Int> {
+        let first = firstSequence + (worker * passesPerWorker + pass) * microBatch
+        return first..<(first + microBatch)
+    }
+}
+
+/// What `finishStep` did: the reduced gradient's global norm, and whether AdamW ran.
+public struct StepUpdate: Sendable {
+    public let gradNorm: Double
+    public let applied: Bool
+}

@@ -1,0 +1,100 @@
+// GradientBuckets: a rank's per-worker gradients, summed over workers in one fixed order, and
+// the all-reduce of that sum in buckets, each started once it is final on every worker. During
+// backward (overlap) Transformer.gradientsFinal reports "final from offset x on"; after backward
+// everything is final at once. This file decides buckets and sums workers; the communicator
+// owns starting, progress and waiting (see MPICommunicator's ProgressThread). Used by
+// ReplicatedAllReduce only.
+
+import Foundation
+import GomlComm
+import GomlCore
+
+/// Buckets of whole contiguous tensors, in the order backward finishes them: from the end of
+/// the layout (output layer, last blocks) towards the embedding. Each holds at least
+/// `bucketBytes` except possibly the last.
+public func gradientBuckets(_ layout: ParameterLayout, bucketBytes: Int) -> [Range<Int>] {
+    var buckets: [Range<Int>] = []
+    var end = layout.count, start = layout.count
+    for tensor in layout.tensors.reversed() {
+        start = tensor.offset
+        if (end - start) * MemoryLayout<Float>.stride >= bucketBytes {
+            buckets.append(start..<end)
+            end = start
+        }
+    }
+    if start < end { buckets.append(start..<end) }
+    return buckets
+}
+
+/// One gradient buffer per worker thread of a rank [P each]; worker 0's receives their sum.
+final class WorkerGradients {
+    let buffers: [FloatBuffer]
+    var sum: FloatBuffer { buffers[0] }
+
+    init(workers: Int, count: Int) {
+        buffers = (0..<workers).map { _ in FloatBuffer(count: count) }
+    }
+
+    /// Adds workers 1… into worker 0's buffer over `range`, in worker order: ((g0 + g1) + g2)…
+    /// Every path sums workers here, so bucketed and whole-buffer sums have the same bits.
+    func addWorkers(_ range: Range<Int>) {
+        for extra in buffers.dropFirst() {
+            addInPlace(sum.base + range.lowerBound, extra.base + range.lowerBound, count: range.count)
+        }
+    }
+}
+
+final class BucketedAllReduce {
+    let buckets: [Range<Int>]
+    private let gradients: WorkerGradients
+    private let comm: Communicator
+    private let lock = NSLock()
+    /// Per worker: the offset from which its gradients are final (count: none yet).
+    private let frontiers: UnsafeMutableBufferPointer<Int>
+    private var nextBucket = 0
+
+    /// Registers `buckets` of the workers' sum with the communicator (once: no collective).
+    init(buckets: [Range<Int>], gradients: WorkerGradients, comm: Communicator, compression: GradientCompression, hierarchical: Bool) {
+        self.buckets = buckets
+        self.gradients = gradients
+        self.comm = comm
+        frontiers = .allocate(capacity: gradients.buffers.count)
+        frontiers.initialize(repeating: gradients.sum.count)
+        let sum = gradients.sum
+        comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: sum.pointer[$0]) }, compression: compression,
+                                    hierarchical: hierarchical)
+    }
+
+    deinit { frontiers.deallocate() }
+
+    func beginStep() {
+        frontiers.update(repeating: gradients.sum.count)
+        nextBucket = 0
+    }
+
+    /// `worker`'s gradients from `offset` on are final. Sums over workers and starts every
+    /// bucket now final on all of them, in bucket order (the same on every rank).
+    func workerReached(_ worker: Int, offset: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        frontiers[worker] = offset
+        var final = offset
+        for f in frontiers where f > final { final = f }
+        while nextBucket < buckets.count && buckets[nextBucket].lowerBound >= final {
+            gradients.addWorkers(buckets[nextBucket])
+            comm.startAllReduceSum(bucket: nextBucket)
+            nextBucket += 1
+        }
+    }
+
+    /// After backward: every worker's gradients are final; starts the buckets not yet started.
+    func allWorkersFinal() {
+        for worker in frontiers.indices { workerReached(worker, offset: 0) }
+    }
+
+    /// Waits for the buckets still in flight; returns the seconds the network was busy.
+    func finishStep() -> Double {
+        precondition(nextBucket == buckets.count, "backward ended with \(buckets.count - nextBucket) gradient bucket(s) never final")
+        return comm.waitForAllReduces()
+    }
+}

@@ -1,0 +1,28 @@
+// ReplicatedOptimizer: parameters and AdamW moments held whole on every rank, and the step
+// from a whole reduced gradient (global norm, clip, AdamW). Every rank applies the same update
+// to the same bits, so replicas stay identical. Shared by the replicated strategies; no
+// communication here.
+
+import GomlCore
+
+final class ReplicatedOptimizer {
+    let parameters: FloatBuffer   // [P]
+    let optimizer: AdamW
+
+    init(layout: ParameterLayout, config: OptimizerConfig) {
+        parameters = FloatBuffer(count: layout.count)
+        optimizer = AdamW(layout: layout, config: config)
+    }
+
+    /// Norm, clip and AdamW from `gradient` [P]; skipped unless the loss and the norm are finite.
+    func step(gradient: UnsafeMutableBufferPointer<Float>, lr: Double, lossIsFinite: Bool) -> StepUpdate {
+        // The reduced gradient is identical on every rank, so its norm and the skip decision are too.
+        let norm = globalNorm(UnsafeBufferPointer(gradient))
+        let applied = lossIsFinite && norm.isFinite
+        if applied {
+            optimizer.update(parameters.base, grads: gradient.baseAddress!, lr: lr,
+                             gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip))
+        }
+        return StepUpdate(gradNorm: norm, applied: applied)
+    }
+}
