@@ -46,6 +46,9 @@ public final class Trainer {
     public var sampler: BatchSampler
     /// Steps completed so far.
     public var step = 0
+    /// Fault injection for tests (hidden --fault-gradient-scale): the reduced gradient times the
+    /// world size, as summing the ranks' mean gradients instead of averaging them would leave it.
+    public var faultGradientScale = false
 
     /// Read-only views of the corpus (mapped files): nothing is copied.
     private let train: ByteSource, validation: ByteSource
@@ -259,6 +262,7 @@ public final class Trainer {
         var lossSum = 0.0
         for value in sequenceLosses { lossSum += value }
         let loss = lossSum / Double(tokensPerStep)
+        if faultGradientScale { for i in grads.pointer.indices { grads.pointer[i] *= Float(comm.size) } }
         // The reduced gradient is identical on every rank, so its norm and the stop decision are too.
         let norm = globalNorm(UnsafeBufferPointer(grads.pointer))
         let lr = options.schedule.rate(atStep: attempted)

@@ -37,6 +37,8 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("plot-every"), help: "Redraw OUT/loss.svg every N steps (0: only at the end).") var plotEvery: Int = 0
     @Option(name: .customLong("fault-diverge-rank"), help: ArgumentHelp("Make this rank's replica diverge after step 1 (tests the replica checks).", visibility: .hidden))
     var faultDivergeRank: Int?
+    @Flag(name: .customLong("fault-gradient-scale"), help: ArgumentHelp("Scale the reduced gradient by the world size (tests the gradient-norm comparisons).", visibility: .hidden))
+    var faultGradientScale = false
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -109,8 +111,10 @@ struct TrainCommand: ParsableCommand {
             }
             let communication = try parallel.communication(reduction: optimization.reduction)
             settings.communication = communication
-            return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
-                                communication: communication), settings, corpus)
+            let trainer = try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
+                                      communication: communication)
+            trainer.faultGradientScale = faultGradientScale
+            return (trainer, settings, corpus)
         }
         agreeOnData(comm, corpus)
         var run = settings
