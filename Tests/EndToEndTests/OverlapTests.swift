@@ -11,12 +11,15 @@ final class OverlapTests: XCTestCase {
          "--data", Harness.corpus, "--out", out] + extra
     }
 
-    /// Losses and final parameters of `extra` against `reference`, within 1e-5 relative (parameters: to the largest).
+    /// Losses, gradient norms and final parameters of `out` against `reference`, within 1e-5
+    /// relative (parameters: to the largest).
     func assertClose(_ out: String, _ reference: String, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let a = Harness.losses(out), b = Harness.losses(reference)
         XCTAssertEqual(a.count, 20, what, file: file, line: line)
         XCTAssertEqual(a.count, b.count, what, file: file, line: line)
         XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(a, b), 1e-5, "\(what): losses", file: file, line: line)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(out), Harness.gradNorms(reference)), 1e-5,
+                                 "\(what): gradient norms", file: file, line: line)
         let p = try Harness.finalParameters(out), q = try Harness.finalParameters(reference)
         XCTAssertEqual(p.count, q.count)
         let scale = q.map { abs($0) }.max() ?? 1
@@ -69,6 +72,7 @@ final class OverlapTests: XCTestCase {
         Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(plain, steps: 40, extra: ["--checksum-every", "5", "--lr", "3e-3", "--warmup", "5"])), "float32 np 4")
         XCTAssertNotEqual(Harness.lossTexts(out), Harness.lossTexts(plain), "bf16 compression changed nothing")
         XCTAssertLessThan(Harness.maxRelativeDifference(losses, Harness.losses(plain)), 0.05)
+        XCTAssertLessThan(Harness.maxRelativeDifference(Harness.gradNorms(out), Harness.gradNorms(plain)), 0.05, "gradient norms")
     }
 
     func testBadCommunicationOptionsAreRefused() {
