@@ -44,23 +44,24 @@ public enum GradientCheck {
     struct Problem {
         let layout: ParameterLayout
         let model: Transformer
-        var params: [Float]
+        let params: [Float]
         var rng: Xoshiro256
 
         init(config: ModelConfig, batch: Int, seed: UInt64, std: Double) {
-            layout = ParameterLayout(config)
-            model = Transformer(config: config, batch: batch)
-            rng = Xoshiro256(seed: seed)
-            params = [Float](repeating: 0, count: layout.count)
+            let layout = ParameterLayout(config)
+            var rng = Xoshiro256(seed: seed)
+            var params = [Float](repeating: 0, count: layout.count)
             params.withUnsafeMutableBufferPointer { layout.initialise($0, rng: &rng, std: std) }
             // Norm parameters away from 1/0 so their gradients are generic too.
             for t in layout.tensors where !t.isMatrix {
                 for i in t.range { params[i] += Float(0.2 * rng.nextGaussian()) }
             }
+            let model = Transformer(config: config, batch: batch)
             for i in 0..<model.rows {
                 model.tokens[i] = Int32(rng.nextBelow(config.vocab))
                 model.targets[i] = Int32(rng.nextBelow(config.vocab))
             }
+            (self.layout, self.model, self.params, self.rng) = (layout, model, params, rng)
         }
 
         /// The backward pass's gradient of the mean loss.
