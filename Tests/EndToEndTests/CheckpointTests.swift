@@ -27,6 +27,7 @@ final class CheckpointTests: XCTestCase {
         Harness.assertSuccess(Harness.mpirun(np: 2, run(c, extra: ["--stop-after", "20"])), "run C to 20")
         Harness.assertSuccess(Harness.goml(run(c, extra: ["--resume", c, "--single"])), "run C resumed on 1 rank")
         XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.losses(c), Harness.losses(a)), 1e-5)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(c), Harness.gradNorms(a)), 1e-5, "gradient norms")
         XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(try Harness.finalParameters(c), try Harness.finalParameters(a)), 1e-5)
     }
 
