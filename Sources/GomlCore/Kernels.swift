@@ -79,8 +79,8 @@ func layerNormForward(_ out: FloatPointer, _ mean: FloatPointer, _ rstd: FloatPo
 /// dx += ∂loss/∂x; dWeight += Σ dOut·x̂; dBias += Σ dOut (all accumulated).
 func layerNormBackward(_ dx: FloatPointer, _ dWeight: FloatPointer, _ dBias: FloatPointer, _ dOut: ConstFloatPointer,
                        _ x: ConstFloatPointer, _ weight: ConstFloatPointer, _ mean: ConstFloatPointer, _ rstd: ConstFloatPointer,
-                       rows: Int, C: Int) {
-    let invC = 1 / Float(C)
+                       rows: Int, C: Int, fault: BackwardFault? = nil) {
+    let invC = 1 / Float(C), weightFactorDropped = fault == .layerNormWeight
     for n in 0..<rows {
         let xr = x + n * C, g = dOut + n * C, d = dx + n * C
         let mu = mean[n], r = rstd[n]
@@ -90,7 +90,7 @@ func layerNormBackward(_ dx: FloatPointer, _ dWeight: FloatPointer, _ dBias: Flo
             let dNorm = load(g + i, w) * load(weight + i, w)
             sumDNorm += dNorm
             sumDNormXHat += dNorm * xHat
-            store(load(dWeight + i, w) + load(g + i, w) * xHat, dWeight + i, w)
+            store(load(dWeight + i, w) + load(g + i, w) * (weightFactorDropped ? Vec(repeating: 1) : xHat), dWeight + i, w)
             store(load(dBias + i, w) + load(g + i, w), dBias + i, w)
         }
         let meanDNorm = sumDNorm.sum() * invC, meanDNormXHat = sumDNormXHat.sum() * invC
@@ -192,8 +192,9 @@ func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFl
 /// dqkv[B,T,3C] = ∂loss/∂(q,k,v after RoPE) (overwritten). `scratch` holds T×T floats.
 func attentionBackward(_ dqkv: FloatPointer, _ scratch: FloatPointer, _ dOut: ConstFloatPointer,
                        _ qkv: ConstFloatPointer, _ probs: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int,
-                       using mm: MatrixProducts) {
+                       using mm: MatrixProducts, fault: BackwardFault? = nil) {
     let D = C / heads, scale = 1 / Float(D).squareRoot()
+    let maskedDiagonal = fault == .attentionDiagonal ? 1 : 0
     for b in 0..<B {
         for h in 0..<heads {
             let q = qkv + b * T * 3 * C + h * D, k = q + C, v = q + 2 * C
@@ -205,7 +206,7 @@ func attentionBackward(_ dqkv: FloatPointer, _ scratch: FloatPointer, _ dOut: Co
             mm.product(false, true, m: T, n: T, k: D, alpha: 1, dA, lda: C, v, ldb: 3 * C, beta: 0, scratch, ldc: T)
             // P = softmax(S)  →  dS = P ⊙ (dP − rowsum(P ⊙ dP)); masked entries have P = 0.
             for i in 0..<T {
-                let pr = p + i * T, ds = scratch + i * T, valid = i + 1
+                let pr = p + i * T, ds = scratch + i * T, valid = i + 1 - maskedDiagonal
                 let s = dot(pr, ds, valid)
                 forEachChunk(valid) { j, w in store(load(pr + j, w) * (load(ds + j, w) - s), ds + j, w) }
                 if valid < T { (ds + valid).update(repeating: 0, count: T - valid) }

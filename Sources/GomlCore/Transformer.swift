@@ -49,6 +49,8 @@ public final class Transformer {
     /// the end of the layout are final (after the head, after each block, after the embedding),
     /// so a caller can start reducing them while backward goes on. Must not allocate.
     public var gradientsFinal: ((Int) -> Void)?
+    /// A deliberate mistake in `backward`, for proving that the gradient check catches one.
+    public var backwardFault: BackwardFault?
     /// Bytes of activations (and their gradients) this model holds for its batch.
     public var activationBytes: Int { arena.count * MemoryLayout<Float>.stride }
 
@@ -158,7 +160,7 @@ public final class Transformer {
                        accumulateWeight: once, using: products)
         dx.update(repeating: 0, count: N * C)
         layerNormBackward(dx, g(layout.normWeight), g(layout.normBias), dNormed, residuals[cfg.layers], p(layout.normWeight),
-                          lnFinalMean, lnFinalRstd, rows: N, C: C)
+                          lnFinalMean, lnFinalRstd, rows: N, C: C, fault: backwardFault)
         gradientsFinal?(layout.normWeight.offset)
         for (l, a) in blocks.enumerated().reversed() {
             let w = layout.layers[l]
@@ -175,15 +177,16 @@ public final class Transformer {
             }
             // h = LN(x) before the FFN: the residual gradient gains the norm's input gradient
             layerNormBackward(dx, g(w.ffnNormWeight), g(w.ffnNormBias), dNormed, a.residualMid, p(w.ffnNormWeight),
-                              a.ln2Mean, a.ln2Rstd, rows: N, C: C)
+                              a.ln2Mean, a.ln2Rstd, rows: N, C: C, fault: backwardFault)
             // x = x + a Woᵀ
             linearBackward(dAttention, g(w.wo), dx, a.attention, p(w.wo), rows: N, inFeatures: C, outFeatures: C, accumulateWeight: once, using: products)
-            attentionBackward(dQKV, dScores, dAttention, a.qkv, a.probs, B: batch, T: T, C: C, heads: H, using: attentionProducts)
+            attentionBackward(dQKV, dScores, dAttention, a.qkv, a.probs, B: batch, T: T, C: C, heads: H, using: attentionProducts,
+                              fault: backwardFault)
             ropeBackward(dQKV, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
             // q, k, v = h Wq,k,vᵀ; h = LN(x)
             linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, accumulateWeight: once, using: products)
             layerNormBackward(dx, g(w.attentionNormWeight), g(w.attentionNormBias), dNormed, residuals[l], p(w.attentionNormWeight),
-                              a.ln1Mean, a.ln1Rstd, rows: N, C: C)
+                              a.ln1Mean, a.ln1Rstd, rows: N, C: C, fault: backwardFault)
             gradientsFinal?(w.attentionNormWeight.offset)
         }
         embeddingBackward(g(layout.embedding), dx, tokens.baseAddress!, rows: N, C: C)

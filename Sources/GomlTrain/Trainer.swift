@@ -36,6 +36,9 @@ public final class Trainer {
     public var sampler: BatchSampler
     /// Steps completed so far.
     public var step = 0
+    /// Fault injection for tests (hidden --fault-gradient-scale): the reduced gradient times the
+    /// world size, as summing the ranks' mean gradients instead of averaging them would leave it.
+    public var faultGradientScale = false
 
     /// Read-only views of the corpus (mapped files): nothing is copied.
     private let train: ByteSource, validation: ByteSource
@@ -187,6 +190,10 @@ public final class Trainer {
         let loss = reduceLoss()
         lap(\.reduce)
         // Here the reduced gradient (strategy.reducedGradient) is final, the same on every rank.
+        if faultGradientScale {
+            let gradient = strategy.reducedGradient
+            for i in gradient.indices { gradient[i] *= Float(comm.size) }
+        }
         // Norm, clip and AdamW.
         let lr = options.schedule.rate(atStep: attempted)
         let update = strategy.finishStep(lr: lr, lossIsFinite: loss.isFinite)

@@ -41,6 +41,8 @@ struct TrainCommand: ParsableCommand {
     var faultHeaderRank: Int?
     @Option(name: .customLong("fault-header-field"), help: ArgumentHelp("options or data: the field --fault-header-rank perturbs.", visibility: .hidden))
     var faultHeaderField: String = HeaderFault.options.rawValue
+    @Flag(name: .customLong("fault-gradient-scale"), help: ArgumentHelp("Scale the reduced gradient by the world size (tests the gradient-norm comparisons).", visibility: .hidden))
+    var faultGradientScale = false
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -94,8 +96,10 @@ struct TrainCommand: ParsableCommand {
                 }
             }
             let communication = try parallel.communication()
-            return (try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
-                                communication: communication), settings, corpus)
+            let trainer = try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
+                                      communication: communication)
+            trainer.faultGradientScale = faultGradientScale
+            return (trainer, settings, corpus)
         }
         agreeOnData(comm, corpus)
         var run = settings

@@ -2,6 +2,7 @@
 // a rank is killed, writers killed mid-write, corrupt files refused, and sampling from them.
 
 import Foundation
+import GomlCore
 import GomlIO
 import XCTest
 
@@ -26,6 +27,7 @@ final class CheckpointTests: XCTestCase {
         Harness.assertSuccess(Harness.mpirun(np: 2, run(c, extra: ["--stop-after", "20"])), "run C to 20")
         Harness.assertSuccess(Harness.goml(run(c, extra: ["--resume", c, "--single"])), "run C resumed on 1 rank")
         XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.losses(c), Harness.losses(a)), 1e-5)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(c), Harness.gradNorms(a)), 1e-5, "gradient norms")
         XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(try Harness.finalParameters(c), try Harness.finalParameters(a)), 1e-5)
     }
 
@@ -113,10 +115,16 @@ final class CheckpointTests: XCTestCase {
     }
 
     /// SIGKILL at random instants while checkpoints are being written every step: `latest`
-    /// always names a complete, loadable pair.
+    /// always names a complete, loadable pair. The instants come from a seed, printed, and
+    /// taken from GOML_TEST_SEED when set: a failure's instants can be replayed (where the
+    /// run has got to by then still depends on the machine).
     func testKillingTheWriterNeverLeavesABadLatest() throws {
         let out = Harness.temporaryDirectory("writer")
-        var rng = SystemRandomNumberGenerator()
+        let seed = try ProcessInfo.processInfo.environment["GOML_TEST_SEED"].map {
+            try XCTUnwrap(UInt64($0), "GOML_TEST_SEED=\($0) is not an unsigned integer")
+        } ?? .random(in: .min ... .max)
+        print("testKillingTheWriterNeverLeavesABadLatest: seed \(seed) (replay: GOML_TEST_SEED=\(seed))")
+        var rng = Xoshiro256(seed: seed)
         var kills = 0
         for attempt in 0..<8 {
             let resume = FileManager.default.fileExists(atPath: out + "/latest") ? ["--resume", out] : []
@@ -132,10 +140,10 @@ final class CheckpointTests: XCTestCase {
             if process.isRunning { kill(process.processIdentifier, SIGKILL); kills += 1 }
             process.waitUntilExit()
             if FileManager.default.fileExists(atPath: out + "/latest") {
-                XCTAssertNoThrow(try Checkpoint.loadTraining(Checkpoint.resolve(out)), "attempt \(attempt): latest is not loadable")
+                XCTAssertNoThrow(try Checkpoint.loadTraining(Checkpoint.resolve(out)), "seed \(seed), attempt \(attempt): latest is not loadable")
             }
         }
-        XCTAssertGreaterThanOrEqual(kills, 6)
+        XCTAssertGreaterThanOrEqual(kills, 6, "seed \(seed)")
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertGreaterThan(step, 0)
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix("ckpt-") && !$0.contains(".tmp") }

@@ -30,6 +30,35 @@ final class CommandTests: XCTestCase {
         XCTAssertFalse(r.stdout.contains("FAIL"), r.stdout)
     }
 
+    /// A wrong backward fails gradcheck (exit 1) with FAIL on the tensors it makes wrong and ok
+    /// on those it leaves right: LayerNorm's weight gradient without its x̂ factor (the five
+    /// norm weights, not their biases), and attention's mask covering the diagonal (the last
+    /// block's wq and wk and all below; not its wv, wo or feed-forward, nearer the loss).
+    func testGradcheckFailsOnAWrongBackward() {
+        let cases: [(fault: String, failing: Set<String>, passing: Set<String>)] = [
+            ("layernorm-weight",
+             ["layers.0.attention_norm.weight", "layers.0.ffn_norm.weight", "layers.1.attention_norm.weight", "layers.1.ffn_norm.weight", "norm.weight"],
+             ["layers.0.attention_norm.bias", "layers.1.ffn_norm.bias", "norm.bias", "layers.0.attention.wq.weight", "tok_embeddings.weight", "output.weight"]),
+            ("attention-diagonal",
+             ["layers.1.attention.wq.weight", "layers.1.attention.wk.weight", "layers.1.attention_norm.weight", "tok_embeddings.weight"],
+             ["layers.1.attention.wv.weight", "layers.1.attention.wo.weight", "layers.1.feed_forward.w1.weight", "layers.1.feed_forward.w3.weight",
+              "norm.weight", "output.weight"]),
+        ]
+        for (fault, failing, passing) in cases {
+            let r = Harness.goml(["gradcheck", "--ffn", "swiglu", "--fault-backward", fault], timeout: 300)
+            XCTAssertEqual(r.status, 1, "\(fault)\n\(r.output)")
+            // One line per tensor: "  NAME  worst rel err E over N probes  ok|FAIL".
+            let lines = r.stdout.split(separator: "\n").filter { $0.contains("worst rel err") }
+            XCTAssertEqual(lines.count, 26, "\(fault): one line per tensor\n\(r.stdout)")
+            let failed = Set(lines.filter { $0.hasSuffix("FAIL") }.compactMap { $0.split(separator: " ").first.map(String.init) })
+            XCTAssertTrue(failing.isSubset(of: failed), "\(fault): expected FAIL on \(failing.subtracting(failed).sorted())\n\(r.stdout)")
+            XCTAssertTrue(passing.isDisjoint(with: failed), "\(fault): expected ok on \(passing.intersection(failed).sorted())\n\(r.stdout)")
+        }
+        let unknown = Harness.goml(["gradcheck", "--fault-backward", "nonsense"], timeout: 60)
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.contains("unknown --fault-backward 'nonsense'"), unknown.output)
+    }
+
     func testVerifyRejectsAFileThatIsNotAReference() {
         let dir = Harness.temporaryDirectory("notref")
         FileManager.default.createFile(atPath: dir + "/x.safetensors", contents: Data("not a safetensors file".utf8))

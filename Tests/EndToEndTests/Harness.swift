@@ -148,6 +148,11 @@ enum Harness {
 
     static func losses(_ outDirectory: String) -> [Double] { lossTexts(outDirectory).compactMap(Double.init) }
 
+    /// Per-step gradient norms (after the reduction, before clipping). Runs that should be the
+    /// same must agree on these too: clipping and AdamW's m/√v hide a gradient scaled uniformly
+    /// (summed over ranks instead of averaged) from the losses and parameters.
+    static func gradNorms(_ outDirectory: String) -> [Double] { fieldTexts(outDirectory, "grad_norm").compactMap(Double.init) }
+
     /// Parameters of the checkpoint `latest` names in OUT.
     static func finalParameters(_ outDirectory: String) throws -> [Float] {
         try Checkpoint.loadModel(Checkpoint.resolve(outDirectory)).params
@@ -174,11 +179,16 @@ enum Harness {
         }
     }
 
+    /// Largest |a − b| / |b| element by element; ∞ (failing any bound) when the counts differ
+    /// or there is nothing to compare, so a missing step is never a match.
     static func maxRelativeDifference(_ a: [Double], _ b: [Double]) -> Double {
-        zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-30) }.max() ?? .infinity
+        guard a.count == b.count else { return .infinity }
+        return zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-30) }.max() ?? .infinity
     }
 
+    /// Largest |a − b| element by element; ∞ when the counts differ or both are empty.
     static func maxAbsoluteDifference(_ a: [Float], _ b: [Float]) -> Float {
-        zip(a, b).map { abs($0 - $1) }.max() ?? .infinity
+        guard a.count == b.count else { return .infinity }
+        return zip(a, b).map { abs($0 - $1) }.max() ?? .infinity
     }
 }

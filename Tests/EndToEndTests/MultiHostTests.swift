@@ -9,8 +9,8 @@ import GomlIO
 import XCTest
 
 final class MultiHostTests: XCTestCase {
-    /// 20 steps of tiny, one rank per host: the same per-step losses as --single (to 1e-5;
-    /// byte for byte with --reduction exact), the gradient traffic across host2's link, the
+    /// 20 steps of tiny, one rank per host: the same per-step losses and gradient norms as
+    /// --single (to 1e-5; byte for byte with --reduction exact), the gradient traffic across host2's link, the
     /// checkpoint on rank 0's host alone.
     func testTwoHostsOneRankEachMatchSingle() throws {
         let cluster = try multiHostStartCluster()
@@ -27,7 +27,8 @@ final class MultiHostTests: XCTestCase {
 
     /// Two ranks per host, overlapped in 50 kB buckets: the hierarchical reduction sends one
     /// copy of the gradient across host2's link per step, the flat one (default) about two,
-    /// and bf16 compression halves the hierarchical one again.
+    /// and bf16 compression halves the hierarchical one again; hierarchical and flat give the
+    /// same losses and gradient norms.
     func testHierarchicalReductionSendsOneCopyPerHost() throws {
         let cluster = try multiHostStartCluster()
         let gradientBytes = 132_224 * 4, steps = 20   // tiny's parameters as float32
@@ -47,9 +48,11 @@ final class MultiHostTests: XCTestCase {
         XCTAssertGreaterThan(flat, 1.6, "flat copies per step into host2")
         XCTAssertLessThan(compressed, 0.7, "bf16 copies per step into host2")
         // The same losses, to float32 rounding (rank 0 wrote them on host1's disk).
-        let hierarchicalLosses = Harness.losses(cluster.disk("host1") + "/run1"), flatLosses = Harness.losses(cluster.disk("host1") + "/run0")
+        let hierarchicalRun = cluster.disk("host1") + "/run1", flatRun = cluster.disk("host1") + "/run0"
+        let hierarchicalLosses = Harness.losses(hierarchicalRun), flatLosses = Harness.losses(flatRun)
         XCTAssertEqual(hierarchicalLosses.count, steps)
         XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(hierarchicalLosses, flatLosses), 1e-5)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(hierarchicalRun), Harness.gradNorms(flatRun)), 1e-5, "gradient norms")
     }
 
     /// Overlap hides communication, read from `bench`'s JSON: tiny at batch 32 on two hosts
@@ -482,8 +485,9 @@ extension MultiHostTests {
         let reduction = exact ? ["--reduction", "exact"] : ["--reduction", "allreduce", "--bucket-mb", "0.05"]
         let single = multiHostRun(Harness.binary, ["train", "--single"] + multiHostTinyArguments(out: singleOut) + reduction, timeout: 120)
         XCTAssertEqual(single.status, 0, "--single run failed\n\(single.tail)")
-        let expected = Harness.losses(singleOut)
+        let expected = Harness.losses(singleOut), expectedNorms = Harness.gradNorms(singleOut)
         XCTAssertEqual(expected.count, 20, "--single wrote \(expected.count) losses")
+        XCTAssertEqual(expectedNorms.count, 20, "--single wrote \(expectedNorms.count) gradient norms")
 
         let before = cluster.receivedBytes("host2")
         let r = cluster.launchTrain(hostfile: hostfile, trainArguments: multiHostTinyArguments(out: cluster.local + "/" + run) + reduction, timeout: 180)
@@ -499,9 +503,13 @@ extension MultiHostTests {
         for (step, (a, b)) in zip(got, expected).enumerated() {
             XCTAssertLessThanOrEqual(abs(a - b) / abs(b), 1e-5, "step \(step + 1): loss \(a) on the cluster, \(b) single")
         }
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(host1Run), expectedNorms), 1e-5,
+                                 "gradient norms on the cluster against --single")
         if exact {
             XCTAssertEqual(Harness.lossTexts(host1Run), Harness.lossTexts(singleOut),
                            "--reduction exact: the cluster's losses are not byte-identical to --single's")
+            XCTAssertEqual(Harness.fieldTexts(host1Run, "grad_norm"), Harness.fieldTexts(singleOut, "grad_norm"),
+                           "--reduction exact: the cluster's gradient norms are not byte-identical to --single's")
         }
         let latest = (try? String(contentsOfFile: host1Run + "/latest", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         XCTAssertTrue(latest.hasPrefix("ckpt-"), "no checkpoint named by latest on host1: '\(latest)'")

@@ -18,6 +18,8 @@ final class OverlapTests: XCTestCase {
         XCTAssertEqual(a.count, 20, what, file: file, line: line)
         XCTAssertEqual(a.count, b.count, what, file: file, line: line)
         XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(a, b), tolerance, "\(what): losses", file: file, line: line)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(out), Harness.gradNorms(reference)), tolerance,
+                                 "\(what): gradient norms", file: file, line: line)
         let p = try Harness.finalParameters(out), q = try Harness.finalParameters(reference)
         XCTAssertEqual(p.count, q.count)
         let scale = q.map { abs($0) }.max() ?? 1
@@ -108,6 +110,7 @@ final class OverlapTests: XCTestCase {
         Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(plain, steps: 40, extra: ["--checksum-every", "5", "--lr", "3e-3", "--warmup", "5"])), "float32 np 4")
         XCTAssertNotEqual(Harness.lossTexts(out), Harness.lossTexts(plain), "bf16 compression changed nothing")
         XCTAssertLessThan(Harness.maxRelativeDifference(losses, Harness.losses(plain)), 0.05)
+        XCTAssertLessThan(Harness.maxRelativeDifference(Harness.gradNorms(out), Harness.gradNorms(plain)), 0.05, "gradient norms")
     }
 
     func testBadCommunicationOptionsAreRefused() {

@@ -119,7 +119,8 @@ final class StopSignalTests: XCTestCase {
     }
 
     /// SIGTERM to mpirun itself: it forwards SIGTERM to the ranks and kills them
-    /// odls_base_sigkill_timeout seconds later (1 by default); with time given, they checkpoint.
+    /// odls_base_sigkill_timeout seconds later (1 by default); with time given, they checkpoint,
+    /// but mpirun exits 1 (its status for a job it was told to end), not the ranks' 10.
     /// SIGUSR1 to mpirun (forwarded, nothing killed) stops the job the same way, with status 10.
     func testSignalsToMpirunStopWithACheckpoint() throws {
         let out = Harness.temporaryDirectory("termmpirun")
@@ -130,6 +131,7 @@ final class StopSignalTests: XCTestCase {
         }
         kill(job.process.processIdentifier, SIGTERM)
         XCTAssertFalse(finish(job), "the job did not end after SIGTERM\n\(job.output.suffix(3000))")
+        XCTAssertEqual(job.process.terminationStatus, 1, job.output.suffix(3000).description)
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertGreaterThan(step, 0)
         XCTAssertTrue(job.output.contains("stopped by SIGTERM after step \(step) of 100000"), job.output.suffix(3000).description)

@@ -1,5 +1,6 @@
-// Data-parallel training through real mpirun: the same run at every world size and over TCP,
-// errors that end the whole job with one clear message, and a loss that falls.
+// Data-parallel training through real mpirun: the same run (losses, gradient norms, final
+// parameters) at every world size and over TCP, errors that end the whole job with one clear
+// message, and a loss that falls.
 
 import XCTest
 
@@ -12,8 +13,9 @@ final class TrainingTests: XCTestCase {
     func testEveryWorldSizeAndTransportGivesTheSameRun() throws {
         let single = Harness.temporaryDirectory("single")
         Harness.assertSuccess(Harness.goml(tinyRun(single) + ["--single"]), "--single")
-        let reference = Harness.losses(single)
+        let reference = Harness.losses(single), referenceNorms = Harness.gradNorms(single)
         XCTAssertEqual(reference.count, 20)
+        XCTAssertEqual(referenceNorms.count, 20)
         let referenceParams = try Harness.finalParameters(single)
         for (np, transport) in [(1, "shared memory"), (2, "shared memory"), (4, "shared memory"), (2, "tcp")] {
             let out = Harness.temporaryDirectory("np\(np)")
@@ -22,6 +24,8 @@ final class TrainingTests: XCTestCase {
             let losses = Harness.losses(out)
             XCTAssertEqual(losses.count, 20, "np \(np) \(transport)")
             XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(losses, reference), 1e-5, "losses, np \(np) \(transport)")
+            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(out), referenceNorms), 1e-5,
+                                     "gradient norms, np \(np) \(transport)")
             let params = try Harness.finalParameters(out)
             XCTAssertEqual(params.count, referenceParams.count)
             XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(params, referenceParams), 1e-5, "final parameters, np \(np) \(transport)")
@@ -63,13 +67,15 @@ final class TrainingTests: XCTestCase {
 
     func testNonFiniteLossStopsEveryRankWithoutACheckpoint() {
         let out = Harness.temporaryDirectory("nan")
-        expectFailure(np: 2, tinyRun(out) + ["--lr", "1e38", "--warmup", "0", "--ckpt-every", "1"], message: "non-finite", status: 5)
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
-        let checkpoints = files.filter { $0.hasPrefix("ckpt-") }
-        // The first step is finite (it is taken at the initial parameters); none after the blow-up is saved.
+        // Step 1 is taken at the initial parameters (finite), recorded and checkpointed; its
+        // update blows them up, so step 2's loss is not finite: not recorded, not saved.
+        expectFailure(np: 2, tinyRun(out) + ["--lr", "1e38", "--warmup", "0", "--ckpt-every", "1"], message: "non-finite loss at step 2", status: 5)
+        XCTAssertEqual(Harness.fieldTexts(out, "step"), ["1"], "only step 1 is recorded")
         let losses = Harness.losses(out)
+        XCTAssertEqual(losses.count, 1)
         XCTAssertTrue(losses.allSatisfy(\.isFinite), "a non-finite loss was recorded: \(losses)")
-        XCTAssertEqual(checkpoints.count, 2 * losses.count, "only finite steps are checkpointed: \(files)")
+        let checkpoints = ((try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []).filter { $0.hasPrefix("ckpt-") }
+        XCTAssertEqual(checkpoints.sorted(), ["ckpt-0000001.safetensors", "ckpt-0000001.state.safetensors"], "only step 1 is checkpointed")
     }
 
     /// The per-step header check: a rank whose options hash or data position differs from rank

@@ -24,33 +24,48 @@ final class CoreTests: XCTestCase {
     func testGradientsMatchFiniteDifferencesForBothFFNKinds() {
         for kind in FFNKind.allCases {
             for r in GradientCheck.run(config: GradientCheck.smallConfig(kind)) {
-                XCTAssertLessThanOrEqual(r.worstRelativeError, 3e-2, "\(kind) \(r.tensor)")
+                XCTAssertLessThanOrEqual(r.worstRelativeError, GradientCheck.tolerance, "\(kind) \(r.tensor)")
                 XCTAssertGreaterThanOrEqual(r.probes, 2, r.tensor)
             }
         }
     }
 
-    func testGradientCheckCatchesAWrongGradient() {
-        // Corrupt the analytic gradient of one tensor through the same code path the check uses:
-        // a model whose W2 gradient is doubled must be flagged for W2 (and only be close elsewhere).
-        let (layout, model, params) = randomModel(.swiglu, seed: 3)
-        var grads = [Float](repeating: 0, count: layout.count)
-        params.withUnsafeBufferPointer { p in
-            model.forward(p.baseAddress!, gradScale: 1 / Float(model.rows))
-            grads.withUnsafeMutableBufferPointer { model.backward(p.baseAddress!, $0.baseAddress!) }
+    /// The check rejects a wrong gradient where it is wrong: block 0's W2 gradient doubled (as
+    /// a kernel that accumulated its product twice would leave it) fails there, and only there.
+    func testGradientCheckRejectsADoubledGradient() {
+        var problem = GradientCheck.Problem(config: GradientCheck.smallConfig(.swiglu), batch: 2, seed: 7, std: 0.3)
+        var grads = problem.analyticGradient()
+        let w2 = problem.layout.layers[0].w2
+        for i in w2.range { grads[i] *= 2 }
+        let results = problem.check(grads)
+        XCTAssertEqual(results.count, problem.layout.tensors.count)
+        for r in results {
+            if r.tensor == w2.name {
+                XCTAssertGreaterThan(r.worstRelativeError, GradientCheck.tolerance, "a doubled \(r.tensor) gradient passed")
+            } else {
+                XCTAssertLessThanOrEqual(r.worstRelativeError, GradientCheck.tolerance, r.tensor)
+            }
         }
-        let w2 = layout.layers[0].w2
-        let i = w2.range.max { abs(grads[$0]) < abs(grads[$1]) }!
-        let h: Float = 1e-3
-        func loss(_ delta: Float) -> Double {
-            var probe = params
-            probe[i] += delta
-            probe.withUnsafeBufferPointer { model.forward($0.baseAddress!) }
-            return model.meanLoss
+    }
+
+    /// Each deliberate backward fault fails the check on the tensors it makes wrong, and the
+    /// tensors it leaves right (those between the loss and the fault) pass.
+    func testGradientCheckCatchesEachBackwardFault() {
+        for kind in FFNKind.allCases {
+            let config = GradientCheck.smallConfig(kind), names = ParameterLayout(config).tensors.map(\.name)
+            let lastBlockAttention = ["layers.1.attention.wq.weight", "layers.1.attention.wk.weight"]
+            let betweenLossAndAttention = names.filter { $0.hasPrefix("layers.1.") && !$0.contains("attention") } + ["layers.1.attention.wv.weight", "layers.1.attention.wo.weight", "norm.weight", "norm.bias", "output.weight"]
+            let expectations: [(BackwardFault, wrong: [String], right: [String])] = [
+                (.layerNormWeight, names.filter { $0.hasSuffix("norm.weight") }, names.filter { !$0.hasSuffix("norm.weight") }),
+                (.attentionDiagonal, lastBlockAttention, betweenLossAndAttention),
+            ]
+            for (fault, wrong, right) in expectations {
+                let results = GradientCheck.run(config: config, backwardFault: fault)
+                let worst = Dictionary(uniqueKeysWithValues: results.map { ($0.tensor, $0.worstRelativeError) })
+                for name in wrong { XCTAssertGreaterThan(worst[name] ?? 0, GradientCheck.tolerance, "\(kind) \(fault): \(name) passed") }
+                for name in right { XCTAssertLessThanOrEqual(worst[name] ?? .infinity, GradientCheck.tolerance, "\(kind) \(fault): \(name) failed") }
+            }
         }
-        let numeric = (loss(h) - loss(-h)) / Double(2 * h)
-        XCTAssertEqual(Double(grads[i]), numeric, accuracy: 0.02 * abs(numeric))
-        XCTAssertGreaterThan(abs(2 * Double(grads[i]) - numeric), 0.5 * abs(numeric), "a doubled gradient would be detected")
     }
 
     func testOverwritingBackwardEqualsAccumulatingIntoZeros() {

@@ -1,0 +1,60 @@
+// A replica that goes wrong during a run, by drifting from the others or by no longer
+// responding, ends the whole job with a message naming it instead of training on or hanging.
+
+import Foundation
+import XCTest
+
+final class ReplicaFailureTests: XCTestCase {
+    /// A replica that drifts from the others is caught at the next parameter checksum, naming
+    /// the ranks and the step, and the whole job stops.
+    func testADivergedReplicaStopsTheJob() {
+        let out = Harness.temporaryDirectory("diverge")
+        let r = Harness.mpirun(np: 4, ["train", "--config", "tiny", "--steps", "30", "--eval-every", "0", "--checksum-every", "5",
+                                      "--fault-diverge-rank", "2", "--data", Harness.corpus, "--out", out], timeout: 120)
+        XCTAssertFalse(r.timedOut)
+        XCTAssertEqual(r.status, 6, r.output)
+        XCTAssertTrue(r.stderr.contains("ranks 0 and 2 disagree on the parameter checksum before step 6"), r.output)
+        XCTAssertEqual(Harness.losses(out).count, 5, "stopped at the first check after the divergence")
+    }
+
+    /// A rank that stops responding (SIGSTOP) ends the job with the timeout message instead of a hang.
+    func testAStoppedRankEndsTheJobAfterTheTimeout() throws {
+        let out = Harness.temporaryDirectory("sigstop")
+        let timeout = 8.0
+        let job = Process()
+        job.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
+        job.arguments = ["-np", "2"] + Harness.mpirunOptions + [Harness.binary, "train", "--config", "tiny", "--steps", "1000000",
+                         "--eval-every", "0", "--log-every", "100000", "--collective-timeout", String(Int(timeout)),
+                         "--data", Harness.corpus, "--out", out]
+        job.environment = Harness.environment
+        let errPath = out + "-stderr"
+        FileManager.default.createFile(atPath: errPath, contents: nil)
+        job.standardOutput = FileHandle.nullDevice
+        job.standardError = FileHandle(forWritingAtPath: errPath)
+        try job.run()
+        // Stop one rank once training is under way.
+        let deadline = Date().addingTimeInterval(60)
+        while Harness.metrics(out).count < 5 && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        let pid = Harness.run("/usr/bin/pgrep", ["-n", "-f", "goml-dist train .*--out \(out)"], timeout: 10).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let victim = Int32(pid) else {
+            job.terminate(); job.waitUntilExit()
+            return XCTFail("no rank found to stop")
+        }
+        let stoppedAt = Date()
+        kill(victim, SIGSTOP)
+        while job.isRunning && Date().timeIntervalSince(stoppedAt) < timeout + 30 { Thread.sleep(forTimeInterval: 0.2) }
+        let elapsed = Date().timeIntervalSince(stoppedAt)
+        if job.isRunning { kill(victim, SIGCONT); job.terminate() }
+        job.waitUntilExit()
+        let stderr = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
+        XCTAssertEqual(job.terminationStatus, 4, stderr)
+        XCTAssertLessThan(elapsed, timeout + 20, "the job took \(Int(elapsed)) s to end")
+        XCTAssertTrue(stderr.contains("without progress") && stderr.contains("--collective-timeout"), stderr)
+        // Gone, or a zombie waiting for its reaper: not stopped or running.
+        Thread.sleep(forTimeInterval: 1)
+        let stat = (try? String(contentsOfFile: "/proc/\(victim)/stat", encoding: .utf8)) ?? ""
+        let state = stat.split(separator: ")").last?.split(separator: " ").first ?? "gone"
+        XCTAssertTrue(state == "gone" || state == "Z", "the stopped rank was left behind (state \(state))")
+    }
+}
