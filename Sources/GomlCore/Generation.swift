@@ -36,7 +36,8 @@ public final class KVCacheDecoder {
     private let normed: FloatPointer                                   // [C], a LayerNorm output
     private let normMean: FloatPointer, normRstd: FloatPointer         // [1], unused by inference
     private let qkv: FloatPointer                                      // [3C]
-    private let scores: FloatPointer                                   // [T], one head's attention row
+    private let logSumExp: FloatPointer                                // [H], written by attention, unused here
+    private let attentionScratch: AttentionScratch
     private let attention: FloatPointer                                // [C], heads concatenated
     private let u1: FloatPointer, u3: FloatPointer?                    // [F] (u3: SwiGLU only)
     private let gate: FloatPointer                                     // [F], input of W2
@@ -67,7 +68,8 @@ public final class KVCacheDecoder {
         let T = config.seqLen, V = config.vocab, L = config.layers
         let swiglu = config.ffnKind == .swiglu
         let half = config.headDim / 2
-        let total = 2 * L * T * C + 2 * T * half + 2 * C + 2 + 3 * C + T + C + (swiglu ? 3 : 2) * F + V
+        let total = 2 * L * T * C + 2 * T * half + 2 * C + 2 + 3 * C + config.heads + AttentionScratch.count(seqLen: 1) + C
+            + (swiglu ? 3 : 2) * F + V
         arena = .allocate(capacity: total)
         arena.initialize(repeating: 0)
         var cursor = arena.baseAddress!
@@ -77,7 +79,9 @@ public final class KVCacheDecoder {
         ropeCos = carve(T * half); ropeSin = carve(T * half)
         residual = carve(C); normed = carve(C)
         normMean = carve(1); normRstd = carve(1)
-        qkv = carve(3 * C); scores = carve(T); attention = carve(C)
+        qkv = carve(3 * C); logSumExp = carve(config.heads)
+        attentionScratch = AttentionScratch(seqLen: 1, carve: carve)
+        attention = carve(C)
         u1 = carve(F); u3 = swiglu ? carve(F) : nil; gate = carve(F)
         logits = carve(V)
         precondition(cursor == arena.baseAddress! + total)
@@ -109,7 +113,10 @@ public final class KVCacheDecoder {
                 ropeForward(qkv, ropeCos, ropeSin, rows: 1, T: 1, C: C, heads: H, firstPosition: position)
                 (keyCache[l] + position * C).update(from: qkv + C, count: C)
                 (valueCache[l] + position * C).update(from: qkv + 2 * C, count: C)
-                attendToCache(keys: keyCache[l], values: valueCache[l])
+                // The training kernel, for one query row against the cached rows 0...position.
+                attentionForward(attention, ldOut: C, logSumExp, qkv, ldQ: 3 * C, keyCache[l], valueCache[l], ldKV: C, rows: 1,
+                                 firstPosition: position, heads: H, headDim: cfg.headDim, scratch: attentionScratch,
+                                 using: attentionProducts, scores: scoreProducts)
                 // x = x + a Woᵀ
                 products.product(false, true, m: 1, n: C, k: C, alpha: 1, attention, lda: C, p(w.wo), ldb: C, beta: 1, residual, ldc: C)
                 // h = LN(x); x = x + ffn(h) W2ᵀ
@@ -130,18 +137,6 @@ public final class KVCacheDecoder {
         }
         position += 1
         return UnsafeBufferPointer(start: logits, count: V)
-    }
-
-    /// attention[C] = concat over heads of softmax(q kᵀ/√D) v for the query in qkv against the
-    /// cached rows 0...position (overwritten). keys, values: [T,C].
-    private func attendToCache(keys: ConstFloatPointer, values: ConstFloatPointer) {
-        let C = config.dim, D = config.headDim, n = position + 1, scale = 1 / Float(D).squareRoot()
-        for h in 0..<config.heads {
-            scoreProducts.product(false, true, m: 1, n: n, k: D, alpha: scale, qkv + h * D, lda: 3 * C, keys + h * D, ldb: C,
-                 beta: 0, scores, ldc: n)
-            softmaxRowCausal(scores, valid: n, width: n)
-            attentionProducts.product(false, false, m: 1, n: D, k: n, alpha: 1, scores, lda: n, values + h * D, ldb: C, beta: 0, attention + h * D, ldc: C)
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 struct BlockActivations {
     let ln1: FloatPointer, ln1Mean: FloatPointer, ln1Rstd: FloatPointer   // [N,C], [N], [N]
     let qkv: FloatPointer                                                 // [N,3C], q and k after RoPE
-    let probs: FloatPointer                                               // [B,H,T,T]
+    let logSumExp: FloatPointer                                           // [B,H,T], attention's per-row softmax normaliser
     let attention: FloatPointer                                           // [N,C], heads concatenated
     let residualMid: FloatPointer                                         // [N,C], after the attention add
     let ln2: FloatPointer, ln2Mean: FloatPointer, ln2Rstd: FloatPointer   // [N,C], [N], [N]
@@ -43,31 +43,35 @@ public final class Transformer {
     private let dAttention: FloatPointer            // [N,C]
     private let dQKV: FloatPointer                  // [N,3C]
     private let dGate: FloatPointer, dU3: FloatPointer   // [N,F]; dGate is reused for dU1
-    private let dScores: FloatPointer               // [T,T]
+    private let attentionScratch: AttentionScratch  // a few blocks: attention keeps no T×T tensor
 
     /// Called during `backward` with a flat offset each time the gradients from that offset to
     /// the end of the layout are final (after the head, after each block, after the embedding),
     /// so a caller can start reducing them while backward goes on. Must not allocate.
     public var gradientsFinal: ((Int) -> Void)?
+    /// A deliberate fault in attention's backward (for proving that `verify` catches it).
+    public let attentionFault: AttentionFault?
     /// Bytes of activations (and their gradients) this model holds for its batch.
     public var activationBytes: Int { arena.count * MemoryLayout<Float>.stride }
 
     public init(config: ModelConfig, batch: Int, seqLen: Int? = nil,
-                products: ModelProducts = makeProducts(.fp32)) {
+                products: ModelProducts = makeProducts(.fp32), attentionFault: AttentionFault? = nil) {
         let T = seqLen ?? config.seqLen
         precondition(batch > 0 && T > 0 && T <= config.seqLen)
         self.products = products.linear
         self.attentionProducts = products.attention
         self.scoreProducts = products.scores
+        self.attentionFault = attentionFault
         self.config = config
         self.layout = ParameterLayout(config)
         self.batch = batch
         self.seqLen = T
         let N = batch * T, C = config.dim, F = config.ffn, V = config.vocab, H = config.heads, L = config.layers
         let swiglu = config.ffnKind == .swiglu
-        let perBlock = 7 * N * C + 4 * N + batch * H * T * T + (swiglu ? 3 : 2) * N * F
+        // Linear in T: nothing here is T×T (attention saves one log-sum-exp per row and head).
+        let perBlock = 7 * N * C + 4 * N + batch * H * T + (swiglu ? 3 : 2) * N * F
         let total = (L + 1) * N * C + L * perBlock + N * C + 2 * N + 2 * N * V + N
-            + 3 * N * C + 3 * N * C + 2 * N * F + T * T
+            + 3 * N * C + 3 * N * C + 2 * N * F + AttentionScratch.count(seqLen: T)
         arena = .allocate(capacity: total)
         arena.initialize(repeating: 0)
         var cursor = arena.baseAddress!
@@ -75,7 +79,7 @@ public final class Transformer {
         residuals = (0...L).map { _ in carve(N * C) }
         blocks = (0..<L).map { _ in
             BlockActivations(ln1: carve(N * C), ln1Mean: carve(N), ln1Rstd: carve(N), qkv: carve(3 * N * C),
-                             probs: carve(batch * H * T * T), attention: carve(N * C), residualMid: carve(N * C),
+                             logSumExp: carve(batch * H * T), attention: carve(N * C), residualMid: carve(N * C),
                              ln2: carve(N * C), ln2Mean: carve(N), ln2Rstd: carve(N),
                              u1: carve(N * F), u3: swiglu ? carve(N * F) : nil, gate: carve(N * F))
         }
@@ -86,7 +90,7 @@ public final class Transformer {
         dResidual = carve(N * C); dNormed = carve(N * C); dAttention = carve(N * C)
         dQKV = carve(3 * N * C)
         dGate = carve(N * F); dU3 = carve(N * F)
-        dScores = carve(T * T)
+        attentionScratch = AttentionScratch(seqLen: T, carve: carve)
         precondition(cursor == arena.baseAddress! + total)
 
         tokens = .allocate(capacity: N); tokens.initialize(repeating: 0)
@@ -114,8 +118,12 @@ public final class Transformer {
             layerNormForward(a.ln1, a.ln1Mean, a.ln1Rstd, x, p(w.attentionNormWeight), p(w.attentionNormBias), rows: N, C: C, eps: cfg.normEps)
             linearForward(a.qkv, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, using: products)
             ropeForward(a.qkv, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
-            attentionForward(a.attention, a.probs, a.qkv, B: batch, T: T, C: C, heads: H, using: attentionProducts,
-                             scores: scoreProducts)
+            for b in 0..<batch {
+                let q = a.qkv + b * T * 3 * C
+                attentionForward(a.attention + b * T * C, ldOut: C, a.logSumExp + b * H * T, q, ldQ: 3 * C, q + C, q + 2 * C,
+                                 ldKV: 3 * C, rows: T, firstPosition: 0, heads: H, headDim: cfg.headDim, scratch: attentionScratch,
+                                 using: attentionProducts, scores: scoreProducts)
+            }
             // x = x + a Woᵀ
             a.residualMid.update(from: x, count: N * C)
             products.product(false, true, m: N, n: C, k: C, alpha: 1, a.attention, lda: C, p(w.wo), ldb: C, beta: 1, a.residualMid, ldc: C)
@@ -178,7 +186,12 @@ public final class Transformer {
                               a.ln2Mean, a.ln2Rstd, rows: N, C: C)
             // x = x + a Woᵀ
             linearBackward(dAttention, g(w.wo), dx, a.attention, p(w.wo), rows: N, inFeatures: C, outFeatures: C, accumulateWeight: once, using: products)
-            attentionBackward(dQKV, dScores, dAttention, a.qkv, a.probs, B: batch, T: T, C: C, heads: H, using: attentionProducts)
+            for b in 0..<batch {
+                let q = a.qkv + b * T * 3 * C, dq = dQKV + b * T * 3 * C
+                attentionBackward(dq, dq + C, dq + 2 * C, dAttention + b * T * C, q, q + C, q + 2 * C, ldQKV: 3 * C,
+                                  a.attention + b * T * C, ldOut: C, a.logSumExp + b * H * T, rows: T, heads: H, headDim: cfg.headDim,
+                                  scratch: attentionScratch, fault: attentionFault, using: attentionProducts, scores: scoreProducts)
+            }
             ropeBackward(dQKV, ropeCos.baseAddress!, ropeSin.baseAddress!, rows: N, T: T, C: C, heads: H)
             // q, k, v = h Wq,k,vᵀ; h = LN(x)
             linearBackward(dNormed, g(w.wq), dQKV, a.ln1, p(w.wq), rows: N, inFeatures: C, outFeatures: 3 * C, accumulateWeight: once, using: products)
