@@ -23,5 +23,4 @@ final class AttentionTests: XCTestCase {
         }
         XCTAssertTrue(lines.first { $0.hasPrefix("logits ") }?.hasSuffix("ok") == true, r.stdout)
     }
-
 }
