@@ -5,6 +5,7 @@ forward + backward + clip + AdamW + loss.item(); 3 warm-up steps; median over th
 
     python3 scripts/pytorch_bench.py --config small --threads 2 --steps 10
     python3 scripts/pytorch_bench.py --config small --threads 2 --steps 10 --autocast   # bf16 autocast
+    python3 scripts/pytorch_bench.py --config base --batch 2 --threads 2 --steps 3
     python3 scripts/pytorch_bench.py --time-to-quality      # nano recipe, 2,000 steps
 Needs torch (pip install torch); not part of the product or its tests.
 """
@@ -18,7 +19,8 @@ from reference_pytorch import (Config, Transformer, init_weights, torch_adamw, B
 
 PRESETS = {"tiny": (Config(dim=64, layers=2, heads=4, ffn=172, seq_len=64), 8),
            "nano": (Config(dim=128, layers=4, heads=4, ffn=344, seq_len=64), 12),
-           "small": (Config(dim=384, layers=6, heads=6, ffn=1024, seq_len=256), 8)}
+           "small": (Config(dim=384, layers=6, heads=6, ffn=1024, seq_len=256), 8),
+           "base": (Config(dim=768, layers=12, heads=12, ffn=2048, seq_len=1024), 2)}
 DATA = os.path.join(here, "..", "data", "tinyshakespeare.txt")
 
 
@@ -36,9 +38,10 @@ def train_step(model, opt, sampler, autocast=False):
     return loss.item()
 
 
-def bench(name, threads, steps, autocast=False):
+def bench(name, threads, steps, autocast=False, batch=None):
     torch.set_num_threads(threads)
     cfg, B = PRESETS[name]
+    B = batch or B
     torch.manual_seed(0)
     model = Transformer(cfg, attn="sdpa")
     init_weights(model, torch.Generator().manual_seed(0))
@@ -53,7 +56,7 @@ def bench(name, threads, steps, autocast=False):
             times.append(time.perf_counter() - t)
     ms = statistics.median(times) * 1000
     tok = B * cfg.seq_len / (ms / 1000)
-    print(json.dumps({"config": name, "threads": threads, "torch": torch.__version__, "autocast_bf16": autocast, "ms_per_step": round(ms, 2),
+    print(json.dumps({"config": name, "batch": B, "threads": threads, "torch": torch.__version__, "autocast_bf16": autocast, "ms_per_step": round(ms, 2),
                       "tokens_per_s": round(tok), "model_gflops": round(tok * flops_per_token(cfg, cfg.seq_len) / 1e9, 1)}))
 
 
@@ -86,7 +89,8 @@ if __name__ == "__main__":
     ap.add_argument("--config", default="nano")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, help="global batch (default: the preset's)")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (torch.autocast on the CPU)")
     ap.add_argument("--time-to-quality", action="store_true")
     a = ap.parse_args()
-    time_to_quality() if a.time_to_quality else bench(a.config, a.threads, a.steps, a.autocast)
+    time_to_quality() if a.time_to_quality else bench(a.config, a.threads, a.steps, a.autocast, a.batch)

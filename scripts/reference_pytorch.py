@@ -1,5 +1,7 @@
 """Reference implementation (PyTorch) of the model in docs/model.md ("SPEC" below), used by
-scripts/pytorch_bench.py as the PyTorch baseline goml-dist is benchmarked against.
+scripts/pytorch_bench.py as the PyTorch baseline goml-dist is benchmarked against, and to
+make reference dumps: `python3 scripts/reference_pytorch.py` writes
+Tests/Fixtures/tiny_long.safetensors (the other fixtures predate this script's dump code).
 
 
 Byte-level LLaMA-style pre-norm decoder: LayerNorm with bias, RoPE (half-split
@@ -313,3 +315,94 @@ def eval_loss(model, val, T, B, nbatches):
         _, loss = model(x, y)
         tot += loss.item()
     return tot / nbatches
+
+
+# ----------------------------------------------------------------------------
+# Reference dumps (Tests/Fixtures/README.md layout)
+
+def write_safetensors(path, tensors, metadata):
+    """Minimal safetensors writer: F32/I32 tensors, little-endian, header padded to 8 bytes."""
+    import json, struct
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous()
+        dtype = {torch.float32: "F32", torch.int32: "I32"}[t.dtype]
+        data = t.numpy().tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def reference_run(model, x, y, dtype, lr=1e-3):
+    """Forward, backward, two SPEC AdamW steps on one batch, in `dtype`: the dump's quantities."""
+    model = model.to(dtype)
+    names = spec_param_names(model.cfg)
+    out = {"init." + n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = SpecAdamW(model.parameters())
+    logits, loss = model(x, y)
+    loss.backward()
+    out["logits"], out["loss"] = logits.detach(), loss.detach().reshape(1)
+    out.update({"grad." + n: p.grad.detach().clone() for n, p in model.named_parameters()})
+    out["grad_norm"] = opt.step(lr).reshape(1)
+    out.update({"step1." + n: p.detach().clone() for n, p in model.named_parameters()})
+    model.zero_grad(set_to_none=True)
+    _, loss2 = model(x, y)
+    loss2.backward()
+    out["step2_loss"] = loss2.detach().reshape(1)
+    out["step2_grad_norm"] = opt.step(lr).reshape(1)
+    out.update({"step2." + n: p.detach().clone() for n, p in model.named_parameters()})
+    assert [n for n, _ in model.named_parameters()] == names
+    return out
+
+
+def make_fixture(path, cfg, batch, seed, note):
+    """A reference dump at the SPEC default init: float32, one thread, plain masked-softmax
+    attention. Prints the float32 dump's worst errors against the same run in float64 from the
+    same float32 initial values (the measures of Tests/Fixtures/README.md's tolerance table)."""
+    import copy, json
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(seed)
+    model = Transformer(cfg, attn="plain")
+    init_weights(model, generator)
+    data = torch.randint(cfg.vocab, (batch, cfg.seq_len + 1), generator=generator)
+    x, y = data[:, :-1], data[:, 1:]
+    wide = reference_run(copy.deepcopy(model), x, y, torch.float64)
+    dump = reference_run(model, x, y, torch.float32)
+    L = cfg.layers
+    metadata = {
+        "config": json.dumps({**cfg.to_dict(), "head_dim": cfg.head_dim, "batch": batch}),
+        "generator": f"torch {torch.__version__}, float32, 1 thread, plain masked-softmax attention",
+        "init": json.dumps({"std": 0.02, "wo_w2_std": 0.02 / math.sqrt(2 * L), "layernorm": "weight=1, bias=0",
+                            "torch_generator_seed": seed}),
+        "layout": "init.<name>, tokens[B,T] i32, targets[B,T] i32, logits[B,T,V], loss[1], grad.<name>, "
+                  "grad_norm[1] (pre-clip), step1.<name>, step2_loss[1], step2_grad_norm[1], step2.<name>",
+        "note": note,
+        "optimizer": json.dumps({"b1": 0.9, "b2": 0.95, "eps": 1e-08, "wd": 0.1, "clip": 1.0, "lr_step1": 0.001,
+                                 "lr_step2": 0.001, "weight_decay_on": "2-D params only (embedding, matrices)"}),
+        "param_order": json.dumps(spec_param_names(cfg)),
+    }
+    write_safetensors(path, {**dump, "tokens": x.to(torch.int32), "targets": y.to(torch.int32)}, metadata)
+
+    def worst(prefix, measure):
+        return max(measure(dump[k].double(), wide[k]) for k in dump if k.startswith(prefix))
+    scaled = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
+    relative = lambda a, b: ((a - b).abs() / b.abs()).max().item()
+    absolute = lambda a, b: (a - b).abs().max().item()
+    print(f"{path}: float32 vs float64: logits {scaled(dump['logits'].double(), wide['logits']):.1e} of max |logit|, "
+          f"loss {max(worst('loss', relative), worst('step2_loss', relative)):.1e} rel, "
+          f"grad norm {max(worst('grad_norm', relative), worst('step2_grad_norm', relative)):.1e} rel, "
+          f"gradients {worst('grad.', scaled):.1e} of max |element|, "
+          f"parameters {max(worst('step1.', absolute), worst('step2.', absolute)):.1e} abs")
+
+
+if __name__ == "__main__":
+    # The long-sequence fixture: T 161 is odd and spans 2.5 of goml-dist's 64-row attention
+    # blocks (a full off-diagonal block, two diagonal ones and a partial one).
+    import sys
+    out = sys.argv[1] if len(sys.argv) > 1 else "Tests/Fixtures/tiny_long.safetensors"
+    make_fixture(out, Config(vocab=64, dim=32, layers=1, heads=4, ffn=64, seq_len=161), batch=2, seed=2024,
+                 note="T 161: odd, longer than two 64-row attention blocks; vocab 64 keeps the file small")

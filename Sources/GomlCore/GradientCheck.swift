@@ -20,6 +20,9 @@ public enum BackwardFault: String, Sendable, CaseIterable {
     /// mask): no gradient flows through a position's score with itself. Wrong from the last
     /// block's wq and wk down (its wv, wo and feed-forward stay right).
     case attentionDiagonal = "attention-diagonal"
+
+    /// The attention kernel's fault this stands for.
+    var attentionFault: AttentionFault? { self == .attentionDiagonal ? .maskedDiagonal : nil }
 }
 
 public enum GradientCheck {

@@ -151,21 +151,141 @@ private func ropeRotate(_ qkv: FloatPointer, _ cosTable: ConstFloatPointer, _ si
     }
 }
 
-// MARK: - Causal self-attention
+// MARK: - Causal self-attention (blocked, in the style of FlashAttention-2)
 
-/// out[B,T,C] = concat over heads of softmax(q kᵀ/√D + causal mask) v (overwritten);
-/// saves the probabilities probs[B,H,T,T] (zero above the diagonal). qkv is [B,T,3C] after RoPE.
-/// The scores q·kᵀ use `scores`, the rest `mm`.
-func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int,
-                      using mm: MatrixProducts, scores: MatrixProducts) {
-    let D = C / heads, scale = 1 / Float(D).squareRoot()
-    for b in 0..<B {
-        for h in 0..<heads {
-            let q = qkv + b * T * 3 * C + h * D, k = q + C, v = q + 2 * C
-            let p = probs + (b * heads + h) * T * T
-            scores.product(false, true, m: T, n: T, k: D, alpha: scale, q, lda: 3 * C, k, ldb: 3 * C, beta: 0, p, ldc: T)
-            for i in 0..<T { softmaxRowCausal(p + i * T, valid: i + 1, width: T) }
-            mm.product(false, false, m: T, n: D, k: T, alpha: 1, p, lda: T, v, ldb: 3 * C, beta: 0, out + b * T * C + h * D, ldc: C)
+/// Query rows and keys per attention block: a block of scores is 16 KB, so S, P and dS stay in
+/// cache beside their q, k and v rows. The block products go through the MatrixProducts seam
+/// (sgemm with transpose flags, or bf16), which lets bf16 serve attention unchanged; other
+/// block sizes and hand-written loops were not measured.
+let attentionBlock = 64
+
+/// Deliberate faults that `verify` must catch (hidden test flag).
+public enum AttentionFault: String, Sendable, CaseIterable {
+    /// The backward pass skips the diagonal key block of every query block.
+    case skipDiagonalBlock = "skip-diagonal-block"
+    /// The backward pass masks the diagonal as well as the future in dS (an off-by-one causal
+    /// mask): no gradient flows through a position's score with itself.
+    case maskedDiagonal = "masked-diagonal"
+}
+
+/// Working space of the attention kernels, carved once per model (one per worker thread):
+/// two blocks of scores and per-row numbers. Only `rowDelta` grows with T, linearly.
+struct AttentionScratch {
+    let scores: FloatPointer      // [block, block]: S, then P
+    let dScores: FloatPointer     // [block, block]: dP, then dS
+    let rowMax: FloatPointer      // [block]: the online softmax's running maximum m
+    let rowSum: FloatPointer      // [block]: its running sum l of exp(s − m)
+    let rowDelta: FloatPointer    // [T]: D = rowsum(dOut ∘ out) of one head
+
+    static func count(seqLen T: Int) -> Int { 2 * attentionBlock * attentionBlock + 2 * attentionBlock + T }
+
+    init(seqLen T: Int, carve: (Int) -> FloatPointer) {
+        scores = carve(attentionBlock * attentionBlock); dScores = carve(attentionBlock * attentionBlock)
+        rowMax = carve(attentionBlock); rowSum = carve(attentionBlock); rowDelta = carve(T)
+    }
+}
+
+/// out = concat over heads of softmax(q kᵀ/√D + causal mask) v (overwritten) for `rows` queries
+/// at positions firstPosition ..< firstPosition + rows, against keys 0 ..< firstPosition + rows;
+/// saves one log-sum-exp per head and row, lse[H, rows]. An online softmax over key blocks: no
+/// rows × keys tensor exists, and key blocks above the diagonal are never computed. Head h sits
+/// at column h·D of q, k, v and out, whose rows are ldQ, ldKV, ldKV and ldOut apart (training
+/// reads q, k, v from qkv [T,3C]; decoding reads k and v from the [T,C] cache).
+/// The scores q·kᵀ use `scores`, P·v uses `mm`; the softmax is float32.
+func attentionForward(_ out: FloatPointer, ldOut: Int, _ lse: FloatPointer, _ q: ConstFloatPointer, ldQ: Int,
+                      _ k: ConstFloatPointer, _ v: ConstFloatPointer, ldKV: Int, rows: Int, firstPosition: Int,
+                      heads: Int, headDim D: Int, scratch: AttentionScratch, using mm: MatrixProducts, scores: MatrixProducts) {
+    let scale = 1 / Float(D).squareRoot(), block = attentionBlock
+    let s = scratch.scores, m = scratch.rowMax, l = scratch.rowSum
+    for h in 0..<heads {
+        for r0 in stride(from: 0, to: rows, by: block) {
+            let bq = min(block, rows - r0)
+            let qBlock = q + r0 * ldQ + h * D, outBlock = out + r0 * ldOut + h * D
+            let keys = firstPosition + r0 + bq   // the block's last query sees keys 0 ..< keys
+            for c0 in stride(from: 0, to: keys, by: block) {
+                let bk = min(block, keys - c0), first = c0 == 0
+                scores.product(false, true, m: bq, n: bk, k: D, alpha: scale, qBlock, lda: ldQ, k + c0 * ldKV + h * D, ldb: ldKV,
+                               beta: 0, s, ldc: block)
+                for r in 0..<bq {
+                    let row = s + r * block, visible = min(bk, max(0, firstPosition + r0 + r + 1 - c0))
+                    if visible == 0 { row.update(repeating: 0, count: bk); continue }   // every key of this block is after row r
+                    let newMax = first ? maximum(row, visible) : max(m[r], maximum(row, visible))
+                    let blockSum = sumOfShiftedExp(row, visible, shift: newMax, out: row)
+                    if visible < bk { (row + visible).update(repeating: 0, count: bk - visible) }
+                    if first {
+                        l[r] = blockSum
+                    } else {
+                        // Rescale what earlier blocks summed to the new maximum.
+                        let correction = exp1(m[r] - newMax)
+                        l[r] = l[r] * correction + blockSum
+                        let o = outBlock + r * ldOut
+                        if correction != 1 { forEachChunk(D) { i, w in store(load(o + i, w) * correction, o + i, w) } }
+                    }
+                    m[r] = newMax
+                }
+                mm.product(false, false, m: bq, n: D, k: bk, alpha: 1, s, lda: block, v + c0 * ldKV + h * D, ldb: ldKV,
+                           beta: first ? 0 : 1, outBlock, ldc: ldOut)
+            }
+            for r in 0..<bq {
+                let o = outBlock + r * ldOut, inverse = 1 / l[r]
+                forEachChunk(D) { i, w in store(load(o + i, w) * inverse, o + i, w) }
+                lse[h * rows + r0 + r] = m[r] + log(l[r])
+            }
+        }
+    }
+}
+
+/// dq, dk, dv = ∂loss/∂(q, k, v) (overwritten) of attentionForward over T rows from position 0,
+/// given dOut and the forward's out and lse. Each block's probabilities are recomputed as
+/// P = exp(S − lse); with D = rowsum(dOut ∘ out), dS = P ∘ (dP − D). Key blocks above the
+/// diagonal are skipped, as in the forward. q, k, v, dq, dk, dv have rows ldQKV apart; out and
+/// dOut ldOut. S uses `scores`, the other products `mm`. `fault` breaks it on purpose.
+func attentionBackward(_ dq: FloatPointer, _ dk: FloatPointer, _ dv: FloatPointer, _ dOut: ConstFloatPointer,
+                       _ q: ConstFloatPointer, _ k: ConstFloatPointer, _ v: ConstFloatPointer, ldQKV ld: Int,
+                       _ out: ConstFloatPointer, ldOut: Int, _ lse: ConstFloatPointer, rows T: Int, heads: Int, headDim D: Int,
+                       scratch: AttentionScratch, fault: AttentionFault? = nil, using mm: MatrixProducts, scores: MatrixProducts) {
+    let scale = 1 / Float(D).squareRoot(), block = attentionBlock
+    let p = scratch.scores, ds = scratch.dScores, delta = scratch.rowDelta
+    for h in 0..<heads {
+        let column = h * D, lseHead = lse + h * T
+        for r in 0..<T {
+            delta[r] = dot(dOut + r * ldOut + column, out + r * ldOut + column, D)
+            (dq + r * ld + column).update(repeating: 0, count: D)
+            (dk + r * ld + column).update(repeating: 0, count: D)
+            (dv + r * ld + column).update(repeating: 0, count: D)
+        }
+        // Key blocks outer (FlashAttention-2's order): dk and dv of a block gather from every
+        // query block at or below the diagonal.
+        for c0 in stride(from: 0, to: T, by: block) {
+            let bk = min(block, T - c0)
+            let kBlock = k + c0 * ld + column, vBlock = v + c0 * ld + column
+            for r0 in stride(from: c0, to: T, by: block) {
+                if fault == .skipDiagonalBlock && r0 == c0 { continue }
+                let bq = min(block, T - r0)
+                let qBlock = q + r0 * ld + column, dOutBlock = dOut + r0 * ldOut + column
+                // P = exp(scale·q kᵀ − lse), zero above the diagonal
+                scores.product(false, true, m: bq, n: bk, k: D, alpha: scale, qBlock, lda: ld, kBlock, ldb: ld, beta: 0, p, ldc: block)
+                for r in 0..<bq {
+                    let row = p + r * block, visible = min(bk, r0 + r + 1 - c0), rowLSE = lseHead[r0 + r]
+                    forEachChunk(visible) { j, w in store(exp(load(row + j, w) - rowLSE), row + j, w) }
+                    if visible < bk { (row + visible).update(repeating: 0, count: bk - visible) }
+                }
+                // out = P v  →  dv += Pᵀ dOut, dP = dOut vᵀ
+                mm.product(true, false, m: bk, n: D, k: bq, alpha: 1, p, lda: block, dOutBlock, ldb: ldOut, beta: 1,
+                           dv + c0 * ld + column, ldc: ld)
+                mm.product(false, true, m: bq, n: bk, k: D, alpha: 1, dOutBlock, lda: ldOut, vBlock, ldb: ld, beta: 0, ds, ldc: block)
+                // P = softmax(S)  →  dS = P ∘ (dP − D); masked entries have P = 0.
+                for r in 0..<bq {
+                    let pr = p + r * block, dsr = ds + r * block, rowDelta = delta[r0 + r]
+                    forEachChunk(bk) { j, w in store(load(pr + j, w) * (load(dsr + j, w) - rowDelta), dsr + j, w) }
+                    if fault == .maskedDiagonal, r0 + r >= c0, r0 + r < c0 + bk { dsr[r0 + r - c0] = 0 }
+                }
+                // S = scale·q kᵀ  →  dq += scale·dS k, dk += scale·dSᵀ q
+                mm.product(false, false, m: bq, n: D, k: bk, alpha: scale, ds, lda: block, kBlock, ldb: ld, beta: 1,
+                           dq + r0 * ld + column, ldc: ld)
+                mm.product(true, false, m: bk, n: D, k: bq, alpha: scale, ds, lda: block, qBlock, ldb: ld, beta: 1,
+                           dk + c0 * ld + column, ldc: ld)
+            }
         }
     }
 }
@@ -180,42 +300,6 @@ func attentionForward(_ out: FloatPointer, _ probs: FloatPointer, _ qkv: ConstFl
         if let out { store(e, out + i, w) }
     }
     return total.sum()
-}
-
-/// Softmax of the first `valid` entries in place; entries valid..<width become 0 (the mask).
-@inline(__always) func softmaxRowCausal(_ row: FloatPointer, valid: Int, width: Int) {
-    let inv = 1 / sumOfShiftedExp(row, valid, shift: maximum(row, valid), out: row)
-    forEachChunk(valid) { i, w in store(load(row + i, w) * inv, row + i, w) }
-    if valid < width { (row + valid).update(repeating: 0, count: width - valid) }
-}
-
-/// dqkv[B,T,3C] = ∂loss/∂(q,k,v after RoPE) (overwritten). `scratch` holds T×T floats.
-func attentionBackward(_ dqkv: FloatPointer, _ scratch: FloatPointer, _ dOut: ConstFloatPointer,
-                       _ qkv: ConstFloatPointer, _ probs: ConstFloatPointer, B: Int, T: Int, C: Int, heads: Int,
-                       using mm: MatrixProducts, fault: BackwardFault? = nil) {
-    let D = C / heads, scale = 1 / Float(D).squareRoot()
-    let maskedDiagonal = fault == .attentionDiagonal ? 1 : 0
-    for b in 0..<B {
-        for h in 0..<heads {
-            let q = qkv + b * T * 3 * C + h * D, k = q + C, v = q + 2 * C
-            let dq = dqkv + b * T * 3 * C + h * D, dk = dq + C, dv = dq + 2 * C
-            let dA = dOut + b * T * C + h * D
-            let p = probs + (b * heads + h) * T * T
-            // a = P v  →  dv = Pᵀ dA, dP = dA vᵀ
-            mm.product(true, false, m: T, n: D, k: T, alpha: 1, p, lda: T, dA, ldb: C, beta: 0, dv, ldc: 3 * C)
-            mm.product(false, true, m: T, n: T, k: D, alpha: 1, dA, lda: C, v, ldb: 3 * C, beta: 0, scratch, ldc: T)
-            // P = softmax(S)  →  dS = P ⊙ (dP − rowsum(P ⊙ dP)); masked entries have P = 0.
-            for i in 0..<T {
-                let pr = p + i * T, ds = scratch + i * T, valid = i + 1 - maskedDiagonal
-                let s = dot(pr, ds, valid)
-                forEachChunk(valid) { j, w in store(load(pr + j, w) * (load(ds + j, w) - s), ds + j, w) }
-                if valid < T { (ds + valid).update(repeating: 0, count: T - valid) }
-            }
-            // S = scale·q kᵀ  →  dq = scale·dS k, dk = scale·dSᵀ q
-            mm.product(false, false, m: T, n: D, k: T, alpha: scale, scratch, lda: T, k, ldb: 3 * C, beta: 0, dq, ldc: 3 * C)
-            mm.product(true, false, m: T, n: D, k: T, alpha: scale, scratch, lda: T, q, ldb: 3 * C, beta: 0, dk, ldc: 3 * C)
-        }
-    }
 }
 
 // MARK: - Feed-forward activations

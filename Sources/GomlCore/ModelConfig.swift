@@ -51,7 +51,9 @@ public struct ModelConfig: Codable, Equatable, Hashable, Sendable {
     public static let tiny = ModelConfig(dim: 64, layers: 2, heads: 4, ffn: 172, seqLen: 64)
     public static let nano = ModelConfig(dim: 128, layers: 4, heads: 4, ffn: 344, seqLen: 64)
     public static let small = ModelConfig(dim: 384, layers: 6, heads: 6, ffn: 1024, seqLen: 256)
-    public static let presets: [(name: String, config: ModelConfig)] = [("tiny", tiny), ("nano", nano), ("small", small)]
+    /// GPT-2-small scale (about 85M weights) at T 1024.
+    public static let base = ModelConfig(dim: 768, layers: 12, heads: 12, ffn: 2048, seqLen: 1024)
+    public static let presets: [(name: String, config: ModelConfig)] = [("tiny", tiny), ("nano", nano), ("small", small), ("base", base)]
 
     public static func preset(named name: String) throws -> ModelConfig {
         guard let found = presets.first(where: { $0.name == name }) else {
@@ -62,7 +64,7 @@ public struct ModelConfig: Codable, Equatable, Hashable, Sendable {
 
     /// The batch size the anchors (and `bench`) use for each preset.
     public static func defaultBatch(forPreset name: String) -> Int {
-        switch name { case "tiny": 8; case "nano": 12; case "small": 8; default: 8 }
+        switch name { case "tiny": 8; case "nano": 12; case "small": 8; case "base": 2; default: 8 }
     }
 
     public var headDim: Int { dim / heads }

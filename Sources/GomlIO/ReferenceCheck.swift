@@ -89,10 +89,13 @@ public struct ReferenceDump {
 
     /// Recomputes everything the dump holds and compares. Gradients of tensors named in
     /// `gradientFault` are scaled by 1.01 first (for proving that a wrong gradient fails).
-    /// `precision` picks the products (and the measures); `bf16Fault` breaks the bf16 path.
-    public func compare(gradientFault: String? = nil, precision: Precision = .fp32, bf16Fault: BF16Fault? = nil) throws -> [Comparison] {
+    /// `precision` picks the products (and the measures); `bf16Fault` breaks the bf16 path and
+    /// `attentionFault` attention's backward.
+    public func compare(gradientFault: String? = nil, precision: Precision = .fp32, bf16Fault: BF16Fault? = nil,
+                        attentionFault: AttentionFault? = nil) throws -> [Comparison] {
         let layout = ParameterLayout(config)
-        let model = Transformer(config: config, batch: batch, products: makeProducts(precision, fault: bf16Fault))
+        let model = Transformer(config: config, batch: batch, products: makeProducts(precision, fault: bf16Fault),
+                                attentionFault: attentionFault)
         let bf16 = precision == .bf16
         func oneMinusCosine(_ a: [Float], _ b: [Float], _ range: Range<Int>) -> Double {
             var ab = 0.0, aa = 0.0, bb = 0.0

@@ -6,7 +6,7 @@ import GomlCore
 import GomlTrain
 
 struct ModelOptions: ParsableArguments {
-    @Option(help: "Model preset: tiny, nano or small.")
+    @Option(help: "Model preset: tiny, nano, small or base.")
     var config: String = "nano"
     @Option(help: "Override the preset's width (C).") var dim: Int?
     @Option(help: "Override the number of layers (L).") var layers: Int?

@@ -24,6 +24,9 @@ struct VerifyCommand: ParsableCommand {
     @Option(name: .customLong("fault-bf16"), help: ArgumentHelp("Break the bf16 path (wrong-leading-dimension): shows that verify --precision bf16 catches it.", visibility: .hidden))
     var faultBF16: String?
 
+    @Option(name: .customLong("fault-attention"), help: ArgumentHelp("Break attention's backward (skip-diagonal-block): shows that verify catches it.", visibility: .hidden))
+    var faultAttention: String?
+
     func run() throws {
         let dump: ReferenceDump
         let results: [Comparison]
@@ -34,8 +37,13 @@ struct VerifyCommand: ParsableCommand {
                 guard let f = BF16Fault(rawValue: name) else { throw ValidationError("unknown --fault-bf16 '\(name)'") }
                 return f
             }
+            let attentionFault = try faultAttention.map { name in
+                guard let f = AttentionFault(rawValue: name) else { throw ValidationError("unknown --fault-attention '\(name)'") }
+                return f
+            }
             dump = try ReferenceDump(path: reference)
-            results = try dump.compare(gradientFault: faultGradient, precision: chosen.precision, bf16Fault: fault)
+            results = try dump.compare(gradientFault: faultGradient, precision: chosen.precision, bf16Fault: fault,
+                                       attentionFault: attentionFault)
         } catch { fail("\(error)") }
         print("reference \(reference): \(dump.config.summary), batch \(dump.batch)")
         if chosen.precision != .fp32 || precision != "fp32" { print("precision \(chosen.precision.rawValue) (\(chosen.reason))") }

@@ -13,6 +13,8 @@ enum Harness {
     }
     static var corpus: String { packageRoot + "/data/tinyshakespeare.txt" }
     static var fixtures: String { packageRoot + "/Tests/Fixtures" }
+    /// Every reference fixture and the quantities `verify` compares for it (L 2: 83, L 1: 50).
+    static let fixtureQuantities = [("tiny_step", 83), ("tiny_clip", 83), ("tiny_noclip", 83), ("tiny_long", 50)]
 
     struct Result {
         let status: Int32

@@ -65,7 +65,8 @@ final class RepositoryTests: XCTestCase {
     func testTheCorpusAndFixturesAreCommitted() throws {
         let files = Set(try trackedFiles())
         for needed in ["data/tinyshakespeare.txt", "data/README.md", "docs/model.md",
-                       "Tests/Fixtures/tiny_step.safetensors", "Tests/Fixtures/tiny_clip.safetensors", "Tests/Fixtures/tiny_noclip.safetensors"] {
+                       "Tests/Fixtures/tiny_step.safetensors", "Tests/Fixtures/tiny_clip.safetensors", "Tests/Fixtures/tiny_noclip.safetensors",
+                       "Tests/Fixtures/tiny_long.safetensors"] {
             XCTAssertTrue(files.contains(needed), "\(needed) must be committed: tests, demo and docs read it")
         }
     }

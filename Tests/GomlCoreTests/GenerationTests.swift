@@ -7,8 +7,8 @@ import XCTest
 
 final class GenerationTests: XCTestCase {
     /// A small random model with logits far from flat (init std 0.3).
-    private func randomModel(_ kind: FFNKind = .swiglu, vocab: Int = 256, seed: UInt64 = 11) -> (ModelConfig, [Float]) {
-        let config = ModelConfig(vocab: vocab, dim: 32, layers: 2, heads: 4, ffn: 64, seqLen: 16, ffnKind: kind)
+    private func randomModel(_ kind: FFNKind = .swiglu, vocab: Int = 256, seed: UInt64 = 11, seqLen: Int = 16) -> (ModelConfig, [Float]) {
+        let config = ModelConfig(vocab: vocab, dim: 32, layers: 2, heads: 4, ffn: 64, seqLen: seqLen, ffnKind: kind)
         let layout = ParameterLayout(config)
         var rng = Xoshiro256(seed: seed)
         var params = [Float](repeating: 0, count: layout.count)
@@ -53,7 +53,8 @@ final class GenerationTests: XCTestCase {
 
     func testDecoderMatchesFullForwardAtEveryPosition() {
         for kind in FFNKind.allCases {
-            let (config, params) = randomModel(kind)
+            // Over two attention blocks: decoding meets full, diagonal and partial key blocks too.
+            let (config, params) = randomModel(kind, seqLen: 2 * attentionBlock + 21)
             let T = config.seqLen, V = config.vocab
             let model = Transformer(config: config, batch: 1)
             var rng = Xoshiro256(seed: 3)
