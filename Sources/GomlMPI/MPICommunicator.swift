@@ -153,6 +153,64 @@ public final class MPICommunicator: Communicator {
         return busy
     }
 
+    /// The sharded buckets and their per-rank counts and displacements, as MPI takes them.
+    private var sharded: [ShardedBucket] = []
+    private var shardCounts: [[Int32]] = [], shardDisplacements: [[Int32]] = []
+    private var reduceScatterSeconds = 0.0
+
+    public func prepareShardedBuckets(_ buckets: [ShardedBucket]) {
+        sharded = buckets
+        shardCounts = buckets.map { $0.counts.map { Int32($0) } }
+        shardDisplacements = shardCounts.map { counts in counts.indices.map { r in counts[..<r].reduce(0, +) } }
+    }
+
+    // Each collective runs to completion inside its start (from whichever thread starts it, one
+    // at a time: MPI_THREAD_SERIALIZED); the waits have nothing left to wait for.
+    public func startReduceScatter(bucket: Int) {
+        let values = sharded[bucket].gradient, start = DispatchTime.now().uptimeNanoseconds
+        shardCounts[bucket].withUnsafeBufferPointer { counts in
+            check("MPI_Reduce_scatter") {
+                MPI_Reduce_scatter(goml_mpi_in_place(), values.baseAddress, counts.baseAddress, goml_mpi_float(), goml_mpi_sum(), world)
+            }
+        }
+        reduceScatterSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    }
+
+    public func waitForReduceScatters() -> Double {
+        defer { reduceScatterSeconds = 0 }
+        return reduceScatterSeconds
+    }
+
+    public func startAllGather(bucket: Int) {
+        let values = sharded[bucket].parameters
+        shardCounts[bucket].withUnsafeBufferPointer { counts in
+            shardDisplacements[bucket].withUnsafeBufferPointer { displacements in
+                check("MPI_Allgatherv") {
+                    MPI_Allgatherv(goml_mpi_in_place(), 0, goml_mpi_float(), values.baseAddress, counts.baseAddress,
+                                   displacements.baseAddress, goml_mpi_float(), world)
+                }
+            }
+        }
+    }
+
+    public func waitForAllGathers() {}
+
+    public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
+        let counts32 = counts.map { Int32($0) }, displacements = counts32.indices.map { r in counts32[..<r].reduce(0, +) }
+        check("MPI_Gatherv") {
+            MPI_Gatherv(send.baseAddress, counts32[rank], goml_mpi_float(), receive.baseAddress, counts32, displacements,
+                        goml_mpi_float(), Int32(root), world)
+        }
+    }
+
+    public func scatter(_ send: UnsafeBufferPointer<Float>, counts: [Int], into receive: UnsafeMutableBufferPointer<Float>, root: Int) {
+        let counts32 = counts.map { Int32($0) }, displacements = counts32.indices.map { r in counts32[..<r].reduce(0, +) }
+        check("MPI_Scatterv") {
+            MPI_Scatterv(send.baseAddress, counts32, displacements, goml_mpi_float(), receive.baseAddress, counts32[rank],
+                         goml_mpi_float(), Int32(root), world)
+        }
+    }
+
     public func finalize() {
         watchdog.stop()
         MPI_Finalize()
