@@ -1,8 +1,8 @@
 // MPICommunicator: the only Swift that imports CMPI. Every call is checked; a failure names
 // the call and aborts the whole job. MPI is initialised MPI_THREAD_SERIALIZED: blocking calls
-// come from the main thread, and during a training step's overlapped all-reduce the
-// ProgressThread alone calls MPI (the main thread computes, then waits for it), so calls never
-// overlap. A watchdog ends the job when a collective makes no progress for
+// come from the main thread, and during a training step's overlapped all-reduce (or sharded
+// reduce-scatter, or all-gather) one ProgressThread alone calls MPI (the main thread computes,
+// then waits for it), so calls never overlap. A watchdog ends the job when a collective makes no progress for
 // `collectiveTimeout` seconds (a stopped rank or a lost host), instead of hanging forever.
 
 import CMPI
@@ -153,47 +153,44 @@ public final class MPICommunicator: Communicator {
         return busy
     }
 
-    /// The sharded buckets and their per-rank counts and displacements, as MPI takes them.
-    private var sharded: [ShardedBucket] = []
-    private var shardCounts: [[Int32]] = [], shardDisplacements: [[Int32]] = []
-    private var reduceScatterSeconds = 0.0
+    /// Sharded buckets: one progress thread reduce-scatters gradients, another all-gathers
+    /// parameters. Each calls MPI only between its bucket's start and the matching wait, and
+    /// the trainer never has both in flight, so MPI calls stay serialized.
+    private var reduceScatters: ProgressThread?, allGathers: ProgressThread?
 
     public func prepareShardedBuckets(_ buckets: [ShardedBucket]) {
-        sharded = buckets
-        shardCounts = buckets.map { $0.counts.map { Int32($0) } }
-        shardDisplacements = shardCounts.map { counts in counts.indices.map { r in counts[..<r].reduce(0, +) } }
+        precondition(reduceScatters == nil, "sharded buckets are registered once")
+        let counts = buckets.map { $0.counts }
+        reduceScatters = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.reduceScatter],
+                                        buckets: buckets.map(\.gradient), compression: .none, shardCounts: counts)
+        allGathers = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.allGather],
+                                    buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts)
     }
 
-    // Each collective runs to completion inside its start (from whichever thread starts it, one
-    // at a time: MPI_THREAD_SERIALIZED); the waits have nothing left to wait for.
     public func startReduceScatter(bucket: Int) {
-        let values = sharded[bucket].gradient, start = DispatchTime.now().uptimeNanoseconds
-        shardCounts[bucket].withUnsafeBufferPointer { counts in
-            check("MPI_Reduce_scatter") {
-                MPI_Reduce_scatter(goml_mpi_in_place(), values.baseAddress, counts.baseAddress, goml_mpi_float(), goml_mpi_sum(), world)
-            }
-        }
-        reduceScatterSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        guard let reduceScatters else { preconditionFailure("startReduceScatter before prepareShardedBuckets") }
+        reduceScatters.enqueue(bucket)
     }
 
     public func waitForReduceScatters() -> Double {
-        defer { reduceScatterSeconds = 0 }
-        return reduceScatterSeconds
+        guard let reduceScatters else { return 0 }
+        watchdog.enter("MPI_Reduce_scatter (overlapped gradient buckets)")
+        let busy = reduceScatters.waitAll()
+        watchdog.leave()
+        return busy
     }
 
     public func startAllGather(bucket: Int) {
-        let values = sharded[bucket].parameters
-        shardCounts[bucket].withUnsafeBufferPointer { counts in
-            shardDisplacements[bucket].withUnsafeBufferPointer { displacements in
-                check("MPI_Allgatherv") {
-                    MPI_Allgatherv(goml_mpi_in_place(), 0, goml_mpi_float(), values.baseAddress, counts.baseAddress,
-                                   displacements.baseAddress, goml_mpi_float(), world)
-                }
-            }
-        }
+        guard let allGathers else { preconditionFailure("startAllGather before prepareShardedBuckets") }
+        allGathers.enqueue(bucket)
     }
 
-    public func waitForAllGathers() {}
+    public func waitForAllGathers() {
+        guard let allGathers else { return }
+        watchdog.enter("MPI_Allgatherv (updated parameter buckets)")
+        _ = allGathers.waitAll()
+        watchdog.leave()
+    }
 
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
         let counts32 = counts.map { Int32($0) }, displacements = counts32.indices.map { r in counts32[..<r].reduce(0, +) }
@@ -263,9 +260,13 @@ final class CollectiveWatchdog: @unchecked Sendable {
 /// over every rank; hierarchical: reduce to the host's first rank through shared memory, that
 /// rank's all-reduce across hosts, broadcast back inside the host. Each phase starts in bucket
 /// order on every rank (a bucket waits until the one before it has started that phase), as
-/// MPI requires of collectives on one communicator.
+/// MPI requires of collectives on one communicator. A sharded reduction runs two such threads,
+/// one phase each: the gradient buckets' reduce-scatter and the parameter buckets' all-gather.
 final class ProgressThread: @unchecked Sendable {
-    enum Phase: Int { case hostReduce, allReduce, hostBroadcast }
+    enum Phase: Int, CaseIterable {
+        case hostReduce, allReduce, hostBroadcast, reduceScatter, allGather
+        var withinHost: Bool { self == .hostReduce || self == .hostBroadcast }
+    }
     private static let pollInterval: UInt32 = 200   // µs
     private unowned let owner: MPICommunicator
     // world: the all-reduce's ranks (every rank, or host leaders); node, nodeBroadcast: this host's
@@ -277,6 +278,9 @@ final class ProgressThread: @unchecked Sendable {
     /// bf16: each bucket's wire copy across hosts (nil without compression).
     private let staged: [UnsafeMutableBufferPointer<UInt16>?]
     private let requests: UnsafeMutablePointer<MPI_Request?>   // [phase kind × bucket]
+    /// Sharded phases: per bucket, each rank's element count and offset (MPI reads them for
+    /// as long as the persistent request lives).
+    private let shardCounts: [UnsafeMutableBufferPointer<Int32>], shardOffsets: [UnsafeMutableBufferPointer<Int32>]
     private let made: UnsafeMutableBufferPointer<Bool>
     private let next: UnsafeMutableBufferPointer<Int>           // per bucket: phase in flight or to start
     private let active: UnsafeMutableBufferPointer<Bool>
@@ -291,8 +295,18 @@ final class ProgressThread: @unchecked Sendable {
     private var newStep = true                      // under `lock`: the next start opens the busy span
 
     init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
-         compression: GradientCompression) {
+         compression: GradientCompression, shardCounts: [[Int]] = []) {
         self.owner = owner
+        self.shardCounts = shardCounts.map { counts in
+            let buffer = UnsafeMutableBufferPointer<Int32>.allocate(capacity: counts.count)
+            _ = buffer.initialize(from: counts.map { Int32($0) })
+            return buffer
+        }
+        shardOffsets = shardCounts.map { counts in
+            let buffer = UnsafeMutableBufferPointer<Int32>.allocate(capacity: counts.count)
+            _ = buffer.initialize(from: counts.indices.map { Int32(counts[..<$0].reduce(0, +)) })
+            return buffer
+        }
         self.world = world
         self.node = node
         self.nodeBroadcast = nodeBroadcast
@@ -300,9 +314,10 @@ final class ProgressThread: @unchecked Sendable {
         self.buckets = buckets
         let crosses = phases.contains(.allReduce)
         staged = buckets.map { compression == .bf16 && crosses ? .allocate(capacity: $0.count) : nil }
-        requests = .allocate(capacity: 3 * buckets.count)
-        requests.initialize(repeating: goml_mpi_request_null(), count: 3 * buckets.count)
-        made = .allocate(capacity: 3 * buckets.count)
+        let slots = Phase.allCases.count * buckets.count
+        requests = .allocate(capacity: slots)
+        requests.initialize(repeating: goml_mpi_request_null(), count: slots)
+        made = .allocate(capacity: slots)
         made.initialize(repeating: false)
         next = .allocate(capacity: buckets.count)
         next.initialize(repeating: 0)
@@ -382,7 +397,7 @@ final class ProgressThread: @unchecked Sendable {
                 active[bucket] = true
             }
             previousStarted = next[bucket] + (active[bucket] ? 1 : 0)
-            if active[bucket] && phases[next[bucket]] != .allReduce { hostPhaseActive = true }
+            if active[bucket] && phases[next[bucket]].withinHost { hostPhaseActive = true }
         }
     }
 
@@ -418,6 +433,17 @@ final class ProgressThread: @unchecked Sendable {
             case .hostBroadcast:
                 owner.check("MPIX_Bcast_init", watched: false) {
                     MPIX_Bcast_init(values.baseAddress, count, goml_mpi_float(), 0, nodeBroadcast, goml_mpi_info_null(), request)
+                }
+            case .reduceScatter:
+                // In place: this rank's summed part lands at the start of the bucket.
+                owner.check("MPIX_Reduce_scatter_init", watched: false) {
+                    MPIX_Reduce_scatter_init(goml_mpi_in_place(), values.baseAddress, shardCounts[bucket].baseAddress, goml_mpi_float(),
+                                             goml_mpi_sum(), world, goml_mpi_info_null(), request)
+                }
+            case .allGather:
+                owner.check("MPIX_Allgatherv_init", watched: false) {
+                    MPIX_Allgatherv_init(goml_mpi_in_place(), 0, goml_mpi_float(), values.baseAddress, shardCounts[bucket].baseAddress,
+                                         shardOffsets[bucket].baseAddress, goml_mpi_float(), world, goml_mpi_info_null(), request)
                 }
             }
         }
