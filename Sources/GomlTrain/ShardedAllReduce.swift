@@ -147,16 +147,21 @@ public final class ShardedAllReduce: DataParallelStrategy {
         if applied {
             // Each bucket's gather starts once this rank's slice of it is updated; every rank
             // starts all of them in forward order, its empty slices included.
-            var gathered = 0
-            func gatherThrough(_ last: Int) {
-                while gathered <= last { comm.startAllGather(bucket: forwardOrder[gathered]); gathered += 1 }
-            }
+            gathered = 0
             optimizer.update(parameters.base, grads: gradients.sum.base, lr: lr,
-                             gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip), rangeUpdated: gatherThrough)
+                             gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip)) { self.gatherThrough($0) }
             gatherThrough(forwardOrder.count - 1)
             comm.waitForAllGathers()
         }
         return StepUpdate(gradNorm: norm, applied: applied)
+    }
+
+    /// Buckets (in forward order) whose all-gather this step has started.
+    private var gathered = 0
+
+    /// Starts the all-gathers of forward buckets up to `last`.
+    private func gatherThrough(_ last: Int) {
+        while gathered <= last { comm.startAllGather(bucket: forwardOrder[gathered]); gathered += 1 }
     }
 
     /// Rank 0 gathers m into the gradient buffer (free between steps: its next pass overwrites
