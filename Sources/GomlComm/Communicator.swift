@@ -46,8 +46,7 @@ public protocol Communicator: AnyObject {
     /// contiguous in rank order.
     func prepareShardedBuckets(_ buckets: [ShardedBucket])
     /// Starts summing registered bucket `bucket`'s gradient over ranks; each rank receives only
-    /// the sum of its own part, at the start of the bucket's gradient (the rest of it is
-    /// scratch). Callable from any thread, one at a time, while no blocking collective runs;
+    /// the sum of its own part, in place (the other parts are left as they were). Callable from any thread, one at a time, while no blocking collective runs;
     /// every rank starts the same buckets in the same order.
     func startReduceScatter(bucket: Int)
     /// Waits for every started reduce-scatter; returns the seconds the network was busy.

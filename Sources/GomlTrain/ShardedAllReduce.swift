@@ -72,8 +72,8 @@ public final class ShardedAllReduce: DataParallelStrategy {
         let shards = ShardLayout(buckets: gradientBuckets(layout, bucketBytes: communication.bucketBytes), ranks: comm.size)
         self.shards = shards
         forwardOrder = shards.buckets.indices.reversed()
-        // The reduce-scatter leaves a bucket's summed slice at the bucket's start.
-        let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.buckets[$0].lowerBound) }
+        // The reduce-scatter sums a rank's slices in place: gradient and parameters share offsets.
+        let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.slice($0, rank: comm.rank).lowerBound) }
         optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned)
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
@@ -125,12 +125,12 @@ public final class ShardedAllReduce: DataParallelStrategy {
         return reduction.finishStep()
     }
 
-    /// This rank's summed slices, each at the start of its bucket; the rest is scratch.
+    /// This rank's summed slices, in place; the rest is this rank's own gradient.
     public var reducedGradient: UnsafeMutableBufferPointer<Float> { gradients.sum.pointer }
 
     /// This rank's summed gradient of `bucket`'s slice.
     private func reducedSlice(_ bucket: Int) -> UnsafeBufferPointer<Float> {
-        UnsafeBufferPointer(rebasing: gradients.sum.pointer[shards.buckets[bucket].lowerBound...].prefix(shards.slice(bucket, rank: comm.rank).count))
+        UnsafeBufferPointer(rebasing: gradients.sum.pointer[shards.slice(bucket, rank: comm.rank)])
     }
 
     public func finishStep(lr: Double, lossIsFinite: Bool) -> StepUpdate {
