@@ -76,8 +76,8 @@ public protocol DataParallelStrategy: AnyObject {
     /// After every pass: completes the gradient sum across workers and ranks (collective).
     /// Returns the seconds the network was busy with it.
     func reduce() -> Double
-    /// The reduced gradient the update reads: final, and the same on every rank, between
-    /// `reduce()` and `finishStep`.
+    /// The reduced gradient the update reads, final between `reduce()` and `finishStep`: whole
+    /// and the same on every rank when replicated; when sharded, final on the rank's slices only.
     var reducedGradient: UnsafeMutableBufferPointer<Float> { get }
     /// Global norm, clip and AdamW from the reduced gradient, at learning rate `lr`; no update
     /// when the loss or the norm is not finite (the run then stops).

@@ -186,7 +186,8 @@ public final class Trainer {
         timings.communication = strategy.reduce()
         let loss = reduceLoss()
         lap(\.reduce)
-        // Here the reduced gradient (strategy.reducedGradient) is final, the same on every rank.
+        // Here the reduced gradient (strategy.reducedGradient) is final: whole and the same on
+        // every rank, or, sharded, on this rank's slices.
         // Norm, clip and AdamW.
         let lr = options.schedule.rate(atStep: attempted)
         let update = strategy.finishStep(lr: lr, lossIsFinite: loss.isFinite)
