@@ -43,8 +43,8 @@ public protocol Communicator: AnyObject {
 
     /// Registers the buckets of a sharded reduction (once, before the first step; every rank
     /// registers the same). Rank r owns `counts[r]` elements of each bucket, the ranks' parts
-    /// contiguous in rank order.
-    func prepareShardedBuckets(_ buckets: [ShardedBucket])
+    /// contiguous in rank order. With `.bf16` the gradients travel as bfloat16, added in float32.
+    func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression)
     /// Starts summing registered bucket `bucket`'s gradient over ranks; each rank receives only
     /// the sum of its own part, in place (the other parts are left as they were). Callable from any thread, one at a time, while no blocking collective runs;
     /// every rank starts the same buckets in the same order.
@@ -120,7 +120,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func startAllReduceSum(bucket: Int) {}
     public func waitForAllReduces() -> Double { 0 }
     // One rank owns every bucket whole: its sum is its gradient, its gather its parameters.
-    public func prepareShardedBuckets(_ buckets: [ShardedBucket]) {}
+    public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {}
     public func startReduceScatter(bucket: Int) {}
     public func waitForReduceScatters() -> Double { 0 }
     public func startAllGather(bucket: Int) {}

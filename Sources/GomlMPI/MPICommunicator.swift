@@ -158,7 +158,7 @@ public final class MPICommunicator: Communicator {
     /// the trainer never has both in flight, so MPI calls stay serialized.
     private var reduceScatters: ProgressThread?, allGathers: ProgressThread?
 
-    public func prepareShardedBuckets(_ buckets: [ShardedBucket]) {
+    public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {
         precondition(reduceScatters == nil, "sharded buckets are registered once")
         let counts = buckets.map { $0.counts }
         // The reduce-scatter is one reduce per owner and bucket, each rank's part summed in place
@@ -175,7 +175,7 @@ public final class MPICommunicator: Communicator {
             }
         }
         reduceScatters = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.reduceToOwner],
-                                        buckets: parts, compression: .none, owners: owners)
+                                        buckets: parts, compression: compression, owners: owners)
         allGathers = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.allGather],
                                     buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts)
     }
@@ -280,6 +280,8 @@ final class ProgressThread: @unchecked Sendable {
     enum Phase: Int, CaseIterable {
         case hostReduce, allReduce, hostBroadcast, reduceToOwner, allGather
         var withinHost: Bool { self == .hostReduce || self == .hostBroadcast }
+        /// The phases whose values travel as bfloat16 with compression.
+        var sumsOverRanks: Bool { self == .allReduce || self == .reduceToOwner }
     }
     private static let pollInterval: UInt32 = 200   // µs
     private unowned let owner: MPICommunicator
@@ -328,7 +330,7 @@ final class ProgressThread: @unchecked Sendable {
         self.nodeBroadcast = nodeBroadcast
         self.phases = phases
         self.buckets = buckets
-        let crosses = phases.contains(.allReduce)
+        let crosses = phases.contains(.allReduce) || phases.contains(.reduceToOwner)
         staged = buckets.map { compression == .bf16 && crosses ? .allocate(capacity: $0.count) : nil }
         let slots = Phase.allCases.count * buckets.count
         requests = .allocate(capacity: slots)
@@ -420,7 +422,7 @@ final class ProgressThread: @unchecked Sendable {
     private func start(_ phase: Phase, _ bucket: Int) {
         let slot = phase.rawValue * buckets.count + bucket, request = requests + slot
         let values = buckets[bucket]
-        if phase == .allReduce, let wire = staged[bucket] {
+        if phase.sumsOverRanks, let wire = staged[bucket] {
             for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
         }
         if !made[slot] {
@@ -453,9 +455,16 @@ final class ProgressThread: @unchecked Sendable {
             case .reduceToOwner:
                 // The owner sums in place; the others send their values.
                 let root = owners[bucket], owns = Int(root) == owner.rank
-                owner.check("MPIX_Reduce_init", watched: false) {
-                    MPIX_Reduce_init(owns ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(values.baseAddress), owns ? values.baseAddress : nil,
-                                     count, goml_mpi_float(), goml_mpi_sum(), root, world, goml_mpi_info_null(), request)
+                if let wire = staged[bucket] {
+                    owner.check("MPIX_Reduce_init", watched: false) {
+                        MPIX_Reduce_init(owns ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(wire.baseAddress), owns ? wire.baseAddress : nil,
+                                         count, goml_mpi_uint16(), bf16Sum, root, world, goml_mpi_info_null(), request)
+                    }
+                } else {
+                    owner.check("MPIX_Reduce_init", watched: false) {
+                        MPIX_Reduce_init(owns ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(values.baseAddress), owns ? values.baseAddress : nil,
+                                         count, goml_mpi_float(), goml_mpi_sum(), root, world, goml_mpi_info_null(), request)
+                    }
                 }
             case .allGather:
                 owner.check("MPIX_Allgatherv_init", watched: false) {
@@ -475,7 +484,8 @@ final class ProgressThread: @unchecked Sendable {
     }
 
     private func finish(_ phase: Phase, _ bucket: Int) {
-        guard phase == .allReduce, let wire = staged[bucket] else { return }
+        // Widened where the sum arrived: every rank of an all-reduce, the owner of a reduce.
+        guard phase == .allReduce || (phase == .reduceToOwner && Int(owners[bucket]) == owner.rank), let wire = staged[bucket] else { return }
         let values = buckets[bucket]
         for i in 0..<values.count { values[i] = goml_bf16_to_float(wire[i]) }
     }

@@ -1,8 +1,8 @@
 // ShardedAllReduce: `--reduction allreduce` on several ranks unless `--no-shard` (ZeRO stage 1,
 // llm.c's `-z 1`). Every rank holds the whole parameters and its workers' gradients, but each
 // rank owns one slice of every gradient bucket: the buckets are reduce-scattered (during
-// backward, as the all-reduce's are started), so a rank receives the summed gradient of its
-// slices only; the global norm comes from the slices' squared norms; AdamW updates the slices
+// backward, as the all-reduce's are started; float32, or bfloat16 with --grad-compression
+// bf16), so a rank receives the summed gradient of its slices only; the global norm comes from the slices' squared norms; AdamW updates the slices
 // alone, with moments for them alone (1/N of the optimizer state); then each bucket's updated
 // slices are all-gathered. Losses match the replicated all-reduce to float32 rounding.
 
@@ -50,9 +50,6 @@ public final class ShardedAllReduce: DataParallelStrategy {
 
     public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
         try ReplicatedAllReduce.validate(options, communication: communication, worldSize: worldSize)
-        if communication.compression != .none {
-            throw ConfigError("--grad-compression \(communication.compression.rawValue) is not implemented for the sharded reduce-scatter; add --no-shard to compress the replicated all-reduce")
-        }
         if communication.hierarchical {
             throw ConfigError("--hierarchical applies to the replicated all-reduce; add --no-shard to use it")
         }
@@ -82,7 +79,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         comm.prepareShardedBuckets(shards.buckets.indices.map { b in
             ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradients.sum.pointer[shards.buckets[b]]),
                           parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[shards.buckets[b]]), counts: shards.counts(b))
-        })
+        }, compression: communication.compression)
         reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, start: { comm.startReduceScatter(bucket: $0) },
                                       waitAll: { comm.waitForReduceScatters() })
         partialNorm = .allocate(capacity: 1)
@@ -104,7 +101,8 @@ public final class ShardedAllReduce: DataParallelStrategy {
     public var summary: String {
         let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
             : "reduce-scatter after backward"
-        return "allreduce sharded over \(comm.size) ranks (\(when), AdamW on each rank's 1/\(comm.size), all-gather of parameters; --no-shard replicates)"
+        let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
+        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters; --no-shard replicates)"
     }
 
     public func beginStep() { reduction.beginStep() }

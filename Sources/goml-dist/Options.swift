@@ -90,8 +90,7 @@ struct ParallelOptions: ParsableArguments {
     /// The strategy to run: allreduce on several ranks is sharded unless --no-shard (measured
     /// faster: docs/multihost-bench.md), or unless an all-reduce-only option asks for it.
     func reduction(_ requested: ReductionMode, worldSize: Int) -> ReductionMode {
-        requested == .allReduce && worldSize > 1 && !noShard && gradCompression == GradientCompression.none.rawValue && !hierarchical
-            ? .sharded : requested
+        requested == .allReduce && worldSize > 1 && !noShard && !hierarchical ? .sharded : requested
     }
 
     /// The all-reduce settings, or a one-line error naming the flag.

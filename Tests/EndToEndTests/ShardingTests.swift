@@ -1,6 +1,7 @@
 // Sharded data parallelism (the default allreduce on several ranks): the replicated run's
-// numbers to float32 rounding at several world sizes and worker counts, resumption bit for bit
-// at the same world size and at another one, and checkpoints as the replicated run writes them.
+// numbers to float32 rounding at several world sizes and worker counts and with bf16 on the
+// wire, resumption bit for bit at the same world size and at another one, and checkpoints as
+// the replicated run writes them.
 
 import Foundation
 import GomlIO
@@ -45,6 +46,17 @@ final class ShardingTests: XCTestCase {
             XCTAssertTrue(s.stdout.contains("sharding saved"), s.stdout)
             try assertClose(sharded, replicated, what)
         }
+    }
+
+    /// With bf16 on the wire at np 2 each sum is one bf16 addition either way, so the sharded
+    /// reduce (widened on the slice's owner) gives the replicated all-reduce's numbers.
+    func testCompressedShardedMatchesCompressedReplicated() throws {
+        let replicated = Harness.temporaryDirectory("bf16-replicated"), sharded = Harness.temporaryDirectory("bf16-sharded")
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(replicated, extra: ["--grad-compression", "bf16", "--no-shard"])), "replicated bf16")
+        let s = Harness.mpirun(np: 2, tinyRun(sharded, extra: ["--grad-compression", "bf16"]))
+        Harness.assertSuccess(s, "sharded bf16")
+        XCTAssertTrue(s.stdout.contains("bf16 on the wire, AdamW on each rank's 1/2"), s.stdout)
+        try assertClose(sharded, replicated, "bf16 on the wire")
     }
 
     /// Stopped at step 25 and resumed at the same world size: the uninterrupted run's bits.
