@@ -40,6 +40,41 @@ public protocol Communicator: AnyObject {
     /// Waits until every started sum has completed; returns the seconds from the first start
     /// to the last completion (how long the network was busy).
     func waitForAllReduces() -> Double
+
+    /// Registers the buckets of a sharded reduction (once, before the first step; every rank
+    /// registers the same). Rank r owns `counts[r]` elements of each bucket, the ranks' parts
+    /// contiguous in rank order. With `.bf16` the gradients travel as bfloat16, added in float32.
+    func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression)
+    /// Starts summing registered bucket `bucket`'s gradient over ranks; each rank receives only
+    /// the sum of its own part, in place (the other parts are left as they were). Callable from any thread, one at a time, while no blocking collective runs;
+    /// every rank starts the same buckets in the same order.
+    func startReduceScatter(bucket: Int)
+    /// Waits for every started reduce-scatter; returns the seconds the network was busy.
+    func waitForReduceScatters() -> Double
+    /// Starts gathering registered bucket `bucket`'s parameters: each rank's part, in place,
+    /// to every rank. Same calling rules as `startReduceScatter`.
+    func startAllGather(bucket: Int)
+    /// Waits for every started all-gather.
+    func waitForAllGathers()
+    /// Rank r's `send` (`counts[r]` values) placed at its part of `receive` on `root`, the
+    /// parts contiguous in rank order (blocking; `receive` is read on `root` only).
+    func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int)
+    /// The inverse of `gather`: rank r receives its part of `root`'s `send` (blocking).
+    func scatter(_ send: UnsafeBufferPointer<Float>, counts: [Int], into receive: UnsafeMutableBufferPointer<Float>, root: Int)
+}
+
+/// One bucket of a sharded reduction: the whole bucket of gradient and of parameters (the same
+/// elements), and how many elements of it each rank owns.
+public struct ShardedBucket {
+    public let gradient: UnsafeMutableBufferPointer<Float>
+    public let parameters: UnsafeMutableBufferPointer<Float>
+    public let counts: [Int]
+    public init(gradient: UnsafeMutableBufferPointer<Float>, parameters: UnsafeMutableBufferPointer<Float>, counts: [Int]) {
+        precondition(gradient.count == parameters.count && counts.reduce(0, +) == gradient.count)
+        self.gradient = gradient
+        self.parameters = parameters
+        self.counts = counts
+    }
 }
 
 /// How gradient buckets travel: float32 as computed, or bfloat16 (half the bytes).
@@ -84,4 +119,16 @@ public final class SingleProcessCommunicator: Communicator {
     public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {}
     public func startAllReduceSum(bucket: Int) {}
     public func waitForAllReduces() -> Double { 0 }
+    // One rank owns every bucket whole: its sum is its gradient, its gather its parameters.
+    public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {}
+    public func startReduceScatter(bucket: Int) {}
+    public func waitForReduceScatters() -> Double { 0 }
+    public func startAllGather(bucket: Int) {}
+    public func waitForAllGathers() {}
+    public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
+        _ = receive.update(fromContentsOf: send)
+    }
+    public func scatter(_ send: UnsafeBufferPointer<Float>, counts: [Int], into receive: UnsafeMutableBufferPointer<Float>, root: Int) {
+        _ = receive.update(fromContentsOf: send)
+    }
 }

@@ -31,8 +31,13 @@ public struct LearningRateSchedule: Codable, Equatable, Sendable {
 }
 
 /// Global L2 norm of a flat buffer; blocks of 8-wide float sums added in double, in a fixed order.
-public func globalNorm(_ values: UnsafeBufferPointer<Float>) -> Double {
-    let base = values.baseAddress!, n = values.count
+public func globalNorm(_ values: UnsafeBufferPointer<Float>) -> Double { sumOfSquares(values).squareRoot() }
+
+/// Σ values², in blocks of 8-wide float sums added in double, in a fixed order (a shard's part
+/// of the squared global norm).
+public func sumOfSquares(_ values: UnsafeBufferPointer<Float>) -> Double {
+    guard let base = values.baseAddress else { return 0 }
+    let n = values.count
     var total = 0.0
     var start = 0
     while start < n {
@@ -42,7 +47,7 @@ public func globalNorm(_ values: UnsafeBufferPointer<Float>) -> Double {
         total += Double(acc.sum())
         start = end
     }
-    return total.squareRoot()
+    return total
 }
 
 /// The factor that scales a gradient of norm `norm` down to at most `maxNorm`.
@@ -51,35 +56,64 @@ public func clipScale(norm: Double, maxNorm: Float) -> Float {
 }
 
 public final class AdamW {
+    /// A run of elements in one tensor: where its parameters, its gradient and its moments lie.
+    struct Segment {
+        let parameter: Int, gradient: Int, moment: Int, count: Int
+        let decayed: Bool
+        /// The owned range it belongs to, and whether it ends it.
+        let owner: Int, endsOwner: Bool
+    }
+
     public let config: OptimizerConfig
-    /// First and second moments, flat in parameter layout.
+    /// First and second moments of the owned elements, in `owned` order (flat in parameter
+    /// layout when one rank owns everything).
     public let m: UnsafeMutableBufferPointer<Float>, v: UnsafeMutableBufferPointer<Float>
     /// Steps taken so far (t of the last update).
     public var step: Int = 0
-    private let decayed: [Range<Int>], undecayed: [Range<Int>]
+    private let segments: [Segment]
 
-    public init(layout: ParameterLayout, config: OptimizerConfig) {
+    /// Moments for every parameter; the gradient is laid out like the parameters.
+    public convenience init(layout: ParameterLayout, config: OptimizerConfig) {
+        self.init(layout: layout, config: config, owned: [(0..<layout.count, 0)])
+    }
+
+    /// Moments for the `owned` parameter ranges only (a rank's shard), packed in that order;
+    /// each range's gradient starts at its `gradient` offset. AdamW is elementwise, so a range
+    /// may cut through a tensor: decay follows the tensor each element lies in.
+    public init(layout: ParameterLayout, config: OptimizerConfig, owned: [(parameters: Range<Int>, gradient: Int)]) {
         self.config = config
-        m = .allocate(capacity: layout.count); m.initialize(repeating: 0)
-        v = .allocate(capacity: layout.count); v.initialize(repeating: 0)
-        decayed = layout.tensors.filter(\.isMatrix).map(\.range)
-        undecayed = layout.tensors.filter { !$0.isMatrix }.map(\.range)
+        var segments: [Segment] = [], moment = 0
+        for (owner, (range, gradient)) in owned.enumerated() {
+            for tensor in layout.tensors {
+                let part = range.clamped(to: tensor.range)
+                guard !part.isEmpty else { continue }
+                let shift = part.lowerBound - range.lowerBound
+                segments.append(Segment(parameter: part.lowerBound, gradient: gradient + shift, moment: moment + shift,
+                                        count: part.count, decayed: tensor.isMatrix, owner: owner, endsOwner: part.upperBound == range.upperBound))
+            }
+            moment += range.count
+        }
+        self.segments = segments
+        m = .allocate(capacity: moment); m.initialize(repeating: 0)
+        v = .allocate(capacity: moment); v.initialize(repeating: 0)
     }
 
     deinit { m.deallocate(); v.deallocate() }
 
-    /// One update: g = gradScale·grads; moments; p −= lr·(m̂/(√v̂ + eps) + wd·p).
-    public func update(_ params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, gradScale: Float) {
+    /// One update of the owned elements: g = gradScale·grads; moments; p −= lr·(m̂/(√v̂ + eps) + wd·p).
+    /// `rangeUpdated(i)` follows the last element of owned range i (empty ranges are skipped).
+    public func update(_ params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, gradScale: Float,
+                       rangeUpdated: (Int) -> Void = { _ in }) {
         step += 1
         let t = Double(step)
         let c = config
         let correction1 = Float(1 - pow(Double(c.beta1), t)), correction2 = Float(1 - pow(Double(c.beta2), t))
-        for (ranges, wd) in [(decayed, c.weightDecay), (undecayed, Float(0))] {
-            for range in ranges {
-                adamWKernel(params + range.lowerBound, m.baseAddress! + range.lowerBound, v.baseAddress! + range.lowerBound,
-                            grads + range.lowerBound, count: range.count, lr: Float(lr), beta1: c.beta1, beta2: c.beta2,
-                            eps: c.eps, weightDecay: wd, correction1: correction1, correction2: correction2, gradScale: gradScale)
-            }
+        for s in segments {
+            adamWKernel(params + s.parameter, m.baseAddress! + s.moment, v.baseAddress! + s.moment, grads + s.gradient,
+                        count: s.count, lr: Float(lr), beta1: c.beta1, beta2: c.beta2, eps: c.eps,
+                        weightDecay: s.decayed ? c.weightDecay : 0, correction1: correction1, correction2: correction2,
+                        gradScale: gradScale)
+            if s.endsOwner { rangeUpdated(s.owner) }
         }
     }
 }

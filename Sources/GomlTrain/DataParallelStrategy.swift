@@ -10,22 +10,23 @@
 //     strategy.finishStep(lr:…)   // norm, clip, AdamW
 //
 // Which mode is which is decided here (ReductionMode.strategy) and nowhere else: every policy
-// that differs between modes is a requirement below. A sharded strategy (each rank keeping the
+// that differs between modes is a requirement below. ShardedAllReduce (each rank keeping the
 // AdamW moments of one slice: reduce-scatter the gradient, update the slice, all-gather the
-// parameters) is a third implementation and a third case of ReductionMode.
+// parameters) is the third implementation.
 
 import GomlComm
 import GomlCore
 
 /// The persisted choice of strategy (checkpoints store it with the options).
 public enum ReductionMode: String, Codable, Sendable, CaseIterable {
-    case allReduce = "allreduce", exact
+    case allReduce = "allreduce", exact, sharded
 
     /// The strategy this mode runs: the one place a mode is mapped to behaviour.
     public var strategy: DataParallelStrategy.Type {
         switch self {
         case .allReduce: ReplicatedAllReduce.self
         case .exact: ExactTreeReduction.self
+        case .sharded: ShardedAllReduce.self
         }
     }
 }
@@ -49,8 +50,15 @@ public protocol DataParallelStrategy: AnyObject {
 
     /// The whole parameters, read by every forward and backward. [P]
     var parameters: FloatBuffer { get }
-    /// AdamW and its moments, as checkpoints store them.
+    /// This rank's AdamW: its step count, and the moments of the parameters it updates.
     var optimizer: AdamW { get }
+    /// What this rank holds, for the run header.
+    var memory: RankMemory { get }
+    /// Collective: calls `body` on rank 0 alone with the moments of every parameter (m, v), in
+    /// parameter layout, as checkpoints store them.
+    func withWholeOptimizerState(_ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows
+    /// Collective: sets every rank's moments from the whole ones rank 0 passes (nil elsewhere).
+    func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?)
     /// How the shard is cut into forward/backward passes on worker threads.
     var passes: PassPlan { get }
     /// The reduction as the run header names it, e.g. "allreduce, after backward".
@@ -68,8 +76,8 @@ public protocol DataParallelStrategy: AnyObject {
     /// After every pass: completes the gradient sum across workers and ranks (collective).
     /// Returns the seconds the network was busy with it.
     func reduce() -> Double
-    /// The reduced gradient the update reads: final, and the same on every rank, between
-    /// `reduce()` and `finishStep`.
+    /// The reduced gradient the update reads, final between `reduce()` and `finishStep`: whole
+    /// and the same on every rank when replicated; when sharded, final on the rank's slices only.
     var reducedGradient: UnsafeMutableBufferPointer<Float> { get }
     /// Global norm, clip and AdamW from the reduced gradient, at learning rate `lr`; no update
     /// when the loss or the norm is not finite (the run then stops).
@@ -95,4 +103,10 @@ public struct PassPlan: Sendable {
 public struct StepUpdate: Sendable {
     public let gradNorm: Double
     public let applied: Bool
+}
+
+/// Bytes one rank holds for training, besides activations; `savedBySharding` is what holding
+/// the optimizer state whole would add.
+public struct RankMemory: Sendable {
+    public let parameters: Int, gradients: Int, optimizerState: Int, savedBySharding: Int
 }

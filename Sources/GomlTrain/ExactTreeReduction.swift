@@ -54,7 +54,18 @@ public final class ExactTreeReduction: DataParallelStrategy {
 
     public var parameters: FloatBuffer { replica.parameters }
     public var optimizer: AdamW { replica.optimizer }
-    public var summary: String { ReductionMode.exact.rawValue }
+    public var memory: RankMemory { replica.memory(workers: 1) }
+
+    public func withWholeOptimizerState(_ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        try replica.withWholeOptimizerState(comm: comm, body)
+    }
+
+    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?) {
+        replica.loadWholeOptimizerState(comm: comm, m: m, v: v)
+    }
+    public var summary: String {
+        ReductionMode.exact.rawValue + (comm.size > 1 ? ", unsharded: its bits come from adding whole gradients along one tree, which a reduce-scatter would sum in another order" : "")
+    }
 
     public func beginStep() {}
 

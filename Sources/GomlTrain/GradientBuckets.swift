@@ -1,9 +1,10 @@
 // GradientBuckets: a rank's per-worker gradients, summed over workers in one fixed order, and
-// the all-reduce of that sum in buckets, each started once it is final on every worker. During
-// backward (overlap) Transformer.gradientsFinal reports "final from offset x on"; after backward
-// everything is final at once. This file decides buckets and sums workers; the communicator
-// owns starting, progress and waiting (see MPICommunicator's ProgressThread). Used by
-// ReplicatedAllReduce only.
+// the reduction of that sum over ranks in buckets (an all-reduce, or a sharded reduce-scatter),
+// each started once it is final on every worker. During backward (overlap)
+// Transformer.gradientsFinal reports "final from offset x on"; after backward everything is
+// final at once. This file decides buckets and sums workers; the communicator owns starting,
+// progress and waiting (see MPICommunicator's ProgressThread). Used by ReplicatedAllReduce and
+// ShardedAllReduce.
 
 import Foundation
 import GomlComm
@@ -44,25 +45,34 @@ final class WorkerGradients {
     }
 }
 
-final class BucketedAllReduce {
+final class BucketedReduction {
     let buckets: [Range<Int>]
     private let gradients: WorkerGradients
-    private let comm: Communicator
     private let lock = NSLock()
     /// Per worker: the offset from which its gradients are final (count: none yet).
     private let frontiers: UnsafeMutableBufferPointer<Int>
     private var nextBucket = 0
+    /// Starts the communicator's reduction of one bucket, and waits for all started ones
+    /// (returning the seconds the network was busy). The buckets are registered already.
+    private let start: (Int) -> Void, waitAll: () -> Double
 
-    /// Registers `buckets` of the workers' sum with the communicator (once: no collective).
-    init(buckets: [Range<Int>], gradients: WorkerGradients, comm: Communicator, compression: GradientCompression, hierarchical: Bool) {
+    init(buckets: [Range<Int>], gradients: WorkerGradients, start: @escaping (Int) -> Void, waitAll: @escaping () -> Double) {
         self.buckets = buckets
         self.gradients = gradients
-        self.comm = comm
+        self.start = start
+        self.waitAll = waitAll
         frontiers = .allocate(capacity: gradients.buffers.count)
         frontiers.initialize(repeating: gradients.sum.count)
+    }
+
+    /// An all-reduce of `buckets` of the workers' sum, registered with `comm` (once: no collective).
+    static func allReduce(buckets: [Range<Int>], gradients: WorkerGradients, comm: Communicator, compression: GradientCompression,
+                          hierarchical: Bool) -> BucketedReduction {
         let sum = gradients.sum
         comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: sum.pointer[$0]) }, compression: compression,
                                     hierarchical: hierarchical)
+        return BucketedReduction(buckets: buckets, gradients: gradients, start: { comm.startAllReduceSum(bucket: $0) },
+                                 waitAll: { comm.waitForAllReduces() })
     }
 
     deinit { frontiers.deallocate() }
@@ -82,7 +92,7 @@ final class BucketedAllReduce {
         for f in frontiers where f > final { final = f }
         while nextBucket < buckets.count && buckets[nextBucket].lowerBound >= final {
             gradients.addWorkers(buckets[nextBucket])
-            comm.startAllReduceSum(bucket: nextBucket)
+            start(nextBucket)
             nextBucket += 1
         }
     }
@@ -95,6 +105,6 @@ final class BucketedAllReduce {
     /// Waits for the buckets still in flight; returns the seconds the network was busy.
     func finishStep() -> Double {
         precondition(nextBucket == buckets.count, "backward ended with \(buckets.count - nextBucket) gradient bucket(s) never final")
-        return comm.waitForAllReduces()
+        return waitAll()
     }
 }

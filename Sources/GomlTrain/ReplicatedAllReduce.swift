@@ -27,9 +27,9 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
     /// When the rank's summed gradient crosses ranks.
     private enum Schedule {
         /// Bucket by bucket, each started as backward makes it final on every worker.
-        case duringBackward(BucketedAllReduce)
+        case duringBackward(BucketedReduction)
         /// After backward, the whole gradient as one registered bucket (the communicator compresses it).
-        case afterBackward(BucketedAllReduce)
+        case afterBackward(BucketedReduction)
         /// After backward, one blocking float32 sum.
         case afterBackwardBlocking
     }
@@ -55,23 +55,28 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
 
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
                 communication: CommunicationSettings) {
-        // Workers split whole micro-batches; without --micro-batch each worker's share is one.
-        let microBatches = options.microBatch.map { shard.count / $0 } ?? shard.count
-        let workers = Self.workerCount(requested: requested, sequences: microBatches)
-        passes = PassPlan(firstSequence: shard.lowerBound, workers: workers, microBatch: options.microBatch ?? shard.count / workers,
-                          passesPerWorker: options.microBatch == nil ? 1 : microBatches / workers)
+        passes = Self.passPlan(options, shard: shard, workers: requested)
+        let workers = passes.workers
         replica = ReplicatedOptimizer(layout: layout, config: options.optimizer)
         let gradients = WorkerGradients(workers: workers, count: layout.count)
         self.gradients = gradients
-        func buckets(_ ranges: [Range<Int>]) -> BucketedAllReduce {
-            BucketedAllReduce(buckets: ranges, gradients: gradients, comm: comm, compression: communication.compression,
-                              hierarchical: communication.hierarchical)
+        func buckets(_ ranges: [Range<Int>]) -> BucketedReduction {
+            .allReduce(buckets: ranges, gradients: gradients, comm: comm, compression: communication.compression,
+                       hierarchical: communication.hierarchical)
         }
         schedule = communication.overlap ? .duringBackward(buckets(gradientBuckets(layout, bucketBytes: communication.bucketBytes)))
             : communication.compression != .none ? .afterBackward(buckets([0..<layout.count]))
             : .afterBackwardBlocking
         self.comm = comm
         settings = communication
+    }
+
+    /// Workers split whole micro-batches; without --micro-batch each worker's share is one.
+    static func passPlan(_ options: TrainingOptions, shard: Range<Int>, workers requested: Int) -> PassPlan {
+        let microBatches = options.microBatch.map { shard.count / $0 } ?? shard.count
+        let workers = workerCount(requested: requested, sequences: microBatches)
+        return PassPlan(firstSequence: shard.lowerBound, workers: workers, microBatch: options.microBatch ?? shard.count / workers,
+                        passesPerWorker: options.microBatch == nil ? 1 : microBatches / workers)
     }
 
     /// The largest worker count ≤ requested that splits `sequences` evenly.
@@ -83,11 +88,21 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
 
     public var parameters: FloatBuffer { replica.parameters }
     public var optimizer: AdamW { replica.optimizer }
+    public var memory: RankMemory { replica.memory(workers: gradients.buffers.count) }
+
+    public func withWholeOptimizerState(_ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        try replica.withWholeOptimizerState(comm: comm, body)
+    }
+
+    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?) {
+        replica.loadWholeOptimizerState(comm: comm, m: m, v: v)
+    }
 
     public var summary: String {
         let overlap = settings.overlap ? String(format: ", overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6) : ", after backward"
         let hierarchy = settings.hierarchical && comm.localSize > 1 && comm.localSize < comm.size ? ", within each host first" : ""
         return ReductionMode.allReduce.rawValue + overlap + hierarchy + (settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire")
+            + (comm.size > 1 ? ", replicated: every rank holds the whole optimizer state" : "")
     }
 
     public func beginStep() {

@@ -3,6 +3,7 @@
 // to the same bits, so replicas stay identical. Shared by the replicated strategies; no
 // communication here.
 
+import GomlComm
 import GomlCore
 
 final class ReplicatedOptimizer {
@@ -12,6 +13,25 @@ final class ReplicatedOptimizer {
     init(layout: ParameterLayout, config: OptimizerConfig) {
         parameters = FloatBuffer(count: layout.count)
         optimizer = AdamW(layout: layout, config: config)
+    }
+
+    /// Whole moments on every rank: rank 0 has them already.
+    func withWholeOptimizerState(comm: Communicator, _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        if comm.isRoot { try body(UnsafeBufferPointer(optimizer.m), UnsafeBufferPointer(optimizer.v)) }
+    }
+
+    /// Rank 0's moments, broadcast to every rank.
+    func loadWholeOptimizerState(comm: Communicator, m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?) {
+        if let m, let v {
+            _ = optimizer.m.update(fromContentsOf: m)
+            _ = optimizer.v.update(fromContentsOf: v)
+        }
+        for buffer in [optimizer.m, optimizer.v] { comm.broadcast(UnsafeMutableRawBufferPointer(buffer), root: 0) }
+    }
+
+    func memory(workers: Int) -> RankMemory {
+        let bytes = parameters.count * MemoryLayout<Float>.stride
+        return RankMemory(parameters: bytes, gradients: workers * bytes, optimizerState: 2 * bytes, savedBySharding: 0)
     }
 
     /// Norm, clip and AdamW from `gradient` [P]; skipped unless the loss and the norm are finite.

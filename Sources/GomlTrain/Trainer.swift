@@ -189,7 +189,8 @@ public final class Trainer {
         timings.communication = strategy.reduce()
         let loss = reduceLoss()
         lap(\.reduce)
-        // Here the reduced gradient (strategy.reducedGradient) is final, the same on every rank.
+        // Here the reduced gradient (strategy.reducedGradient) is final: whole and the same on
+        // every rank, or, sharded, on this rank's slices.
         if faultGradientScale {
             let gradient = strategy.reducedGradient
             for i in gradient.indices { gradient[i] *= Float(comm.size) }

@@ -87,13 +87,15 @@ public final class TrainingRun {
         var state = [UInt64](repeating: 0, count: 10)   // step, Adam step, batch and sample generators
         if let ckpt = settings.resumeFrom {
             _ = trainer.params.pointer.update(from: ckpt.params)
-            _ = trainer.optimizer.m.update(from: ckpt.m)
-            _ = trainer.optimizer.v.update(from: ckpt.v)
             state = [UInt64(ckpt.step), UInt64(ckpt.adamStep)] + (ckpt.generators["batch"] ?? trainer.sampler.rng.stateWords)
                 + (ckpt.generators["sample"] ?? sampleRNG.stateWords)
         }
-        for buffer in [trainer.params.pointer, trainer.optimizer.m, trainer.optimizer.v] {
-            comm.broadcast(UnsafeMutableRawBufferPointer(buffer), root: 0)
+        comm.broadcast(UnsafeMutableRawBufferPointer(trainer.params.pointer), root: 0)
+        // The strategy keeps the moments whole or a slice of them, whatever the saving run's world size.
+        if let ckpt = settings.resumeFrom {
+            ckpt.m.withUnsafeBufferPointer { m in ckpt.v.withUnsafeBufferPointer { v in trainer.strategy.loadWholeOptimizerState(m: m, v: v) } }
+        } else {
+            trainer.strategy.loadWholeOptimizerState(m: nil, v: nil)
         }
         state.withUnsafeMutableBytes { comm.broadcast($0, root: 0) }
         trainer.step = Int(state[0])
@@ -190,12 +192,12 @@ public final class TrainingRun {
     /// Rank 0 writes the checkpoint; a failure there ends the whole job, so no rank goes on alone.
     private func checkpoint() throws {
         var ok = true, message = ""
-        if comm.isRoot {
+        // Collective: the strategy gathers the moments (when sharded) to rank 0, which writes.
+        trainer.strategy.withWholeOptimizerState { m, v in
             do {
                 let path = try Checkpoint.save(
                     directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
-                    params: UnsafeBufferPointer(trainer.params.pointer), m: UnsafeBufferPointer(trainer.optimizer.m),
-                    v: UnsafeBufferPointer(trainer.optimizer.v), adamStep: trainer.optimizer.step,
+                    params: UnsafeBufferPointer(trainer.params.pointer), m: m, v: v, adamStep: trainer.optimizer.step,
                     generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
                     dataFingerprint: settings.dataFingerprint)
                 log.line("checkpoint \(path)")
@@ -263,6 +265,11 @@ public final class TrainingRun {
         if let allocation = settings.allocation { log.line(allocation) }
         log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
                         Double(trainer.activationBytes) / 1e6))
+        let memory = trainer.strategy.memory
+        let saved = memory.savedBySharding > 0 ? String(format: "; sharding saved %.1f MB", Double(memory.savedBySharding) / 1e6) : "; nothing sharded"
+        log.line(String(format: "memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB, activations %.1f MB",
+                        Double(memory.parameters) / 1e6, Double(memory.gradients) / 1e6, Double(memory.optimizerState) / 1e6,
+                        Double(trainer.activationBytes) / 1e6) + saved)
         log.line("precision \(o.precision.rawValue) (\(settings.precisionReason))")
         log.line(String(format: "MFU is quoted against %@ products at %.1f GFLOP/s per rank, measured on its %d thread(s)",
                         o.precision.rawValue, settings.peakGFLOPS, settings.threads))

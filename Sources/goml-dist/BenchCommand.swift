@@ -33,7 +33,8 @@ struct BenchCommand: ParsableCommand {
             var o = TrainingOptions(model: try model.model())
             o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
             o.steps = warmup + steps
-            guard let mode = ReductionMode(rawValue: reduction) else { throw ValidationError("unknown --reduction '\(reduction)'") }
+            guard let requested = ReductionMode(rawValue: reduction), requested != .sharded else { throw ValidationError("unknown --reduction '\(reduction)'") }
+            let mode = parallel.reduction(requested, worldSize: comm.size)
             o.reduction = mode
             o.microBatch = microBatch
             (o.precision, precisionReason) = try precision.resolve(float32Reason: mode.strategy.float32Reason)

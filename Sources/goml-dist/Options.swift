@@ -63,7 +63,8 @@ struct OptimizationOptions: ParsableArguments {
     }
 
     func mode() throws -> ReductionMode {
-        guard let mode = ReductionMode(rawValue: reduction) else {
+        // Sharding is chosen by ParallelOptions.reduction(_:worldSize:), not by name.
+        guard let mode = ReductionMode(rawValue: reduction), mode != .sharded else {
             throw ValidationError("unknown --reduction '\(reduction)': use allreduce or exact")
         }
         return mode
@@ -81,8 +82,16 @@ struct ParallelOptions: ParsableArguments {
     var bucketMB: Double = 1
     @Option(name: .customLong("grad-compression"), help: "How gradients travel in the all-reduce: none (float32) or bf16 (half the bytes, summed in float32).")
     var gradCompression: String = "none"
+    @Flag(name: .customLong("no-shard"), help: "Keep the whole AdamW state on every rank and all-reduce gradients (the default on several ranks shards them: reduce-scatter, AdamW on 1/N, all-gather).")
+    var noShard = false
     @Flag(help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).")
     var hierarchical = false
+
+    /// The strategy to run: allreduce on several ranks is sharded unless --no-shard (measured
+    /// faster: docs/multihost-bench.md), or unless an all-reduce-only option asks for it.
+    func reduction(_ requested: ReductionMode, worldSize: Int) -> ReductionMode {
+        requested == .allReduce && worldSize > 1 && !noShard && !hierarchical ? .sharded : requested
+    }
 
     /// The all-reduce settings, or a one-line error naming the flag.
     func communication() throws -> CommunicationSettings {

@@ -74,6 +74,7 @@ struct TrainCommand: ParsableCommand {
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             var settings = RunSettings()
             var options = try self.options()
+            options.reduction = parallel.reduction(options.reduction, worldSize: comm.size)
             (options.precision, settings.precisionReason) = try precision.resolve(float32Reason: options.reduction.strategy.float32Reason)
             settings.outDirectory = out
             settings.threads = threads

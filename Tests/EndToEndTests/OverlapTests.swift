@@ -77,8 +77,8 @@ final class OverlapTests: XCTestCase {
 
     /// Micro-batches bound activation memory: nano at batch 16 in one worker, whole (16
     /// sequences at once) and in micro-batches of 1. The accumulated run's peak resident memory
-    /// must be lower by at least 3/4 of the activation difference the run headers state (measured:
-    /// 43 of 45 MB, and 89 of 92 at batch 32; the arena is written in full at start, so all of it
+    /// must be lower by at least 3/4 of the activation difference the run headers state, which must
+    /// be well above page noise (measured before blocked attention: 43 of 45 MB; the arena is written in full at start, so all of it
     /// is resident; the quarter left covers allocator and page noise of a few MB).
     func testMicroBatchesLowerPeakMemoryByTheActivations() throws {
         func run(_ extra: [String]) throws -> (activationMB: Int, peakMB: Double) {
@@ -91,7 +91,7 @@ final class OverlapTests: XCTestCase {
         }
         let whole = try run([]), micro = try run(["--micro-batch", "1"])
         let predicted = Double(whole.activationMB - micro.activationMB)
-        XCTAssertGreaterThan(predicted, 40, "headers: whole \(whole.activationMB) MB, micro-batches \(micro.activationMB) MB of activations")
+        XCTAssertGreaterThan(predicted, 30, "headers: whole \(whole.activationMB) MB, micro-batches \(micro.activationMB) MB of activations")
         XCTAssertGreaterThanOrEqual(whole.peakMB - micro.peakMB, 0.75 * predicted,
                                     "peak RSS whole \(whole.peakMB) MB, micro-batches \(micro.peakMB) MB; the headers predict \(predicted) MB less")
     }

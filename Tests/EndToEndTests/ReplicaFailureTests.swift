@@ -6,11 +6,12 @@ import XCTest
 
 final class ReplicaFailureTests: XCTestCase {
     /// A replica that drifts from the others is caught at the next parameter checksum, naming
-    /// the ranks and the step, and the whole job stops.
+    /// the ranks and the step, and the whole job stops. Replicated (--no-shard): sharded ranks
+    /// all-gather every parameter each step, so there a drifted value is overwritten.
     func testADivergedReplicaStopsTheJob() {
         let out = Harness.temporaryDirectory("diverge")
         let r = Harness.mpirun(np: 4, ["train", "--config", "tiny", "--steps", "30", "--eval-every", "0", "--checksum-every", "5",
-                                      "--fault-diverge-rank", "2", "--data", Harness.corpus, "--out", out], timeout: 120)
+                                      "--fault-diverge-rank", "2", "--no-shard", "--data", Harness.corpus, "--out", out], timeout: 120)
         XCTAssertFalse(r.timedOut)
         XCTAssertEqual(r.status, 6, r.output)
         XCTAssertTrue(r.stderr.contains("ranks 0 and 2 disagree on the parameter checksum before step 6"), r.output)

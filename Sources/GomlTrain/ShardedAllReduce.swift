@@ -1,0 +1,195 @@
+// ShardedAllReduce: `--reduction allreduce` on several ranks unless `--no-shard` (ZeRO stage 1,
+// llm.c's `-z 1`). Every rank holds the whole parameters and its workers' gradients, but each
+// rank owns one slice of every gradient bucket: the buckets are reduce-scattered (during
+// backward, as the all-reduce's are started; float32, or bfloat16 with --grad-compression
+// bf16), so a rank receives the summed gradient of its slices only; the global norm comes from the slices' squared norms; AdamW updates the slices
+// alone, with moments for them alone (1/N of the optimizer state); then each bucket's updated
+// slices are all-gathered. Losses match the replicated all-reduce to float32 rounding.
+
+import Foundation
+import GomlComm
+import GomlCore
+
+/// Which slice of each bucket each rank owns: rank r the r-th ⌈n/N⌉ elements of a bucket of n
+/// (the last slices shorter or empty: llm.c's padding, left implicit).
+struct ShardLayout {
+    /// In the order backward finishes them (see `gradientBuckets`).
+    let buckets: [Range<Int>]
+    let ranks: Int
+
+    /// Elements of `bucket` each rank owns, in rank order.
+    func counts(_ bucket: Int) -> [Int] {
+        (0..<ranks).map { slice(bucket, rank: $0).count }
+    }
+
+    /// The parameters of `bucket` that `rank` owns.
+    func slice(_ bucket: Int, rank: Int) -> Range<Int> {
+        let range = buckets[bucket], chunk = (range.count + ranks - 1) / ranks
+        let start = range.lowerBound + min(range.count, rank * chunk)
+        return start..<(range.lowerBound + min(range.count, (rank + 1) * chunk))
+    }
+}
+
+public final class ShardedAllReduce: DataParallelStrategy {
+    public let passes: PassPlan
+    /// [P] whole on every rank: forward and backward read all of it; a rank writes its slices.
+    public let parameters: FloatBuffer
+    /// Moments of this rank's slices only, packed in forward bucket order.
+    public let optimizer: AdamW
+    private let gradients: WorkerGradients
+    private let shards: ShardLayout
+    private let reduction: BucketedReduction
+    private let comm: Communicator
+    private let settings: CommunicationSettings
+    /// Buckets in forward order: the order slices are updated and gathered.
+    private let forwardOrder: [Int]
+    /// Per bucket: where this rank's moments of it start.
+    private let momentOffsets: [Int]
+    /// This rank's squared-norm share, and every rank's, in rank order. [1], [N]
+    private let partialNorm: UnsafeMutableBufferPointer<Double>, partialNorms: UnsafeMutableBufferPointer<Double>
+
+    public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
+        try ReplicatedAllReduce.validate(options, communication: communication, worldSize: worldSize)
+        if communication.hierarchical {
+            throw ConfigError("--hierarchical applies to the replicated all-reduce; add --no-shard to use it")
+        }
+    }
+
+    public static var float32Reason: String? { nil }
+    public static var needsOneBLASThread: Bool { false }
+    /// Sharding changes only float32 summation order, as world sizes do.
+    public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }
+
+    public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
+                communication: CommunicationSettings) {
+        passes = ReplicatedAllReduce.passPlan(options, shard: shard, workers: requested)
+        parameters = FloatBuffer(count: layout.count)
+        let gradients = WorkerGradients(workers: passes.workers, count: layout.count)
+        self.gradients = gradients
+        let shards = ShardLayout(buckets: gradientBuckets(layout, bucketBytes: communication.bucketBytes), ranks: comm.size)
+        self.shards = shards
+        forwardOrder = shards.buckets.indices.reversed()
+        // The reduce-scatter sums a rank's slices in place: gradient and parameters share offsets.
+        let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.slice($0, rank: comm.rank).lowerBound) }
+        optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned)
+        var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
+        for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
+        momentOffsets = offsets
+        let parameters = parameters
+        comm.prepareShardedBuckets(shards.buckets.indices.map { b in
+            ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradients.sum.pointer[shards.buckets[b]]),
+                          parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[shards.buckets[b]]), counts: shards.counts(b))
+        }, compression: communication.compression)
+        reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, start: { comm.startReduceScatter(bucket: $0) },
+                                      waitAll: { comm.waitForReduceScatters() })
+        partialNorm = .allocate(capacity: 1)
+        partialNorm.initialize(repeating: 0)
+        partialNorms = .allocate(capacity: comm.size)
+        partialNorms.initialize(repeating: 0)
+        self.comm = comm
+        settings = communication
+    }
+
+    deinit { partialNorm.deallocate(); partialNorms.deallocate() }
+
+    public var memory: RankMemory {
+        let float = MemoryLayout<Float>.stride, whole = parameters.count * float
+        return RankMemory(parameters: whole, gradients: gradients.buffers.count * whole, optimizerState: 2 * optimizer.m.count * float,
+                          savedBySharding: 2 * whole - 2 * optimizer.m.count * float)
+    }
+
+    public var summary: String {
+        let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
+            : "reduce-scatter after backward"
+        let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
+        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters; --no-shard replicates)"
+    }
+
+    public func beginStep() { reduction.beginStep() }
+
+    /// A worker's first pass overwrites its buffer, later micro-batches add to it.
+    public func gradientBuffer(worker: Int, pass: Int) -> (buffer: FloatBuffer, accumulate: Bool) {
+        (gradients.buffers[worker], pass > 0)
+    }
+
+    public func gradientsFinal(worker: Int, from offset: Int) {
+        if settings.overlap { reduction.workerReached(worker, offset: offset) }
+    }
+
+    public func passFinished(worker: Int, pass: Int) {}
+
+    public func reduce() -> Double {
+        reduction.allWorkersFinal()
+        return reduction.finishStep()
+    }
+
+    /// This rank's summed slices, in place; the rest is this rank's own gradient.
+    public var reducedGradient: UnsafeMutableBufferPointer<Float> { gradients.sum.pointer }
+
+    /// This rank's summed gradient of `bucket`'s slice.
+    private func reducedSlice(_ bucket: Int) -> UnsafeBufferPointer<Float> {
+        UnsafeBufferPointer(rebasing: gradients.sum.pointer[shards.slice(bucket, rank: comm.rank)])
+    }
+
+    public func finishStep(lr: Double, lossIsFinite: Bool) -> StepUpdate {
+        // The squared norm of each rank's slices, added in rank order on every rank: all ranks
+        // compute the same norm bit for bit, so they clip and skip alike.
+        var partial = 0.0
+        for bucket in forwardOrder { partial += sumOfSquares(reducedSlice(bucket)) }
+        partialNorm[0] = partial
+        comm.allGather(UnsafeBufferPointer(partialNorm), into: partialNorms)
+        var total = 0.0
+        for value in partialNorms { total += value }
+        let norm = total.squareRoot()
+        let applied = lossIsFinite && norm.isFinite
+        if applied {
+            // Each bucket's gather starts once this rank's slice of it is updated; every rank
+            // starts all of them in forward order, its empty slices included.
+            gathered = 0
+            optimizer.update(parameters.base, grads: gradients.sum.base, lr: lr,
+                             gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip)) { self.gatherThrough($0) }
+            gatherThrough(forwardOrder.count - 1)
+            comm.waitForAllGathers()
+        }
+        return StepUpdate(gradNorm: norm, applied: applied)
+    }
+
+    /// Buckets (in forward order) whose all-gather this step has started.
+    private var gathered = 0
+
+    /// Starts the all-gathers of forward buckets up to `last`.
+    private func gatherThrough(_ last: Int) {
+        while gathered <= last { comm.startAllGather(bucket: forwardOrder[gathered]); gathered += 1 }
+    }
+
+    /// Rank 0 gathers m into the gradient buffer (free between steps: its next pass overwrites
+    /// it) and v into a buffer of its own, so that only it briefly holds the whole state.
+    public func withWholeOptimizerState(_ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        let m = gradients.sum.pointer
+        let v = UnsafeMutableBufferPointer<Float>.allocate(capacity: comm.isRoot ? m.count : 0)
+        defer { v.deallocate() }
+        for (moments, whole) in [(optimizer.m, m), (optimizer.v, v)] {
+            for bucket in forwardOrder {
+                comm.gather(mine(moments, bucket), into: UnsafeMutableBufferPointer(rebasing: whole[comm.isRoot ? shards.buckets[bucket] : 0..<0]),
+                            counts: shards.counts(bucket), root: 0)
+            }
+        }
+        if comm.isRoot { try body(UnsafeBufferPointer(m), UnsafeBufferPointer(v)) }
+    }
+
+    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?) {
+        let none = UnsafeBufferPointer<Float>(start: nil, count: 0)
+        for (moments, whole) in [(optimizer.m, m), (optimizer.v, v)] {
+            for bucket in forwardOrder {
+                comm.scatter(whole.map { UnsafeBufferPointer(rebasing: $0[shards.buckets[bucket]]) } ?? none, counts: shards.counts(bucket),
+                             into: UnsafeMutableBufferPointer(mutating: mine(moments, bucket)), root: 0)
+            }
+        }
+    }
+
+    /// This rank's moments of `bucket`.
+    private func mine(_ moments: UnsafeMutableBufferPointer<Float>, _ bucket: Int) -> UnsafeBufferPointer<Float> {
+        let start = momentOffsets[bucket]
+        return UnsafeBufferPointer(rebasing: moments[start..<(start + shards.slice(bucket, rank: comm.rank).count)])
+    }
+}
