@@ -11,7 +11,7 @@ import XCTest
 final class MultiHostTests: XCTestCase {
     /// 20 steps of tiny, one rank per host: the same per-step losses as --single (to 1e-5;
     /// byte for byte with --reduction exact), the gradient traffic across host2's link, the
-    /// checkpoint on rank 0's host alone.
+    /// checkpoint on both hosts' disks (a replica by default), the same bytes.
     func testTwoHostsOneRankEachMatchSingle() throws {
         let cluster = try multiHostStartCluster()
         try multiHostCheckMatchesSingle(cluster, hostfile: "hostfiles/netns-2hosts", ranks: 2, exact: false)
@@ -167,13 +167,14 @@ final class MultiHostTests: XCTestCase {
         XCTAssertEqual(try Checkpoint.loadTraining(Checkpoint.resolve(cluster.disk("host1") + "/run")).step, steps)
     }
 
-    /// Resuming across hosts: the checkpoint is on host1's disk alone (rank 0 wrote it); rank 0
-    /// reads it and broadcasts it, and the resumed run ends as the uninterrupted one did, bit for
-    /// bit. host2 never has the output directory.
+    /// Resuming across hosts: the checkpoint is on host1's disk alone (rank 0 wrote it, one
+    /// replica asked for); rank 0 reads it and broadcasts it, and the resumed run ends as the
+    /// uninterrupted one did, bit for bit. host2 never has the output directory.
     func testResumeAcrossHostsReadsRankZerosCheckpoint() throws {
         let cluster = try multiHostStartCluster()
         func train(_ name: String, _ extra: [String]) {
-            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + extra,
+            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts",
+                                        trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + ["--ckpt-replicas", "1"] + extra,
                                         timeout: 180)
             XCTAssertEqual(r.status, 0, "\(name) \(extra) failed\n\(r.tail)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host2") + "/" + name), "host2 has an output directory")
@@ -185,6 +186,50 @@ final class MultiHostTests: XCTestCase {
         let run = cluster.disk("host1") + "/run", full = cluster.disk("host1") + "/full"
         XCTAssertEqual(Harness.lossTexts(run), Harness.lossTexts(full), "per-step losses, bit for bit")
         XCTAssertEqual(try Harness.checkpointTensorBytes(run), try Harness.checkpointTensorBytes(full), "final parameter bytes")
+    }
+
+    /// Checkpoint replicas (default on two hosts): both hosts' disks get the same bytes, the
+    /// sample generator's state included. A replica that is corrupt (a flipped byte) or
+    /// half-written (a truncated state file) is skipped with a warning naming its host, and the
+    /// run resumes from the other host's, which its holder broadcasts, and ends as the
+    /// uninterrupted run did, bit for bit (--reduction exact).
+    func testCorruptReplicaIsSkippedForTheOtherHosts() throws {
+        let cluster = try multiHostStartCluster()
+        let extra = ["--reduction", "exact", "--ckpt-every", "5", "--sample-every", "5"]
+        func train(_ name: String, _ more: [String]) -> MultiHostResult {
+            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + extra + more,
+                                        timeout: 180)
+            XCTAssertFalse(r.timedOut, "\(name) \(more) hung\n\(r.tail)")
+            XCTAssertEqual(r.status, 0, "\(name) \(more) failed\n\(r.tail)")
+            return r
+        }
+        _ = train("full", [])
+        let step10 = Checkpoint.modelFileName(step: 10), state10 = step10.replacingOccurrences(of: ".safetensors", with: ".state.safetensors")
+        for (name, spoil) in [("run1", "host1"), ("run2", "host2")] {
+            _ = train(name, ["--stop-after", "10"])
+            let (spoiled, intact) = (cluster.disk(spoil) + "/" + name, cluster.disk(spoil == "host1" ? "host2" : "host1") + "/" + name)
+            for file in [step10, state10, "latest"] {
+                XCTAssertEqual(FileManager.default.contents(atPath: spoiled + "/" + file), FileManager.default.contents(atPath: intact + "/" + file),
+                               "the replicas of \(file) differ")
+            }
+            if spoil == "host1" {   // a flipped byte in the model file
+                var bytes = try XCTUnwrap(FileManager.default.contents(atPath: spoiled + "/" + step10))
+                bytes[bytes.count - 100] ^= 0x10
+                try bytes.write(to: URL(fileURLWithPath: spoiled + "/" + step10))
+            } else {                // a state file cut short, as a write that never finished
+                let bytes = try XCTUnwrap(FileManager.default.contents(atPath: spoiled + "/" + state10))
+                try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: spoiled + "/" + state10))
+            }
+            let r = train(name, ["--resume", cluster.local + "/" + name])
+            XCTAssertTrue(r.output.contains("goml-dist: warning: on \(spoil): skipped"), "no warning naming \(spoil):\n\(r.tail)")
+            let other = spoil == "host1" ? "host2" : "host1"
+            XCTAssertTrue(r.output.contains("resumed from \(other):\(cluster.local)/\(name)/\(step10) at step 10"), r.tail)
+            let full = cluster.disk("host1") + "/full"
+            XCTAssertEqual(try Harness.checkpointTensorBytes(cluster.disk("host1") + "/" + name), try Harness.checkpointTensorBytes(full),
+                           "\(name): final parameter bytes")
+            XCTAssertEqual(try Harness.checkpointTensorBytes(cluster.disk("host2") + "/" + name), try Harness.checkpointTensorBytes(full),
+                           "\(name): host2's final replica")
+        }
     }
 
     /// launch/train --hosts checks that every host has the binary: one at a path on host1's
@@ -506,9 +551,15 @@ extension MultiHostTests {
         let latest = (try? String(contentsOfFile: host1Run + "/latest", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         XCTAssertTrue(latest.hasPrefix("ckpt-"), "no checkpoint named by latest on host1: '\(latest)'")
         XCTAssertTrue(FileManager.default.fileExists(atPath: host1Run + "/" + latest), "checkpoint \(latest) missing on host1")
-        for host in ["host2", "head"] {
-            XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk(host) + "/" + run), "\(host) has an output directory")
+        // The replica on host2 (its lowest rank wrote it): the same files, byte for byte.
+        let host2Run = cluster.disk("host2") + "/" + run
+        XCTAssertTrue(r.output.contains("checkpoint replicas on 2 hosts: host1, host2"), r.tail)
+        for name in [latest, latest.replacingOccurrences(of: ".safetensors", with: ".state.safetensors"), "latest"] {
+            let a = FileManager.default.contents(atPath: host1Run + "/" + name), b = FileManager.default.contents(atPath: host2Run + "/" + name)
+            XCTAssertNotNil(b, "no replica of \(name) on host2")
+            XCTAssertEqual(a, b, "host2's replica of \(name) differs from host1's")
         }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("head") + "/" + run), "head has an output directory")
         XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: cluster.local)) ?? [], [],
                        "files landed outside the hosts' private disks")
         // The gradients crossed host2's link: 20 all-reduces of ~0.5 MB each, in each direction.
