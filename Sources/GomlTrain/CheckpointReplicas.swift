@@ -82,6 +82,6 @@ public func agreeOnResumeSource(_ comm: Communicator, hosts: RankHosts, path: St
         // Only the holder knows the file's name; the step names it as well.
         let file = comm.rank == root ? name : Checkpoint.modelFileName(step: Int(newest))
         let directory = (path as NSString).pathExtension == "safetensors" ? (path as NSString).deletingLastPathComponent : path
-        return ResumeSource(step: Int(newest), root: root, description: (comm.size > 1 ? hosts.names[root] + ":" : "") + "\(directory)/\(file)")
+        return ResumeSource(step: Int(newest), root: root, description: (comm is SingleProcessCommunicator ? "" : hosts.names[root] + ":") + "\(directory)/\(file)")
     }
 }

@@ -232,6 +232,38 @@ final class MultiHostTests: XCTestCase {
         }
     }
 
+    /// Elastic (--min-hosts 1): host2's link goes down for good mid-run. launch/train probes
+    /// both hosts, drops host2 naming it, relaunches on host1 alone at world size 1 from the
+    /// newest replica, and the run ends with the very bytes of an uninterrupted two-host run
+    /// (--reduction exact); the steps redone are at most --ckpt-every.
+    func testLostHostFinishesOnTheOtherWithTheSameBytes() throws {
+        let cluster = try multiHostStartCluster()
+        try elasticRun(cluster, lose: "host2", exact: true)
+    }
+
+    /// The same when rank 0's host is the one lost: its replica goes with it, and the run
+    /// continues on host2 from host2's replica, with the same bytes.
+    func testRankZerosHostLostContinuesFromTheReplica() throws {
+        let cluster = try multiHostStartCluster()
+        try elasticRun(cluster, lose: "host1", exact: true)
+    }
+
+    /// The default reduction: the run finished on one host after losing the other ends within
+    /// 0.01 of the uninterrupted run's validation loss.
+    func testLostHostDefaultReductionKeepsTheValidationLoss() throws {
+        let cluster = try multiHostStartCluster()
+        try elasticRun(cluster, lose: "host2", exact: false)
+    }
+
+    /// Three hosts, one rank each, --batch 12: losing host2 relaunches on host1 and host3 at
+    /// world size 2, the largest that keeps the batch.
+    func testThreeHostsLoseOneKeepTheLargestWorldSize() throws {
+        let cluster = try multiHostStartCluster(hosts: 3)
+        let hostfile = cluster.dir + "/three"
+        try "host1 slots=1\nhost2 slots=1\nhost3 slots=1\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        try elasticRun(cluster, lose: "host2", exact: false, hostfile: hostfile, hosts: ["host1", "host2", "host3"], batch: 12)
+    }
+
     /// launch/train --hosts checks that every host has the binary: one at a path on host1's
     /// disk alone is refused before anything starts, naming host2; on host1 alone it runs.
     func testHostWithoutTheBinaryIsNamed() throws {
@@ -565,5 +597,76 @@ extension MultiHostTests {
         // The gradients crossed host2's link: 20 all-reduces of ~0.5 MB each, in each direction.
         let received = cluster.receivedBytes("host2") - before
         XCTAssertGreaterThan(received, 2_000_000, "host2 received only \(received) bytes over its link")
+    }
+}
+
+extension MultiHostTests {
+    /// Trains tiny on `hosts` uninterrupted, then again elastically (--min-hosts 1), cutting
+    /// `lose`'s link for good once both runs' replicas hold a checkpoint; checks the drop, the
+    /// world size, the resume from a surviving replica, the lost-time report, and the end: the
+    /// same parameter bytes (exact) or validation loss within 0.01. Prints the time lost.
+    fileprivate func elasticRun(_ cluster: MultiHostCluster, lose: String, exact: Bool, hostfile: String = "hostfiles/netns-2hosts",
+                                hosts: [String] = ["host1", "host2"], batch: Int = 8) throws {
+        let steps = 300, ckptEvery = 20
+        var arguments = multiHostTinyArguments(out: cluster.local + "/full", steps: steps)
+        arguments[arguments.firstIndex(of: "--batch")! + 1] = String(batch)
+        arguments += ["--collective-timeout", "20", "--ckpt-every", String(ckptEvery), "--eval-batches", "8"]
+        if exact { arguments += ["--reduction", "exact"] }
+        let full = cluster.launchTrain(hostfile: hostfile, trainArguments: arguments, timeout: 300)
+        XCTAssertEqual(full.status, 0, "the uninterrupted run failed\n\(full.tail)")
+        arguments[arguments.firstIndex(of: "--out")! + 1] = cluster.local + "/run"
+
+        let survivors = hosts.filter { $0 != lose }, out = cluster.local + "/run"
+        let job = try cluster.startTrain(hostfile: hostfile, trainArguments: arguments, launcherOptions: ["--max-restarts", "2", "--min-hosts", "1"])
+        // Cut once a checkpoint is on both disks and the run is past it.
+        let survivorLatest = cluster.disk(survivors[0]) + "/run/latest", lostLatest = cluster.disk(lose) + "/run/latest"
+        let deadline = Date().addingTimeInterval(120)
+        while !(FileManager.default.fileExists(atPath: survivorLatest) && FileManager.default.fileExists(atPath: lostLatest))
+                && job.process.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        guard job.process.isRunning, FileManager.default.fileExists(atPath: survivorLatest) else {
+            let r = job.wait(timeout: 5)
+            XCTFail("no checkpoint on \(survivors[0]) before the cut (exit \(r.status))\n\(r.tail)")
+            return
+        }
+        let cut = Date()
+        try cluster.setLink(lose, up: false)
+        var detected: Double?
+        while job.process.isRunning && Date().timeIntervalSince(cut) < 300 {
+            if detected == nil && job.output.contains("the job died") { detected = Date().timeIntervalSince(cut) }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        let r = job.wait(timeout: 30)
+        XCTAssertFalse(r.timedOut, r.tail)
+        XCTAssertEqual(r.status, 0, "the elastic run did not finish on \(survivors)\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("launch/train: host \(lose) is not reachable through") && r.output.contains("dropped from relaunch 1"),
+                      "no line dropping \(lose):\n\(r.tail)")
+        let world = survivors.count
+        XCTAssertTrue(r.output.contains("relaunch 1 of 2 on \(world) of \(hosts.count) host(s) (\(survivors.joined(separator: " "))), \(world) rank(s)"), r.tail)
+        XCTAssertTrue(r.output.contains("world \(world) rank(s)"), r.tail)
+        let resumed = try XCTUnwrap(r.output.range(of: #"resumed from \S+ at step [0-9]+"#, options: .regularExpression).map { String(r.output[$0]) }, r.tail)
+        XCTAssertTrue(resumed.hasPrefix("resumed from \(survivors[0]):\(out)/ckpt-"), resumed)
+        // The lost time: steps redone (the relaunch line and metrics.jsonl agree), at most --ckpt-every.
+        let redo = try XCTUnwrap(r.output.range(of: #"[0-9]+ step\(s\) to redo"#, options: .regularExpression).map { Int(r.output[$0].prefix { $0.isNumber })! }, r.tail)
+        XCTAssertLessThanOrEqual(redo, ckptEvery, r.tail)
+        let survivorRun = cluster.disk(survivors[0]) + "/run"
+        let record = try XCTUnwrap(Harness.metrics(survivorRun).first { $0["steps_redone"] != nil }, "no lost-time record in metrics.jsonl")
+        XCTAssertEqual((record["steps_redone"] as? NSNumber)?.intValue, redo)
+        let recovery = try XCTUnwrap((record["recovery_s"] as? NSNumber)?.doubleValue)
+        let probe = r.output.range(of: #"hosts probed in [0-9]+ s"#, options: .regularExpression).map { String(r.output[$0]) } ?? "?"
+        print(String(format: "elastic (lose %@, %@): detection %.1f s (cut → the job died), %@, failure → first resumed step %.1f s, %d step(s) redone",
+                     lose, exact ? "exact" : "allreduce", detected ?? -1, probe, recovery, redo))
+
+        let fullRun = cluster.disk("host1") + "/full"
+        XCTAssertEqual((Harness.metrics(survivorRun).last?["step"] as? NSNumber)?.intValue, steps, "the last step in metrics.jsonl on \(survivors[0])")
+        if exact {
+            XCTAssertEqual(try Harness.checkpointTensorBytes(survivorRun), try Harness.checkpointTensorBytes(fullRun), "final parameter bytes")
+        } else {
+            let lastValidation = { (dir: String) in Harness.metrics(dir).last { $0["val_loss"] != nil }?["val_loss"] as? Double }
+            let a = try XCTUnwrap(lastValidation(survivorRun)), b = try XCTUnwrap(lastValidation(fullRun))
+            XCTAssertLessThanOrEqual(abs(a - b), 0.01, "final validation loss \(a) after the loss, \(b) uninterrupted")
+        }
     }
 }
