@@ -150,9 +150,14 @@ public final class TrainingRun {
                 log.line(String(format: "step %6d | val loss %.4f | %.1f s", step, validation, Date().timeIntervalSince(started)))
             }
             if step == resumedAt + 1, let failedAt = settings.failedAt {
-                let seconds = Date().timeIntervalSince1970 - failedAt, redone = settings.stepsRedone ?? 0
-                record += [("steps_redone", "\(redone)"), ("recovery_s", String(format: "%.3f", seconds))]
-                log.line(String(format: "lost to the failure: %d step(s) redone since the checkpoint; first resumed step done %.1f s after the failure", redone, seconds))
+                let seconds = Date().timeIntervalSince1970 - failedAt
+                record.append(("recovery_s", String(format: "%.3f", seconds)))
+                var lost = String(format: "first resumed step done %.1f s after the failure", seconds)
+                if let redone = settings.stepsRedone {
+                    record.append(("steps_redone", "\(redone)"))
+                    lost = "\(redone) step(s) redone since the checkpoint; " + lost
+                }
+                log.line("lost to the failure: " + lost)
             }
             log.metrics(record)
             noteProgress(step)
