@@ -249,7 +249,8 @@ public final class TrainingRun {
         }
     }
 
-    /// Rank 0's sample, from its own generator so the training trajectory never depends on it.
+    /// Rank 0's sample, seeded from the sample generator (apart from the batch generator, so the
+    /// training trajectory never depends on it; every rank advances it, see run()).
     private func sample(seed: UInt64) {
         do {
             let generator = try TextGenerator(config: trainer.options.model, parameters: trainer.params.array,
