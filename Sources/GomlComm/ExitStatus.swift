@@ -26,7 +26,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .collectiveTimeout: "a collective waited --collective-timeout seconds: a rank stopped responding or a host was lost"
         case .nonFinite: "non-finite loss or gradient norm; no checkpoint written"
         case .replicasDiverged: "ranks disagree on the step, options, data position or parameter checksum"
-        case .checkpointWrite: "rank 0 could not write a checkpoint"
+        case .checkpointWrite: "a rank could not write its checkpoint (rank 0, or a replica's writer)"
         case .dataShrank: "a data file shrank while training"
         case .stopped: "stopped by SIGTERM/SIGUSR1 after writing a checkpoint: continue with --resume"
         case .usage: "the command line does not parse (from the argument parser)"

@@ -98,6 +98,19 @@ public enum Checkpoint {
         return isDirectory.boolValue ? path + "/" + (try latestModelName(directory: path)) : path
     }
 
+    /// The model files a resume from `path` may use, newest first: the file itself, or a
+    /// directory's `latest` and then every checkpoint in it by step; none when it is absent.
+    public static func candidates(_ path: String) -> [String] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return [] }
+        guard isDirectory.boolValue else { return [path] }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        let models = names.filter { $0.hasPrefix("ckpt-") && $0.hasSuffix(".safetensors") && !$0.hasSuffix(".state.safetensors") }
+        var ordered = (try? [latestModelName(directory: path)]) ?? []
+        ordered += models.sorted(by: >).filter { !ordered.contains($0) }
+        return ordered.map { path + "/" + $0 }
+    }
+
     /// Reads and checks a model file: ours, checksum intact, tensors shaped as its config says.
     public static func loadModel(_ path: String) throws -> (config: ModelConfig, step: Int, metadata: [String: String], params: [Float]) {
         let file = try SafetensorsFile(path: path)

@@ -17,7 +17,7 @@ public enum DurableFile {
     /// Atomically replaces `path` with `bytes`.
     public static func write(_ bytes: [UInt8], to path: String) throws {
         let directory = (path as NSString).deletingLastPathComponent
-        let temporary = (directory.isEmpty ? "." : directory) + "/.\((path as NSString).lastPathComponent).tmp-\(getpid())"
+        let temporary = (directory.isEmpty ? "." : directory) + "/.\((path as NSString).lastPathComponent).tmp-\(hostName)-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw FileError("\(path): cannot create \(temporary) (\(String(cString: strerror(errno))))") }
         var written = 0
@@ -44,6 +44,14 @@ public enum DurableFile {
     }
 
     /// fsync on the directory makes a rename inside it durable.
+    /// Part of a temporary file's name: writers on several hosts (checkpoint replicas on a
+    /// shared filesystem) may write the same path, and their process ids may coincide.
+    static let hostName: String = {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count - 1)
+        return String(cString: name)
+    }()
+
     public static func syncDirectory(_ directory: String) {
         let fd = open(directory, O_RDONLY | O_DIRECTORY)
         if fd >= 0 { fsync(fd); close(fd) }

@@ -54,11 +54,11 @@ public protocol DataParallelStrategy: AnyObject {
     var optimizer: AdamW { get }
     /// What this rank holds, for the run header.
     var memory: RankMemory { get }
-    /// Collective: calls `body` on rank 0 alone with the moments of every parameter (m, v), in
-    /// parameter layout, as checkpoints store them.
-    func withWholeOptimizerState(_ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows
-    /// Collective: sets every rank's moments from the whole ones rank 0 passes (nil elsewhere).
-    func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?)
+    /// Collective: calls `body` on each rank of `writers` (the checkpoint's replica writers) with
+    /// the moments of every parameter (m, v), in parameter layout, as checkpoints store them.
+    func withWholeOptimizerState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows
+    /// Collective: sets every rank's moments from the whole ones `root` passes (nil elsewhere).
+    func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int)
     /// How the shard is cut into forward/backward passes on worker threads.
     var passes: PassPlan { get }
     /// The reduction as the run header names it, e.g. "allreduce, after backward".

@@ -90,12 +90,12 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
     public var optimizer: AdamW { replica.optimizer }
     public var memory: RankMemory { replica.memory(workers: gradients.buffers.count) }
 
-    public func withWholeOptimizerState(_ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        try replica.withWholeOptimizerState(comm: comm, body)
+    public func withWholeOptimizerState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        try replica.withWholeOptimizerState(at: writers, comm: comm, body)
     }
 
-    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?) {
-        replica.loadWholeOptimizerState(comm: comm, m: m, v: v)
+    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
+        replica.loadWholeOptimizerState(comm: comm, m: m, v: v, root: root)
     }
 
     public var summary: String {

@@ -15,18 +15,18 @@ final class ReplicatedOptimizer {
         optimizer = AdamW(layout: layout, config: config)
     }
 
-    /// Whole moments on every rank: rank 0 has them already.
-    func withWholeOptimizerState(comm: Communicator, _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        if comm.isRoot { try body(UnsafeBufferPointer(optimizer.m), UnsafeBufferPointer(optimizer.v)) }
+    /// Whole moments on every rank: each writer has them already.
+    func withWholeOptimizerState(at writers: [Int], comm: Communicator, _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        if writers.contains(comm.rank) { try body(UnsafeBufferPointer(optimizer.m), UnsafeBufferPointer(optimizer.v)) }
     }
 
-    /// Rank 0's moments, broadcast to every rank.
-    func loadWholeOptimizerState(comm: Communicator, m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?) {
+    /// `root`'s moments, broadcast to every rank.
+    func loadWholeOptimizerState(comm: Communicator, m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
         if let m, let v {
             _ = optimizer.m.update(fromContentsOf: m)
             _ = optimizer.v.update(fromContentsOf: v)
         }
-        for buffer in [optimizer.m, optimizer.v] { comm.broadcast(UnsafeMutableRawBufferPointer(buffer), root: 0) }
+        for buffer in [optimizer.m, optimizer.v] { comm.broadcast(UnsafeMutableRawBufferPointer(buffer), root: root) }
     }
 
     func memory(workers: Int) -> RankMemory {

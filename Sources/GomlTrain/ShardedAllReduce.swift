@@ -164,25 +164,29 @@ public final class ShardedAllReduce: DataParallelStrategy {
 
     /// Rank 0 gathers m into the gradient buffer (free between steps: its next pass overwrites
     /// it) and v into a buffer of its own, so that only it briefly holds the whole state.
-    public func withWholeOptimizerState(_ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        let m = gradients.sum.pointer
-        let v = UnsafeMutableBufferPointer<Float>.allocate(capacity: comm.isRoot ? m.count : 0)
+    /// The slices are gathered to each writer in turn (into the gradient buffer, unused between
+    /// steps, and a temporary one), which then holds the whole state while it writes.
+    public func withWholeOptimizerState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        let m = gradients.sum.pointer, writes = writers.contains(comm.rank)
+        let v = UnsafeMutableBufferPointer<Float>.allocate(capacity: writes ? m.count : 0)
         defer { v.deallocate() }
-        for (moments, whole) in [(optimizer.m, m), (optimizer.v, v)] {
-            for bucket in forwardOrder {
-                comm.gather(mine(moments, bucket), into: UnsafeMutableBufferPointer(rebasing: whole[comm.isRoot ? shards.buckets[bucket] : 0..<0]),
-                            counts: shards.counts(bucket), root: 0)
+        for writer in writers {
+            for (moments, whole) in [(optimizer.m, m), (optimizer.v, v)] {
+                for bucket in forwardOrder {
+                    comm.gather(mine(moments, bucket), into: UnsafeMutableBufferPointer(rebasing: whole[comm.rank == writer ? shards.buckets[bucket] : 0..<0]),
+                                counts: shards.counts(bucket), root: writer)
+                }
             }
         }
-        if comm.isRoot { try body(UnsafeBufferPointer(m), UnsafeBufferPointer(v)) }
+        if writes { try body(UnsafeBufferPointer(m), UnsafeBufferPointer(v)) }
     }
 
-    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?) {
+    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
         let none = UnsafeBufferPointer<Float>(start: nil, count: 0)
         for (moments, whole) in [(optimizer.m, m), (optimizer.v, v)] {
             for bucket in forwardOrder {
                 comm.scatter(whole.map { UnsafeBufferPointer(rebasing: $0[shards.buckets[bucket]]) } ?? none, counts: shards.counts(bucket),
-                             into: UnsafeMutableBufferPointer(mutating: mine(moments, bucket)), root: 0)
+                             into: UnsafeMutableBufferPointer(mutating: mine(moments, bucket)), root: root)
             }
         }
     }

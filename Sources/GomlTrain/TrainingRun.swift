@@ -1,5 +1,6 @@
 // TrainingRun: the loop around Trainer. Every rank runs it; rank 0 alone prints, writes
-// metrics.jsonl, evaluates' report, generates samples and checkpoints. Decisions that end
+// metrics.jsonl, evaluates' report and generates samples; the lowest rank on each of
+// --ckpt-replicas hosts writes the same checkpoint (CheckpointReplicas). Decisions that end
 // the run (non-finite values, ranks that disagree) are taken from values every rank shares,
 // so all ranks leave together.
 
@@ -14,9 +15,18 @@ public struct RunSettings {
     public var dataName = ""
     public var dataFingerprint = ""
     public var threads = 1
-    /// Continue from a checkpoint: every rank sets `resume`; rank 0 alone holds the checkpoint.
+    /// Continue from a checkpoint: every rank sets `resume` and `resumeSource`; its root
+    /// alone holds the checkpoint, and broadcasts it.
     public var resume = false
     public var resumeFrom: TrainingCheckpoint? = nil
+    public var resumeSource: ResumeSource? = nil
+    /// The ranks that write a checkpoint replica, each on its own host (rank 0 first).
+    public var replicaWriters = [0]
+    public var hosts = RankHosts(names: ["this process"])
+    /// Set by a relaunch (launch/train): when the previous attempt failed (Unix seconds) and
+    /// how many steps it had done past the checkpoint, for the lost-time report.
+    public var failedAt: Double? = nil
+    public var stepsRedone: Int? = nil
     /// The ceiling MFU is quoted against: one rank's measured product rate at the run's precision.
     public var peakGFLOPS: Double = 0
     /// Why the run's precision was chosen, for the header.
@@ -77,27 +87,31 @@ public final class TrainingRun {
         header = Array(repeating: 0, count: Self.headerFields)
         gathered = Array(repeating: 0, count: Self.headerFields * trainer.comm.size)
         log = try RankZeroLog(isRoot: trainer.comm.isRoot, directory: settings.outDirectory,
-                              resumeStep: settings.resumeFrom?.step, progress: settings.progress)
+                              resumeStep: settings.resumeSource?.step, progress: settings.progress)
+        if settings.replicaWriters.contains(comm.rank) {
+            try? FileManager.default.createDirectory(atPath: settings.outDirectory, withIntermediateDirectories: true)
+        }
         try describeRun()
     }
 
-    /// Restores parameters, moments, step and generators: rank 0 read the checkpoint (only its
-    /// host need see the output directory) and broadcasts it.
+    /// Restores parameters, moments, step and generators: the source's root read the checkpoint
+    /// (only its host need see it) and broadcasts it.
     func restore() {
+        let root = settings.resumeSource?.root ?? 0
         var state = [UInt64](repeating: 0, count: 10)   // step, Adam step, batch and sample generators
         if let ckpt = settings.resumeFrom {
             _ = trainer.params.pointer.update(from: ckpt.params)
             state = [UInt64(ckpt.step), UInt64(ckpt.adamStep)] + (ckpt.generators["batch"] ?? trainer.sampler.rng.stateWords)
                 + (ckpt.generators["sample"] ?? sampleRNG.stateWords)
         }
-        comm.broadcast(UnsafeMutableRawBufferPointer(trainer.params.pointer), root: 0)
+        comm.broadcast(UnsafeMutableRawBufferPointer(trainer.params.pointer), root: root)
         // The strategy keeps the moments whole or a slice of them, whatever the saving run's world size.
         if let ckpt = settings.resumeFrom {
-            ckpt.m.withUnsafeBufferPointer { m in ckpt.v.withUnsafeBufferPointer { v in trainer.strategy.loadWholeOptimizerState(m: m, v: v) } }
+            ckpt.m.withUnsafeBufferPointer { m in ckpt.v.withUnsafeBufferPointer { v in trainer.strategy.loadWholeOptimizerState(m: m, v: v, root: root) } }
         } else {
-            trainer.strategy.loadWholeOptimizerState(m: nil, v: nil)
+            trainer.strategy.loadWholeOptimizerState(m: nil, v: nil, root: root)
         }
-        state.withUnsafeMutableBytes { comm.broadcast($0, root: 0) }
+        state.withUnsafeMutableBytes { comm.broadcast($0, root: root) }
         trainer.step = Int(state[0])
         trainer.optimizer.step = Int(state[1])
         trainer.sampler.rng = Xoshiro256(state: Array(state[2..<6]))
@@ -108,6 +122,7 @@ public final class TrainingRun {
         let o = trainer.options
         if settings.resume { restore() } else { trainer.initialiseParameters() }
         var checkpointedStep = settings.resume ? trainer.step : -1
+        let resumedAt = checkpointedStep
         printHeader()
         let started = Date()
         var trainSeconds = 0.0
@@ -136,9 +151,24 @@ public final class TrainingRun {
                 record.append(("val_loss", "\(validation)"))
                 log.line(String(format: "step %6d | val loss %.4f | %.1f s", step, validation, Date().timeIntervalSince(started)))
             }
+            if step == resumedAt + 1, let failedAt = settings.failedAt {
+                let seconds = Date().timeIntervalSince1970 - failedAt
+                record.append(("recovery_s", String(format: "%.3f", seconds)))
+                var lost = String(format: "first resumed step done %.1f s after the failure", seconds)
+                if let redone = settings.stepsRedone {
+                    record.append(("steps_redone", "\(redone)"))
+                    lost = "\(redone) step(s) redone since the checkpoint; " + lost
+                }
+                log.line("lost to the failure: " + lost)
+            }
             log.metrics(record)
+            noteProgress(step)
             if comm.isRoot && settings.plotEvery > 0 && step % settings.plotEvery == 0 { plot() }
-            if comm.isRoot && o.sampleEvery > 0 && step % o.sampleEvery == 0 { sample() }
+            // Every rank advances the sample generator, so every checkpoint replica holds its state.
+            if o.sampleEvery > 0 && step % o.sampleEvery == 0 {
+                let seed = sampleRNG.next()
+                if comm.isRoot { sample(seed: seed) }
+            }
             if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == lastStep {
                 try checkpoint()
                 checkpointedStep = step
@@ -189,21 +219,31 @@ public final class TrainingRun {
         throw RunFailure(message: "", code: ExitStatus.stopped.code)
     }
 
-    /// Rank 0 writes the checkpoint; a failure there ends the whole job, so no rank goes on alone.
+    /// Each replica writer notes the last step done in OUT/progress (not durable: a hint), so a
+    /// relauncher can count the steps a failure costs on whichever hosts survive.
+    private func noteProgress(_ step: Int) {
+        guard settings.replicaWriters.contains(comm.rank) else { return }
+        _ = FileManager.default.createFile(atPath: settings.outDirectory + "/progress", contents: Data("\(step)\n".utf8))
+    }
+
+    /// The replica writers write the checkpoint, each into its host's output directory; a
+    /// failure on any ends the whole job, so no rank goes on alone.
     private func checkpoint() throws {
         var ok = true, message = ""
-        // Collective: the strategy gathers the moments (when sharded) to rank 0, which writes.
-        trainer.strategy.withWholeOptimizerState { m, v in
+        // Collective: the strategy gathers the moments (when sharded) to each replica writer.
+        trainer.strategy.withWholeOptimizerState(at: settings.replicaWriters) { m, v in
             do {
                 let path = try Checkpoint.save(
                     directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
                     params: UnsafeBufferPointer(trainer.params.pointer), m: m, v: v, adamStep: trainer.optimizer.step,
                     generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
                     dataFingerprint: settings.dataFingerprint)
-                log.line("checkpoint \(path)")
+                let others = settings.replicaWriters.dropFirst().map { settings.hosts.names[$0] }
+                log.line("checkpoint \(path)" + (others.isEmpty ? "" : " (replicas on \(settings.hosts.names[0]), \(others.joined(separator: ", ")))"))
             } catch {
                 ok = false
-                message = "cannot write checkpoint at step \(trainer.step): \(error)"
+                message = "cannot write checkpoint at step \(trainer.step)\(comm.size > 1 ? " on \(comm.hostName)" : ""): \(error)"
+                if !comm.isRoot { FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8)) }
             }
         }
         if !comm.allAgree(ok) {
@@ -211,14 +251,15 @@ public final class TrainingRun {
         }
     }
 
-    /// Rank 0's sample, from its own generator so the training trajectory never depends on it.
-    private func sample() {
+    /// Rank 0's sample, seeded from the sample generator (apart from the batch generator, so the
+    /// training trajectory never depends on it; every rank advances it, see run()).
+    private func sample(seed: UInt64) {
         do {
             let generator = try TextGenerator(config: trainer.options.model, parameters: trainer.params.array,
                                           precision: trainer.options.precision)
             var text: [UInt8] = []
             try generator.generate(prompt: [10], count: trainer.options.sampleTokens,
-                                   options: SamplingOptions(temperature: 0.8, topK: 40), seed: sampleRNG.next()) { text.append($0) }
+                                   options: SamplingOptions(temperature: 0.8, topK: 40), seed: seed) { text.append($0) }
             log.line("sample at step \(trainer.step):\n" + String(decoding: text, as: UTF8.self) + "\n---")
         } catch {
             log.line("sample failed: \(error)")
@@ -259,10 +300,13 @@ public final class TrainingRun {
 
     private func printHeader() {
         let o = trainer.options
-        let resume = settings.resumeFrom.map { " resumed from \($0.path) at step \($0.step)" } ?? ""
+        let resume = settings.resumeSource.map { " resumed from \($0.description) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
         log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(trainer.strategy.summary)")
         if let allocation = settings.allocation { log.line(allocation) }
+        if settings.replicaWriters.count > 1 {
+            log.line("checkpoint replicas on \(settings.replicaWriters.count) hosts: \(settings.replicaWriters.map { settings.hosts.names[$0] }.joined(separator: ", "))")
+        }
         log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
                         Double(trainer.activationBytes) / 1e6))
         let memory = trainer.strategy.memory

@@ -1,5 +1,6 @@
 // `goml-dist train`: parses the options, checks them on every rank, and hands over to
-// GomlTrain's TrainingRun. Every rank runs this; rank 0 alone reads a resumed checkpoint.
+// GomlTrain's TrainingRun. Every rank runs this; on a resume the lowest rank on each host
+// looks for its newest intact checkpoint, and the newest of all is broadcast.
 
 import ArgumentParser
 import CStopSignal
@@ -31,6 +32,12 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("log-every"), help: "Print a step line every N steps.") var logEvery: Int = 10
     @Option(name: .customLong("ckpt-every"), help: "Checkpoint every N steps (0: only at the end).") var ckptEvery: Int = 0
     @Option(help: "Checkpoints to keep.") var keep: Int = 3
+    @Option(name: .customLong("ckpt-replicas"), help: "Write each checkpoint on this many hosts (the lowest rank on each, into its own --out), so that it outlives a host (default: 2 when the job spans 2 hosts or more, else 1).")
+    var ckptReplicas: Int?
+    @Option(name: .customLong("failed-at"), help: ArgumentHelp("Set by launch/train on a relaunch: when the previous attempt failed (Unix seconds), for the lost-time report.", valueName: "seconds"))
+    var failedAt: Double?
+    @Option(name: .customLong("steps-redone"), help: ArgumentHelp("Set by launch/train on a relaunch: steps the previous attempt had done past the checkpoint, for the lost-time report.", valueName: "n"))
+    var stepsRedone: Int?
     @Option(help: "Continue from a checkpoint file, or an output directory's latest.") var resume: String?
     @Flag(inversion: .prefixedNo, help: "A live progress line (step, loss, tokens/s, ETA) between logged lines; default: on when the output is a terminal.")
     var progress: Bool?
@@ -52,6 +59,7 @@ struct TrainCommand: ParsableCommand {
         }
         if logEvery <= 0 { throw ValidationError("--log-every must be positive") }
         if keep <= 0 { throw ValidationError("--keep must be positive") }
+        if let ckptReplicas, ckptReplicas <= 0 { throw ValidationError("--ckpt-replicas must be positive") }
         if let t = parallel.threads, t <= 0 { throw ValidationError("--threads must be positive") }
         if HeaderFault(rawValue: faultHeaderField) == nil { throw ValidationError("unknown --fault-header-field '\(faultHeaderField)': use options or data") }
     }
@@ -70,6 +78,8 @@ struct TrainCommand: ParsableCommand {
         _ = goml_stop_signal_install()
         let comm = makeCommunicator(parallel)
         _ = goml_stop_signal_install()
+        let hosts = RankHosts.gather(comm)
+        var local = LocalResumeCandidate()
         let threads = coresPerRank(parallel, comm, reduction: try? optimization.mode())
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             var settings = RunSettings()
@@ -88,12 +98,16 @@ struct TrainCommand: ParsableCommand {
             let corpus = try openData(data, validation: valData)
             settings.dataName = corpus.description
             settings.dataFingerprint = corpus.identity
+            settings.hosts = hosts
+            settings.replicaWriters = hosts.replicaWriters(ckptReplicas)
+            settings.failedAt = failedAt
+            settings.stepsRedone = stepsRedone
             if let resume {
                 settings.resume = true
-                // Rank 0 reads and checks the checkpoint, then broadcasts it: other hosts need not see OUT.
-                if comm.isRoot {
-                    settings.resumeFrom = try checkpointToResume(resume, options: options, dataIdentity: corpus.identity,
-                                                                 allowDataChange: allowDataChange)
+                // The lowest rank on each host reads its own disk: no host need see another's OUT.
+                if hosts.leaders.contains(comm.rank) {
+                    local = try newestResumableCheckpoint(resume, options: options, dataIdentity: corpus.identity,
+                                                          allowDataChange: allowDataChange)
                 }
             }
             let communication = try parallel.communication()
@@ -104,6 +118,12 @@ struct TrainCommand: ParsableCommand {
         }
         agreeOnData(comm, corpus)
         var run = settings
+        if let resume {
+            let source = agreeOnResumeSource(comm, hosts: hosts, path: resume, local: local)
+            run.resumeSource = source
+            run.resumeFrom = comm.rank == source.root ? local.checkpoint : nil
+            local = LocalResumeCandidate()   // other hosts' copies are not needed
+        }
         // The ceiling MFU is quoted against: products at the run's precision on all of this
         // rank's cores (rank 0 measures).
         if comm.isRoot { run.peakGFLOPS = ProductPeak.measure(trainer.options.precision, threads: threads, size: 512, repeats: 4) }

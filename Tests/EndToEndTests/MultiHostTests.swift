@@ -10,8 +10,8 @@ import XCTest
 
 final class MultiHostTests: XCTestCase {
     /// 20 steps of tiny, one rank per host: the same per-step losses and gradient norms as
-    /// --single (to 1e-5; byte for byte with --reduction exact), the gradient traffic across host2's link, the
-    /// checkpoint on rank 0's host alone.
+    /// --single (to 1e-5; byte for byte with --reduction exact), the gradient traffic across
+    /// host2's link, the checkpoint on both hosts' disks (a replica by default), the same bytes.
     func testTwoHostsOneRankEachMatchSingle() throws {
         let cluster = try multiHostStartCluster()
         try multiHostCheckMatchesSingle(cluster, hostfile: "hostfiles/netns-2hosts", ranks: 2, exact: false)
@@ -170,13 +170,14 @@ final class MultiHostTests: XCTestCase {
         XCTAssertEqual(try Checkpoint.loadTraining(Checkpoint.resolve(cluster.disk("host1") + "/run")).step, steps)
     }
 
-    /// Resuming across hosts: the checkpoint is on host1's disk alone (rank 0 wrote it); rank 0
-    /// reads it and broadcasts it, and the resumed run ends as the uninterrupted one did, bit for
-    /// bit. host2 never has the output directory.
+    /// Resuming across hosts: the checkpoint is on host1's disk alone (rank 0 wrote it, one
+    /// replica asked for); rank 0 reads it and broadcasts it, and the resumed run ends as the
+    /// uninterrupted one did, bit for bit. host2 never has the output directory.
     func testResumeAcrossHostsReadsRankZerosCheckpoint() throws {
         let cluster = try multiHostStartCluster()
         func train(_ name: String, _ extra: [String]) {
-            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + extra,
+            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts",
+                                        trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + ["--ckpt-replicas", "1"] + extra,
                                         timeout: 180)
             XCTAssertEqual(r.status, 0, "\(name) \(extra) failed\n\(r.tail)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("host2") + "/" + name), "host2 has an output directory")
@@ -188,6 +189,82 @@ final class MultiHostTests: XCTestCase {
         let run = cluster.disk("host1") + "/run", full = cluster.disk("host1") + "/full"
         XCTAssertEqual(Harness.lossTexts(run), Harness.lossTexts(full), "per-step losses, bit for bit")
         XCTAssertEqual(try Harness.checkpointTensorBytes(run), try Harness.checkpointTensorBytes(full), "final parameter bytes")
+    }
+
+    /// Checkpoint replicas (default on two hosts): both hosts' disks get the same bytes, the
+    /// sample generator's state included. A replica that is corrupt (a flipped byte) or
+    /// half-written (a truncated state file) is skipped with a warning naming its host, and the
+    /// run resumes from the other host's, which its holder broadcasts, and ends as the
+    /// uninterrupted run did, bit for bit (--reduction exact).
+    func testCorruptReplicaIsSkippedForTheOtherHosts() throws {
+        let cluster = try multiHostStartCluster()
+        let extra = ["--reduction", "exact", "--ckpt-every", "5", "--sample-every", "5"]
+        func train(_ name: String, _ more: [String]) -> MultiHostResult {
+            let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + extra + more,
+                                        timeout: 180)
+            XCTAssertFalse(r.timedOut, "\(name) \(more) hung\n\(r.tail)")
+            XCTAssertEqual(r.status, 0, "\(name) \(more) failed\n\(r.tail)")
+            return r
+        }
+        _ = train("full", [])
+        let step10 = Checkpoint.modelFileName(step: 10), state10 = step10.replacingOccurrences(of: ".safetensors", with: ".state.safetensors")
+        for (name, spoil) in [("run1", "host1"), ("run2", "host2")] {
+            _ = train(name, ["--stop-after", "10"])
+            let (spoiled, intact) = (cluster.disk(spoil) + "/" + name, cluster.disk(spoil == "host1" ? "host2" : "host1") + "/" + name)
+            for file in [step10, state10, "latest"] {
+                XCTAssertEqual(FileManager.default.contents(atPath: spoiled + "/" + file), FileManager.default.contents(atPath: intact + "/" + file),
+                               "the replicas of \(file) differ")
+            }
+            if spoil == "host1" {   // a flipped byte in the model file
+                var bytes = try XCTUnwrap(FileManager.default.contents(atPath: spoiled + "/" + step10))
+                bytes[bytes.count - 100] ^= 0x10
+                try bytes.write(to: URL(fileURLWithPath: spoiled + "/" + step10))
+            } else {                // a state file cut short, as a write that never finished
+                let bytes = try XCTUnwrap(FileManager.default.contents(atPath: spoiled + "/" + state10))
+                try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: spoiled + "/" + state10))
+            }
+            let r = train(name, ["--resume", cluster.local + "/" + name])
+            XCTAssertTrue(r.output.contains("goml-dist: warning: on \(spoil): skipped"), "no warning naming \(spoil):\n\(r.tail)")
+            let other = spoil == "host1" ? "host2" : "host1"
+            XCTAssertTrue(r.output.contains("resumed from \(other):\(cluster.local)/\(name)/\(step10) at step 10"), r.tail)
+            let full = cluster.disk("host1") + "/full"
+            XCTAssertEqual(try Harness.checkpointTensorBytes(cluster.disk("host1") + "/" + name), try Harness.checkpointTensorBytes(full),
+                           "\(name): final parameter bytes")
+            XCTAssertEqual(try Harness.checkpointTensorBytes(cluster.disk("host2") + "/" + name), try Harness.checkpointTensorBytes(full),
+                           "\(name): host2's final replica")
+        }
+    }
+
+    /// Elastic (--min-hosts 1): host2's link goes down for good mid-run. launch/train probes
+    /// both hosts, drops host2 naming it, relaunches on host1 alone at world size 1 from the
+    /// newest replica, and the run ends with the very bytes of an uninterrupted two-host run
+    /// (--reduction exact); the steps redone are at most --ckpt-every.
+    func testLostHostFinishesOnTheOtherWithTheSameBytes() throws {
+        let cluster = try multiHostStartCluster()
+        try elasticRun(cluster, lose: "host2", exact: true)
+    }
+
+    /// The same when rank 0's host is the one lost: its replica goes with it, and the run
+    /// continues on host2 from host2's replica, with the same bytes.
+    func testRankZerosHostLostContinuesFromTheReplica() throws {
+        let cluster = try multiHostStartCluster()
+        try elasticRun(cluster, lose: "host1", exact: true)
+    }
+
+    /// The default reduction: the run finished on one host after losing the other ends within
+    /// 0.01 of the uninterrupted run's validation loss.
+    func testLostHostDefaultReductionKeepsTheValidationLoss() throws {
+        let cluster = try multiHostStartCluster()
+        try elasticRun(cluster, lose: "host2", exact: false)
+    }
+
+    /// Three hosts, one rank each, --batch 12: losing host2 relaunches on host1 and host3 at
+    /// world size 2, the largest that keeps the batch.
+    func testThreeHostsLoseOneKeepTheLargestWorldSize() throws {
+        let cluster = try multiHostStartCluster(hosts: 3)
+        let hostfile = cluster.dir + "/three"
+        try "host1 slots=1\nhost2 slots=1\nhost3 slots=1\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        try elasticRun(cluster, lose: "host2", exact: false, hostfile: hostfile, hosts: ["host1", "host2", "host3"], batch: 12)
     }
 
     /// launch/train --hosts checks that every host has the binary: one at a path on host1's
@@ -514,13 +591,90 @@ extension MultiHostTests {
         let latest = (try? String(contentsOfFile: host1Run + "/latest", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         XCTAssertTrue(latest.hasPrefix("ckpt-"), "no checkpoint named by latest on host1: '\(latest)'")
         XCTAssertTrue(FileManager.default.fileExists(atPath: host1Run + "/" + latest), "checkpoint \(latest) missing on host1")
-        for host in ["host2", "head"] {
-            XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk(host) + "/" + run), "\(host) has an output directory")
+        // The replica on host2 (its lowest rank wrote it): the same files, byte for byte.
+        let host2Run = cluster.disk("host2") + "/" + run
+        XCTAssertTrue(r.output.contains("checkpoint replicas on 2 hosts: host1, host2"), r.tail)
+        for name in [latest, latest.replacingOccurrences(of: ".safetensors", with: ".state.safetensors"), "latest"] {
+            let a = FileManager.default.contents(atPath: host1Run + "/" + name), b = FileManager.default.contents(atPath: host2Run + "/" + name)
+            XCTAssertNotNil(b, "no replica of \(name) on host2")
+            XCTAssertEqual(a, b, "host2's replica of \(name) differs from host1's")
         }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.disk("head") + "/" + run), "head has an output directory")
         XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: cluster.local)) ?? [], [],
                        "files landed outside the hosts' private disks")
         // The gradients crossed host2's link: 20 all-reduces of ~0.5 MB each, in each direction.
         let received = cluster.receivedBytes("host2") - before
         XCTAssertGreaterThan(received, 2_000_000, "host2 received only \(received) bytes over its link")
+    }
+}
+
+extension MultiHostTests {
+    /// Trains tiny on `hosts` uninterrupted, then again elastically (--min-hosts 1), cutting
+    /// `lose`'s link for good once both runs' replicas hold a checkpoint; checks the drop, the
+    /// world size, the resume from a surviving replica, the lost-time report, and the end: the
+    /// same parameter bytes (exact) or validation loss within 0.01. Prints the time lost.
+    fileprivate func elasticRun(_ cluster: MultiHostCluster, lose: String, exact: Bool, hostfile: String = "hostfiles/netns-2hosts",
+                                hosts: [String] = ["host1", "host2"], batch: Int = 8) throws {
+        let steps = 300, ckptEvery = 20
+        var arguments = multiHostTinyArguments(out: cluster.local + "/full", steps: steps)
+        arguments[arguments.firstIndex(of: "--batch")! + 1] = String(batch)
+        arguments += ["--collective-timeout", "20", "--ckpt-every", String(ckptEvery), "--eval-batches", "8"]
+        if exact { arguments += ["--reduction", "exact"] }
+        let full = cluster.launchTrain(hostfile: hostfile, trainArguments: arguments, timeout: 300)
+        XCTAssertEqual(full.status, 0, "the uninterrupted run failed\n\(full.tail)")
+        arguments[arguments.firstIndex(of: "--out")! + 1] = cluster.local + "/run"
+
+        let survivors = hosts.filter { $0 != lose }, out = cluster.local + "/run"
+        let job = try cluster.startTrain(hostfile: hostfile, trainArguments: arguments, launcherOptions: ["--max-restarts", "2", "--min-hosts", "1"])
+        // Cut once a checkpoint is on both disks and the run is past it.
+        let survivorLatest = cluster.disk(survivors[0]) + "/run/latest", lostLatest = cluster.disk(lose) + "/run/latest"
+        let deadline = Date().addingTimeInterval(120)
+        while !(FileManager.default.fileExists(atPath: survivorLatest) && FileManager.default.fileExists(atPath: lostLatest))
+                && job.process.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        guard job.process.isRunning, FileManager.default.fileExists(atPath: survivorLatest) else {
+            let r = job.wait(timeout: 5)
+            XCTFail("no checkpoint on \(survivors[0]) before the cut (exit \(r.status))\n\(r.tail)")
+            return
+        }
+        let cut = Date()
+        try cluster.setLink(lose, up: false)
+        var detected: Double?
+        while job.process.isRunning && Date().timeIntervalSince(cut) < 300 {
+            if detected == nil && job.output.contains("the job died") { detected = Date().timeIntervalSince(cut) }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        let r = job.wait(timeout: 30)
+        XCTAssertFalse(r.timedOut, r.tail)
+        XCTAssertEqual(r.status, 0, "the elastic run did not finish on \(survivors)\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("launch/train: host \(lose) is not reachable through") && r.output.contains("dropped from relaunch 1"),
+                      "no line dropping \(lose):\n\(r.tail)")
+        let world = survivors.count
+        XCTAssertTrue(r.output.contains("relaunch 1 of 2 on \(world) of \(hosts.count) host(s) (\(survivors.joined(separator: " "))), \(world) rank(s)"), r.tail)
+        XCTAssertTrue(r.output.contains("world \(world) rank(s)"), r.tail)
+        let resumed = try XCTUnwrap(r.output.range(of: #"resumed from \S+ at step [0-9]+"#, options: .regularExpression).map { String(r.output[$0]) }, r.tail)
+        XCTAssertTrue(resumed.hasPrefix("resumed from \(survivors[0]):\(out)/ckpt-"), resumed)
+        // The lost time: steps redone (the relaunch line and metrics.jsonl agree), at most --ckpt-every.
+        let redo = try XCTUnwrap(r.output.range(of: #"[0-9]+ step\(s\) to redo"#, options: .regularExpression).map { Int(r.output[$0].prefix { $0.isNumber })! }, r.tail)
+        XCTAssertLessThanOrEqual(redo, ckptEvery, r.tail)
+        let survivorRun = cluster.disk(survivors[0]) + "/run"
+        let record = try XCTUnwrap(Harness.metrics(survivorRun).first { $0["steps_redone"] != nil }, "no lost-time record in metrics.jsonl")
+        XCTAssertEqual((record["steps_redone"] as? NSNumber)?.intValue, redo)
+        let recovery = try XCTUnwrap((record["recovery_s"] as? NSNumber)?.doubleValue)
+        let probe = r.output.range(of: #"hosts probed in [0-9]+ s"#, options: .regularExpression).map { String(r.output[$0]) } ?? "?"
+        print(String(format: "elastic (lose %@, %@): detection %.1f s (cut → the job died), %@, failure → first resumed step %.1f s, %d step(s) redone",
+                     lose, exact ? "exact" : "allreduce", detected ?? -1, probe, recovery, redo))
+
+        let fullRun = cluster.disk("host1") + "/full"
+        XCTAssertEqual((Harness.metrics(survivorRun).last?["step"] as? NSNumber)?.intValue, steps, "the last step in metrics.jsonl on \(survivors[0])")
+        if exact {
+            XCTAssertEqual(try Harness.checkpointTensorBytes(survivorRun), try Harness.checkpointTensorBytes(fullRun), "final parameter bytes")
+        } else {
+            let lastValidation = { (dir: String) in Harness.metrics(dir).last { $0["val_loss"] != nil }?["val_loss"] as? Double }
+            let a = try XCTUnwrap(lastValidation(survivorRun)), b = try XCTUnwrap(lastValidation(fullRun))
+            XCTAssertLessThanOrEqual(abs(a - b), 0.01, "final validation loss \(a) after the loss, \(b) uninterrupted")
+        }
     }
 }

@@ -233,6 +233,36 @@ final class SlurmTests: XCTestCase {
         XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(single), "final parameter bytes differ from the run on one machine")
     }
 
+    /// Elastic inside the allocation (GOML_MAX_RESTARTS, --no-kill): host2 drops off the
+    /// network mid-run; the script probes both nodes with srun, drops host2, relaunches on host1
+    /// alone from the newest checkpoint and ends with the bytes of the run on one machine
+    /// (--reduction exact).
+    func testLostNodeRelaunchesOnTheRestOfTheAllocation() throws {
+        let single = Harness.temporaryDirectory("slurmelastic-ref")
+        // The default --collective-timeout (300 s) leaves mpirun's keepalive (about 25 s) to end the job.
+        let exact = ["--reduction", "exact", "--ckpt-every", "20"], steps = 150
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(single, steps: steps) + exact), "the run on one machine")
+        let cluster = try startCluster(nodes: 2)
+        let out = Harness.temporaryDirectory("slurmelastic")
+        let log = out + "/job.log"
+        let (submitted, result) = cluster.submit(["--nodes=2", "--ntasks-per-node=1", "--export=ALL,GOML_MAX_RESTARTS=2"],
+                                                 Array(stopTestArguments(out, steps: steps).dropFirst()) + exact, log: log)
+        guard let job = submitted else { return XCTFail("sbatch failed\n\(result.output)") }
+        guard cluster.waitForTraining(job, out, past: 30) else {
+            return XCTFail("the job did not get going: \(cluster.state(job))\n\(text(log).suffix(3000))")
+        }
+        let down = Harness.run("/usr/sbin/ip", ["-n", "gomlslurm-host2", "link", "set", "eth0", "down"], timeout: 30)
+        XCTAssertEqual(down.status, 0, down.output)
+        // The job stays COMPLETING until Slurm gives up on host2's cleanup: its script has ended then.
+        let ended = cluster.wait(job, for: Cluster.ended.union(["COMPLETING"]), timeout: 400)
+        let output = text(log)
+        XCTAssertEqual(ended.exitCode, "0:0", "job state \(ended.state)\n\(output.suffix(3000))")
+        XCTAssertTrue(output.contains("train.sbatch: node host2 does not answer"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("relaunch 1 of 2 on 1 of 2 node(s) (host1), 1 rank(s)"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("world 1 rank(s)"), output.suffix(3000).description)
+        XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(single), "final parameter bytes differ from the run on one machine")
+    }
+
     /// Training options without --threads, so goml-dist takes its threads from Slurm.
     func trainingWithoutThreads(_ out: String, steps: Int) -> [String] {
         var arguments = Array(stopTestArguments(out, steps: steps).dropFirst())
