@@ -146,9 +146,16 @@ public final class MPICommunicator: Communicator {
     }
 
     public func waitForAllReduces() -> Double {
-        guard let progress else { return 0 }
-        watchdog.enter("MPI_Iallreduce (overlapped gradient buckets)")
-        let busy = progress.waitAll()
+        waitWatched(progress, "MPI_Iallreduce (overlapped gradient buckets)")
+    }
+
+    /// Waits for every collective `thread` started, under the watchdog as `call`; returns the
+    /// seconds the network was busy (0 when nothing was registered).
+    @discardableResult
+    private func waitWatched(_ thread: ProgressThread?, _ call: String) -> Double {
+        guard let thread else { return 0 }
+        watchdog.enter(call)
+        let busy = thread.waitAll()
         watchdog.leave()
         return busy
     }
@@ -186,11 +193,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func waitForReduceScatters() -> Double {
-        guard let reduceScatters else { return 0 }
-        watchdog.enter("MPI_Reduce (overlapped reduce-scatter of gradient buckets)")
-        let busy = reduceScatters.waitAll()
-        watchdog.leave()
-        return busy
+        waitWatched(reduceScatters, "MPI_Reduce (overlapped reduce-scatter of gradient buckets)")
     }
 
     public func startAllGather(bucket: Int) {
@@ -199,10 +202,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func waitForAllGathers() {
-        guard let allGathers else { return }
-        watchdog.enter("MPI_Allgatherv (updated parameter buckets)")
-        _ = allGathers.waitAll()
-        watchdog.leave()
+        waitWatched(allGathers, "MPI_Allgatherv (updated parameter buckets)")
     }
 
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
