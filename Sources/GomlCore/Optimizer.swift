@@ -60,9 +60,16 @@ public final class AdamW {
     struct Segment {
         let parameter: Int, gradient: Int, moment: Int, count: Int
         let decayed: Bool
-        /// The owned range it belongs to, and whether it ends it.
-        let owner: Int, endsOwner: Bool
     }
+
+    /// One owned parameter range and the indices of its segments.
+    struct OwnedRange {
+        let parameters: Range<Int>, segments: Range<Int>
+    }
+
+    /// Split points of an owned range between threads fall on multiples of this many elements
+    /// (one 64-byte cache line of floats), so no two threads write the same line of parameters.
+    public static let partAlignment = 16
 
     public let config: OptimizerConfig
     /// First and second moments of the owned elements, in `owned` order (flat in parameter
@@ -71,6 +78,9 @@ public final class AdamW {
     /// Steps taken so far (t of the last update).
     public var step: Int = 0
     private let segments: [Segment]
+    private let owned: [OwnedRange]
+    /// The current step's coefficients, set by `beginUpdate` for every part to read.
+    private var lr: Float = 0, gradScale: Float = 1, correction1: Float = 1, correction2: Float = 1
 
     /// Moments for every parameter; the gradient is laid out like the parameters.
     public convenience init(layout: ParameterLayout, config: OptimizerConfig) {
@@ -82,39 +92,81 @@ public final class AdamW {
     /// may cut through a tensor: decay follows the tensor each element lies in.
     public init(layout: ParameterLayout, config: OptimizerConfig, owned: [(parameters: Range<Int>, gradient: Int)]) {
         self.config = config
-        var segments: [Segment] = [], moment = 0
-        for (owner, (range, gradient)) in owned.enumerated() {
+        var segments: [Segment] = [], ranges: [OwnedRange] = [], moment = 0
+        for (range, gradient) in owned {
+            let first = segments.count
             for tensor in layout.tensors {
                 let part = range.clamped(to: tensor.range)
                 guard !part.isEmpty else { continue }
                 let shift = part.lowerBound - range.lowerBound
                 segments.append(Segment(parameter: part.lowerBound, gradient: gradient + shift, moment: moment + shift,
-                                        count: part.count, decayed: tensor.isMatrix, owner: owner, endsOwner: part.upperBound == range.upperBound))
+                                        count: part.count, decayed: tensor.isMatrix))
             }
+            ranges.append(OwnedRange(parameters: range, segments: first..<segments.count))
             moment += range.count
         }
         self.segments = segments
+        self.owned = ranges
         m = .allocate(capacity: moment); m.initialize(repeating: 0)
         v = .allocate(capacity: moment); v.initialize(repeating: 0)
     }
 
     deinit { m.deallocate(); v.deallocate() }
 
+    /// The number of owned ranges, in the order updates visit them.
+    public var ownedRanges: Int { owned.count }
+
     /// One update of the owned elements: g = gradScale·grads; moments; p −= lr·(m̂/(√v̂ + eps) + wd·p).
-    /// `rangeUpdated(i)` follows the last element of owned range i (empty ranges are skipped).
+    /// `rangeUpdated(i)` follows owned range i, in order.
     public func update(_ params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, gradScale: Float,
                        rangeUpdated: (Int) -> Void = { _ in }) {
+        beginUpdate(lr: lr, gradScale: gradScale)
+        updatePart(0, of: 1, params, grads: grads, rangeUpdated: rangeUpdated)
+    }
+
+    /// Starts an update split into parts (one per thread): counts the step and fixes its
+    /// coefficients. Then every part in 0..<parts must run `updatePart` once, on any thread.
+    public func beginUpdate(lr: Double, gradScale: Float) {
         step += 1
         let t = Double(step)
-        let c = config
-        let correction1 = Float(1 - pow(Double(c.beta1), t)), correction2 = Float(1 - pow(Double(c.beta2), t))
-        for s in segments {
-            adamWKernel(params + s.parameter, m.baseAddress! + s.moment, v.baseAddress! + s.moment, grads + s.gradient,
-                        count: s.count, lr: Float(lr), beta1: c.beta1, beta2: c.beta2, eps: c.eps,
-                        weightDecay: s.decayed ? c.weightDecay : 0, correction1: correction1, correction2: correction2,
-                        gradScale: gradScale)
-            if s.endsOwner { rangeUpdated(s.owner) }
+        correction1 = Float(1 - pow(Double(config.beta1), t))
+        correction2 = Float(1 - pow(Double(config.beta2), t))
+        self.lr = Float(lr)
+        self.gradScale = gradScale
+    }
+
+    /// Part `part` of `parts` of the update begun by `beginUpdate`: the part-th contiguous piece
+    /// of every owned range, in order, cut at multiples of `partAlignment` elements. The pieces
+    /// are disjoint and the update elementwise, so any split gives the bits of one thread's.
+    /// `rangeUpdated(i)` follows this part's piece of owned range i (empty pieces included).
+    public func updatePart(_ part: Int, of parts: Int, _ params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>,
+                           rangeUpdated: (Int) -> Void = { _ in }) {
+        let c = config, moments = m.baseAddress!, squares = v.baseAddress!
+        for (index, range) in owned.enumerated() {
+            let piece = Self.piece(part, of: parts, range.parameters)
+            for s in segments[range.segments] {
+                let elements = (s.parameter..<(s.parameter + s.count)).clamped(to: piece)
+                guard !elements.isEmpty else { continue }
+                let shift = elements.lowerBound - s.parameter
+                adamWKernel(params + s.parameter + shift, moments + s.moment + shift, squares + s.moment + shift, grads + s.gradient + shift,
+                            count: elements.count, lr: lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps,
+                            weightDecay: s.decayed ? c.weightDecay : 0, correction1: correction1, correction2: correction2,
+                            gradScale: gradScale)
+            }
+            rangeUpdated(index)
         }
+    }
+
+    /// The part-th of `parts` contiguous pieces of `range`, its inner ends rounded up to a
+    /// multiple of `partAlignment`.
+    static func piece(_ part: Int, of parts: Int, _ range: Range<Int>) -> Range<Int> {
+        func cut(_ k: Int) -> Int {
+            if k == 0 { return range.lowerBound }
+            if k == parts { return range.upperBound }
+            let point = range.lowerBound + range.count * k / parts
+            return min(range.upperBound, (point + partAlignment - 1) / partAlignment * partAlignment)
+        }
+        return cut(part)..<cut(part + 1)
     }
 }
 

@@ -7,7 +7,7 @@
 //     pool.run()                  // each pass writes strategy.gradientBuffer(worker:pass:); backward
 //                                 // reports strategy.gradientsFinal(worker:from:)
 //     strategy.reduce()           // across workers and ranks
-//     strategy.finishStep(lr:…)   // norm, clip, AdamW
+//     strategy.finishStep(lr:…)   // norm, clip, AdamW on the same worker threads
 //
 // Which mode is which is decided here (ReductionMode.strategy) and nowhere else: every policy
 // that differs between modes is a requirement below. ShardedAllReduce (each rank keeping the
@@ -79,9 +79,10 @@ public protocol DataParallelStrategy: AnyObject {
     /// The reduced gradient the update reads, final between `reduce()` and `finishStep`: whole
     /// and the same on every rank when replicated; when sharded, final on the rank's slices only.
     var reducedGradient: UnsafeMutableBufferPointer<Float> { get }
-    /// Global norm, clip and AdamW from the reduced gradient, at learning rate `lr`; no update
-    /// when the loss or the norm is not finite (the run then stops).
-    func finishStep(lr: Double, lossIsFinite: Bool) -> StepUpdate
+    /// Global norm, clip and AdamW from the reduced gradient, at learning rate `lr`, the update
+    /// split over `threads` (the rank's workers); no update when the loss or the norm is not
+    /// finite (the run then stops).
+    func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate
 }
 
 /// How a rank's shard of the batch runs: `workers` threads, each `passesPerWorker`

@@ -46,8 +46,9 @@ public final class ExactTreeReduction: DataParallelStrategy {
                 communication: CommunicationSettings) {
         let leaf = Self.leafSize(options)
         passes = PassPlan(firstSequence: shard.lowerBound, workers: 1, microBatch: leaf, passesPerWorker: shard.count / leaf)
-        replica = ReplicatedOptimizer(layout: layout, config: options.optimizer)
-        gradient = FloatBuffer(count: layout.count)
+        let gradient = FloatBuffer(count: layout.count)
+        self.gradient = gradient
+        replica = ReplicatedOptimizer(layout: layout, config: options.optimizer, gradient: gradient)
         tree = TreeReducer(result: gradient, leaves: options.batch / leaf, local: (shard.lowerBound / leaf)..<(shard.upperBound / leaf))
         self.comm = comm
     }
@@ -87,7 +88,7 @@ public final class ExactTreeReduction: DataParallelStrategy {
 
     public var reducedGradient: UnsafeMutableBufferPointer<Float> { gradient.pointer }
 
-    public func finishStep(lr: Double, lossIsFinite: Bool) -> StepUpdate {
-        replica.step(gradient: reducedGradient, lr: lr, lossIsFinite: lossIsFinite)
+    public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
+        replica.step(gradient: reducedGradient, lr: lr, lossIsFinite: lossIsFinite, threads: threads)
     }
 }

@@ -57,9 +57,9 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
                 communication: CommunicationSettings) {
         passes = Self.passPlan(options, shard: shard, workers: requested)
         let workers = passes.workers
-        replica = ReplicatedOptimizer(layout: layout, config: options.optimizer)
         let gradients = WorkerGradients(workers: workers, count: layout.count)
         self.gradients = gradients
+        replica = ReplicatedOptimizer(layout: layout, config: options.optimizer, gradient: gradients.sum)
         func buckets(_ ranges: [Range<Int>]) -> BucketedReduction {
             .allReduce(buckets: ranges, gradients: gradients, comm: comm, compression: communication.compression,
                        hierarchical: communication.hierarchical)
@@ -140,7 +140,7 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
 
     public var reducedGradient: UnsafeMutableBufferPointer<Float> { gradients.sum.pointer }
 
-    public func finishStep(lr: Double, lossIsFinite: Bool) -> StepUpdate {
-        replica.step(gradient: reducedGradient, lr: lr, lossIsFinite: lossIsFinite)
+    public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
+        replica.step(gradient: reducedGradient, lr: lr, lossIsFinite: lossIsFinite, threads: threads)
     }
 }

@@ -1,6 +1,6 @@
 // ReplicatedOptimizer: parameters and AdamW moments held whole on every rank, and the step
-// from a whole reduced gradient (global norm, clip, AdamW). Every rank applies the same update
-// to the same bits, so replicas stay identical. Shared by the replicated strategies; no
+// from a whole reduced gradient (global norm, clip, AdamW split over the worker threads).
+// Every rank applies the same update to the same bits, so replicas stay identical. Shared by the replicated strategies; no
 // communication here.
 
 import GomlComm
@@ -9,10 +9,13 @@ import GomlCore
 final class ReplicatedOptimizer {
     let parameters: FloatBuffer   // [P]
     let optimizer: AdamW
+    private let update: ParallelAdamW
 
-    init(layout: ParameterLayout, config: OptimizerConfig) {
+    /// `gradient` [P] is the reduced gradient every step reads.
+    init(layout: ParameterLayout, config: OptimizerConfig, gradient: FloatBuffer) {
         parameters = FloatBuffer(count: layout.count)
         optimizer = AdamW(layout: layout, config: config)
+        update = ParallelAdamW(optimizer: optimizer, parameters: parameters.base, gradient: gradient.base)
     }
 
     /// Whole moments on every rank: each writer has them already.
@@ -34,14 +37,14 @@ final class ReplicatedOptimizer {
         return RankMemory(parameters: bytes, gradients: workers * bytes, optimizerState: 2 * bytes, savedBySharding: 0)
     }
 
-    /// Norm, clip and AdamW from `gradient` [P]; skipped unless the loss and the norm are finite.
-    func step(gradient: UnsafeMutableBufferPointer<Float>, lr: Double, lossIsFinite: Bool) -> StepUpdate {
+    /// Norm, clip and AdamW (on `threads`) from `gradient` [P], the buffer given at init;
+    /// skipped unless the loss and the norm are finite.
+    func step(gradient: UnsafeMutableBufferPointer<Float>, lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
         // The reduced gradient is identical on every rank, so its norm and the skip decision are too.
         let norm = globalNorm(UnsafeBufferPointer(gradient))
         let applied = lossIsFinite && norm.isFinite
         if applied {
-            optimizer.update(parameters.base, grads: gradient.baseAddress!, lr: lr,
-                             gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip))
+            update.update(lr: lr, gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip), threads: threads)
         }
         return StepUpdate(gradNorm: norm, applied: applied)
     }

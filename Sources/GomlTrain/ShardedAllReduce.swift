@@ -3,8 +3,8 @@
 // rank owns one slice of every gradient bucket: the buckets are reduce-scattered (during
 // backward, as the all-reduce's are started; float32, or bfloat16 with --grad-compression
 // bf16), so a rank receives the summed gradient of its slices only; the global norm comes from the slices' squared norms; AdamW updates the slices
-// alone, with moments for them alone (1/N of the optimizer state); then each bucket's updated
-// slices are all-gathered. Losses match the replicated all-reduce to float32 rounding.
+// alone (split over the rank's worker threads), with moments for them alone (1/N of the
+// optimizer state); each bucket's all-gather starts once every thread has updated its piece. Losses match the replicated all-reduce to float32 rounding.
 
 import Foundation
 import GomlComm
@@ -36,6 +36,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     public let parameters: FloatBuffer
     /// Moments of this rank's slices only, packed in forward bucket order.
     public let optimizer: AdamW
+    private let update: ParallelAdamW
     private let gradients: WorkerGradients
     private let shards: ShardLayout
     private let reduction: BucketedReduction
@@ -72,6 +73,12 @@ public final class ShardedAllReduce: DataParallelStrategy {
         // The reduce-scatter sums a rank's slices in place: gradient and parameters share offsets.
         let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.slice($0, rank: comm.rank).lowerBound) }
         optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned)
+        // Each bucket's gather starts once this rank's slice of it is updated; every rank
+        // starts all of them in forward order, its empty slices included.
+        let order = forwardOrder
+        update = ParallelAdamW(optimizer: optimizer, parameters: parameters.base, gradient: gradients.sum.base) {
+            comm.startAllGather(bucket: order[$0])
+        }
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
         momentOffsets = offsets
@@ -131,7 +138,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         UnsafeBufferPointer(rebasing: gradients.sum.pointer[shards.slice(bucket, rank: comm.rank)])
     }
 
-    public func finishStep(lr: Double, lossIsFinite: Bool) -> StepUpdate {
+    public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
         // The squared norm of each rank's slices, added in rank order on every rank: all ranks
         // compute the same norm bit for bit, so they clip and skip alike.
         var partial = 0.0
@@ -143,23 +150,10 @@ public final class ShardedAllReduce: DataParallelStrategy {
         let norm = total.squareRoot()
         let applied = lossIsFinite && norm.isFinite
         if applied {
-            // Each bucket's gather starts once this rank's slice of it is updated; every rank
-            // starts all of them in forward order, its empty slices included.
-            gathered = 0
-            optimizer.update(parameters.base, grads: gradients.sum.base, lr: lr,
-                             gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip)) { self.gatherThrough($0) }
-            gatherThrough(forwardOrder.count - 1)
+            update.update(lr: lr, gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip), threads: threads)
             comm.waitForAllGathers()
         }
         return StepUpdate(gradNorm: norm, applied: applied)
-    }
-
-    /// Buckets (in forward order) whose all-gather this step has started.
-    private var gathered = 0
-
-    /// Starts the all-gathers of forward buckets up to `last`.
-    private func gatherThrough(_ last: Int) {
-        while gathered <= last { comm.startAllGather(bucket: forwardOrder[gathered]); gathered += 1 }
     }
 
     /// Rank 0 gathers m into the gradient buffer (free between steps: its next pass overwrites

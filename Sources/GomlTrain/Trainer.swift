@@ -86,13 +86,16 @@ public final class Trainer {
         sequenceLosses.initialize(repeating: 0)
         evalLosses = Array(repeating: 0, count: options.evalBatches * options.batch)
         tokensPerStep = options.batch * T
-        pool.launch { [unowned self] worker in self.forwardBackward(worker: worker) }
+        forwardBackwardJob = { [unowned self] worker in self.forwardBackward(worker: worker) }
         for (worker, model) in models.enumerated() {
             model.gradientsFinal = { [unowned self] offset in
                 if self.finalPass[worker] { self.strategy.gradientsFinal(worker: worker, from: offset) }
             }
         }
     }
+
+    /// The pool's job during the passes (made once: a round allocates nothing).
+    private var forwardBackwardJob: (Int) -> Void = { _ in }
 
     /// Per worker: true during its last pass, whose backward makes its gradients final.
     private let finalPass: UnsafeMutableBufferPointer<Bool>
@@ -182,7 +185,7 @@ public final class Trainer {
         sequenceLosses.update(repeating: 0)
         // Forward and backward on every worker; the passes hand their gradients to the strategy.
         strategy.beginStep()
-        pool.run()
+        pool.run(forwardBackwardJob)
         releaseSequences(myShard)
         chargeWorkerPhases()
         // Reduce: the gradient across workers and ranks, then the losses.
@@ -197,7 +200,7 @@ public final class Trainer {
         }
         // Norm, clip and AdamW.
         let lr = options.schedule.rate(atStep: attempted)
-        let update = strategy.finishStep(lr: lr, lossIsFinite: loss.isFinite)
+        let update = strategy.finishStep(lr: lr, lossIsFinite: loss.isFinite, threads: pool)
         if update.applied { step = attempted }
         lap(\.optimizer)
         return StepResult(step: attempted, loss: loss, gradNorm: update.gradNorm, lr: lr, timings: timings)

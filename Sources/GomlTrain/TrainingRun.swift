@@ -48,6 +48,9 @@ public struct RunSettings {
     public var stopSignal: () -> Int32 = { 0 }
     /// The scheduler's allocation (Slurm job, nodes, tasks), for the header.
     public var allocation: String? = nil
+    /// Bytes of memory rank 0's host had available at start-up (nil: unknown); the header
+    /// warns when the ranks on that host are estimated to need more.
+    public var availableMemory: Int? = nil
     public init() {}
 }
 
@@ -314,6 +317,11 @@ public final class TrainingRun {
         log.line(String(format: "memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB, activations %.1f MB",
                         Double(memory.parameters) / 1e6, Double(memory.gradients) / 1e6, Double(memory.optimizerState) / 1e6,
                         Double(trainer.activationBytes) / 1e6) + saved)
+        let perRank = memory.parameters + memory.gradients + memory.optimizerState + trainer.activationBytes
+        if let available = settings.availableMemory, perRank * comm.localSize > available {
+            log.line(String(format: "warning: %d rank(s) on this host need about %.1f MB (%.1f MB each) but %.1f MB is available; lower --batch, add --micro-batch, or use more hosts",
+                            comm.localSize, Double(perRank * comm.localSize) / 1e6, Double(perRank) / 1e6, Double(available) / 1e6))
+        }
         log.line("precision \(o.precision.rawValue) (\(settings.precisionReason))")
         log.line(String(format: "MFU is quoted against %@ products at %.1f GFLOP/s per rank, measured on its %d thread(s)",
                         o.precision.rawValue, settings.peakGFLOPS, settings.threads))

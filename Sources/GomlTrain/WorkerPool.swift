@@ -1,27 +1,26 @@
-// WorkerPool: persistent threads that run one fixed job per round, so an in-process split of
-// the batch costs two semaphore operations per worker and no allocation per step.
+// WorkerPool: a rank's persistent worker threads. Each round runs one job on every worker
+// (worker 0 on the calling thread): the Trainer's forward/backward passes, then the
+// strategy's AdamW parts. A round costs two semaphore operations per worker and, with jobs
+// made once, no allocation.
 
 import Foundation
 
-final class WorkerPool {
-    let count: Int
-    private var job: ((Int) -> Void)?
+public final class WorkerPool {
+    public let count: Int
+    /// The job of the current round, read by the threads after their start signal.
+    private final class Slot { var job: (Int) -> Void = { _ in } }
+    private let slot = Slot()
     private let start: [DispatchSemaphore]
     private let done = DispatchSemaphore(value: 0)
 
     init(count: Int) {
         self.count = count
         start = (0..<count).map { _ in DispatchSemaphore(value: 0) }
-    }
-
-    /// Sets the job (once) and starts the threads for workers 1..<count.
-    func launch(_ job: @escaping (Int) -> Void) {
-        self.job = job
-        for i in 1..<count {
-            let thread = Thread { [start, done] in
+        for i in 1..<max(1, count) {
+            let thread = Thread { [start, done, slot] in
                 while true {
                     start[i].wait()
-                    job(i)
+                    slot.job(i)
                     done.signal()
                 }
             }
@@ -30,10 +29,12 @@ final class WorkerPool {
         }
     }
 
-    /// Runs the job for every worker (worker 0 on the calling thread) and waits for all.
-    func run() {
+    /// Runs `job` for every worker and waits for all. Jobs should be made once (a closure
+    /// made per call allocates).
+    func run(_ job: @escaping (Int) -> Void) {
+        slot.job = job
         for i in 1..<count { start[i].signal() }
-        job?(0)
+        job(0)
         for _ in 1..<count { done.wait() }
     }
 }

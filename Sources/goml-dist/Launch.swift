@@ -42,3 +42,12 @@ func slurmAllocation() -> String? {
 func configureBLAS(cores: Int, trainer: Trainer) {
     BLAS.setThreads(trainer.workers > 1 ? 1 : cores)
 }
+
+/// Bytes of memory this host can still give processes (/proc/meminfo's MemAvailable), nil
+/// where there is no such file.
+func availableMemory() -> Int? {
+    guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+          let kB = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }
+    return kB * 1024
+}

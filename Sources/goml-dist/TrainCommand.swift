@@ -50,6 +50,8 @@ struct TrainCommand: ParsableCommand {
     var faultHeaderField: String = HeaderFault.options.rawValue
     @Flag(name: .customLong("fault-gradient-scale"), help: ArgumentHelp("Scale the reduced gradient by the world size (tests the gradient-norm comparisons).", visibility: .hidden))
     var faultGradientScale = false
+    @Option(name: .customLong("fault-available-memory-mb"), help: ArgumentHelp("Take this many MB as the host's available memory (tests the header's memory warning).", visibility: .hidden))
+    var faultAvailableMemoryMB: Int?
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -81,6 +83,8 @@ struct TrainCommand: ParsableCommand {
         let hosts = RankHosts.gather(comm)
         var local = LocalResumeCandidate()
         let threads = coresPerRank(parallel, comm, reduction: try? optimization.mode())
+        // Before any rank's buffers exist, which MemAvailable would otherwise already exclude.
+        let available = faultAvailableMemoryMB.map { $0 * 1_000_000 } ?? availableMemory()
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             var settings = RunSettings()
             var options = try self.options()
@@ -95,6 +99,7 @@ struct TrainCommand: ParsableCommand {
             settings.headerFault = faultHeaderRank.map { ($0, HeaderFault(rawValue: faultHeaderField)!) }
             settings.stopSignal = { goml_stop_signal_received() }
             settings.allocation = slurmAllocation()
+            settings.availableMemory = available
             let corpus = try openData(data, validation: valData)
             settings.dataName = corpus.description
             settings.dataFingerprint = corpus.identity

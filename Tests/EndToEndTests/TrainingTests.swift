@@ -98,4 +98,26 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(validation.count, 1)
         XCTAssertLessThan(validation.last ?? .infinity, 2.5, r.stdout)
     }
+
+    /// The header warns when the ranks on this host would need more memory than it has: two
+    /// ranks of tiny, with the host's available memory taken as 1.5 and as 2.5 times one
+    /// rank's stated need (so the warning counts both ranks), and as the real MemAvailable.
+    func testHeaderWarnsWhenTheHostsRanksNeedMoreMemoryThanIsAvailable() throws {
+        func header(_ extra: [String]) -> String {
+            let r = Harness.mpirun(np: 2, tinyRun(Harness.temporaryDirectory("memory"), steps: 1) + extra)
+            Harness.assertSuccess(r, "memory \(extra)")
+            return r.stdout
+        }
+        let plain = header([])
+        XCTAssertFalse(plain.contains("warning:"), plain)
+        let line = try XCTUnwrap(plain.split(separator: "\n").first { $0.hasPrefix("memory per rank:") }, plain)
+        // parameters, gradients, optimizer state, activations: each "N.N MB".
+        let figures = line.split(separator: " ").compactMap { Double($0) }
+        XCTAssertEqual(figures.count, 5, String(line))   // the four, and what sharding saved
+        let perRankMB = figures.prefix(4).reduce(0, +)
+        let tight = header(["--fault-available-memory-mb", String(Int(1.5 * perRankMB))])
+        XCTAssertTrue(tight.contains("warning: 2 rank(s) on this host need about"), tight)
+        let roomy = header(["--fault-available-memory-mb", String(Int((2.5 * perRankMB).rounded(.up)))])
+        XCTAssertFalse(roomy.contains("warning:"), roomy)
+    }
 }
