@@ -159,7 +159,7 @@ public final class AdamW {
 
     /// The part-th of `parts` contiguous pieces of `range`, its inner ends rounded up to a
     /// multiple of `partAlignment`.
-    static func piece(_ part: Int, of parts: Int, _ range: Range<Int>) -> Range<Int> {
+    public static func piece(_ part: Int, of parts: Int, _ range: Range<Int>) -> Range<Int> {
         func cut(_ k: Int) -> Int {
             if k == 0 { return range.lowerBound }
             if k == parts { return range.upperBound }

@@ -24,8 +24,11 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var precision: PrecisionOptions
     @Flag(help: "Instead, time text generation with and without the KV cache.") var sampling = false
     @Option(name: .customLong("sample-tokens"), help: "Bytes generated per sampling measurement.") var sampleTokens: Int = 256
+    @Flag(help: "Instead, time the AdamW update (clip fused) on 1…--threads worker threads against a memory-bandwidth triad; one process.")
+    var optimizer = false
 
     func run() throws {
+        if optimizer { return try benchOptimizer() }
         let comm = makeCommunicator(parallel)
         let threads = coresPerRank(parallel, comm, reduction: ReductionMode(rawValue: reduction))
         var precisionReason = ""
@@ -109,6 +112,20 @@ struct BenchCommand: ParsableCommand {
         ]
         let text = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
         print(String(decoding: text, as: UTF8.self))
+    }
+
+    private func benchOptimizer() throws {
+        let config = try model.model(), threads = parallel.threads ?? ProcessInfo.processInfo.activeProcessorCount
+        var rows: [[String: Any]] = []
+        for t in 1...threads {
+            let r = OptimizerBandwidth.measure(layout: ParameterLayout(config), threads: t, repeats: steps)
+            print(String(format: "AdamW %@ (%d parameters), %d thread(s): %.2f GB/s (28 B/parameter), triad %.2f GB/s (12 B/element): %.0f%% of the measured bandwidth",
+                         try model.name(), r.parameters, t, r.adamWBytesPerSecond / 1e9, r.triadBytesPerSecond / 1e9, r.share * 100))
+            rows.append(["threads": t, "adamw_gbps": (r.adamWBytesPerSecond / 1e7).rounded() / 100,
+                         "stream_gbps": (r.triadBytesPerSecond / 1e7).rounded() / 100, "share": (r.share * 1000).rounded() / 1000])
+        }
+        let json: [String: Any] = ["config": try model.name(), "parameters": ParameterLayout(config).count, "optimizer": rows]
+        print(String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
     }
 
     private func benchSampling(_ trainer: Trainer, threads: Int) {

@@ -37,4 +37,19 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(try benchJSON(["--config", "tiny", "--dim", "32", "--precision", "fp32"])["config"] as? String,
                        "C32 L2 H4 F172 T64 V256 swiglu")
     }
+
+    /// `bench --optimizer`: one row per thread count up to --threads, each with AdamW's and the
+    /// triad's bandwidth and their ratio.
+    func testOptimizerBenchReportsAdamWAgainstTheMeasuredBandwidth() throws {
+        let json = try benchJSON(["--config", "tiny", "--optimizer", "--threads", "2"])
+        XCTAssertEqual(json["parameters"] as? Int, 132_224, "\(json)")
+        let rows = try XCTUnwrap(json["optimizer"] as? [[String: Any]], "\(json)")
+        XCTAssertEqual(rows.compactMap { $0["threads"] as? Int }, [1, 2], "\(json)")
+        for row in rows {
+            let adamW = try XCTUnwrap(row["adamw_gbps"] as? Double, "\(row)"), stream = try XCTUnwrap(row["stream_gbps"] as? Double, "\(row)")
+            XCTAssertGreaterThan(adamW, 0, "\(row)")
+            XCTAssertGreaterThan(stream, 0, "\(row)")
+            XCTAssertEqual(try XCTUnwrap(row["share"] as? Double), adamW / stream, accuracy: 0.01 * adamW / stream + 0.002, "\(row)")
+        }
+    }
 }
