@@ -4,7 +4,7 @@
 // models, worker threads, data and losses, and calls the strategy at fixed points of a step:
 //
 //     strategy.beginStep()
-//     pool.run()                  // each pass writes strategy.gradientBuffer(worker:pass:); backward
+//     pool.run(passes)            // each pass writes strategy.gradientBuffer(worker:pass:); backward
 //                                 // reports strategy.gradientsFinal(worker:from:)
 //     strategy.reduce()           // across workers and ranks
 //     strategy.finishStep(lr:…)   // norm, clip, AdamW on the same worker threads

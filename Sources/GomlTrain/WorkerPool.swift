@@ -16,7 +16,7 @@ public final class WorkerPool {
     init(count: Int) {
         self.count = count
         start = (0..<count).map { _ in DispatchSemaphore(value: 0) }
-        for i in 1..<max(1, count) {
+        for i in 1..<count {
             let thread = Thread { [start, done, slot] in
                 while true {
                     start[i].wait()
