@@ -4,7 +4,8 @@
 // backward, as the all-reduce's are started; float32, or bfloat16 with --grad-compression
 // bf16), so a rank receives the summed gradient of its slices only; the global norm comes from the slices' squared norms; AdamW updates the slices
 // alone, with moments for them alone (1/N of the optimizer state); then each bucket's updated
-// slices are all-gathered. Losses match the replicated all-reduce to float32 rounding.
+// slices are all-gathered, and the next step's forward waits for each bucket just before it
+// first reads it (FSDP's prefetch). Losses match the replicated all-reduce to float32 rounding.
 
 import Foundation
 import GomlComm
@@ -88,6 +89,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         partialNorms.initialize(repeating: 0)
         self.comm = comm
         settings = communication
+        arrived = shards.buckets.count
     }
 
     deinit { partialNorm.deallocate(); partialNorms.deallocate() }
@@ -102,7 +104,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
             : "reduce-scatter after backward"
         let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
-        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters; --no-shard replicates)"
+        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters awaited per bucket by the next forward; --no-shard replicates)"
     }
 
     public func beginStep() { reduction.beginStep() }
@@ -149,16 +151,42 @@ public final class ShardedAllReduce: DataParallelStrategy {
             optimizer.update(parameters.base, grads: gradients.sum.base, lr: lr,
                              gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip)) { self.gatherThrough($0) }
             gatherThrough(forwardOrder.count - 1)
-            comm.waitForAllGathers()
+            arrivalLock.lock()
+            arrived = 0
+            arrivalLock.unlock()
         }
         return StepUpdate(gradNorm: norm, applied: applied)
     }
+
+    /// Buckets (in forward order) whose all-gather has been waited for since it started: all of
+    /// them until the first update. Under `arrivalLock`: every worker's forward asks.
+    private var arrived: Int
+    private let arrivalLock = NSLock()
+
+    /// Waits for the gathers of the buckets holding parameters below `offset`, in forward order,
+    /// each once whichever worker asks first.
+    public func parametersNeeded(upTo offset: Int) {
+        arrivalLock.lock()
+        defer { arrivalLock.unlock() }
+        while faultLostDuringGather && arrived < forwardOrder.count { sleep(3600) }
+        while arrived < forwardOrder.count && shards.buckets[forwardOrder[arrived]].lowerBound < offset {
+            comm.waitForAllGather(bucket: forwardOrder[arrived])
+            arrived += 1
+        }
+    }
+
+    public func waitForParameters() { parametersNeeded(upTo: parameters.count) }
+
+    /// Fault injection for tests (hidden --fault-lost-gather-rank): this rank starts no all-gather
+    /// and stops responding in the next forward, as a rank lost during the all-gather would.
+    public var faultLostDuringGather = false
 
     /// Buckets (in forward order) whose all-gather this step has started.
     private var gathered = 0
 
     /// Starts the all-gathers of forward buckets up to `last`.
     private func gatherThrough(_ last: Int) {
+        if faultLostDuringGather { return }
         while gathered <= last { comm.startAllGather(bucket: forwardOrder[gathered]); gathered += 1 }
     }
 

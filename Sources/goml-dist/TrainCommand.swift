@@ -50,6 +50,8 @@ struct TrainCommand: ParsableCommand {
     var faultHeaderField: String = HeaderFault.options.rawValue
     @Flag(name: .customLong("fault-gradient-scale"), help: ArgumentHelp("Scale the reduced gradient by the world size (tests the gradient-norm comparisons).", visibility: .hidden))
     var faultGradientScale = false
+    @Option(name: .customLong("fault-lost-gather-rank"), help: ArgumentHelp("Sharded: this rank starts no parameter all-gather after its first update and stops responding (tests the all-gather's --collective-timeout).", visibility: .hidden))
+    var faultLostGatherRank: Int?
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -114,6 +116,7 @@ struct TrainCommand: ParsableCommand {
             let trainer = try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
                                       communication: communication)
             trainer.faultGradientScale = faultGradientScale
+            (trainer.strategy as? ShardedAllReduce)?.faultLostDuringGather = faultLostGatherRank == comm.rank
             return (trainer, settings, corpus)
         }
         agreeOnData(comm, corpus)
