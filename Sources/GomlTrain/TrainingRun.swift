@@ -119,6 +119,9 @@ public final class TrainingRun {
     }
 
     public func run() throws {
+        // Sharded, the last update's all-gather may still be arriving: every way out (the end,
+        // a stop, a failure; MPI_Finalize follows) waits for it.
+        defer { trainer.waitForParameters() }
         let o = trainer.options
         if settings.resume { restore() } else { trainer.initialiseParameters() }
         var checkpointedStep = settings.resume ? trainer.step : -1
@@ -175,8 +178,6 @@ public final class TrainingRun {
                 checkpointedStep = step
             }
         }
-        // Sharded, the last update's all-gather may still be arriving.
-        trainer.waitForParameters()
         log.line(String(format: "done: %d steps in %.1f s (%.1f s training)", trainer.step, Date().timeIntervalSince(started), trainSeconds))
         if comm.isRoot {
             plot()
