@@ -54,8 +54,9 @@ public protocol Communicator: AnyObject {
     /// Starts gathering registered bucket `bucket`'s parameters: each rank's part, in place,
     /// to every rank. Same calling rules as `startReduceScatter`.
     func startAllGather(bucket: Int)
-    /// Waits for every started all-gather.
-    func waitForAllGathers()
+    /// Waits for registered bucket `bucket`'s all-gather, started this step, to complete; returns
+    /// at once when it has been waited for already. Callable from any thread, one at a time.
+    func waitForAllGather(bucket: Int)
     /// Rank r's `send` (`counts[r]` values) placed at its part of `receive` on `root`, the
     /// parts contiguous in rank order (blocking; `receive` is read on `root` only).
     func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int)
@@ -124,7 +125,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func startReduceScatter(bucket: Int) {}
     public func waitForReduceScatters() -> Double { 0 }
     public func startAllGather(bucket: Int) {}
-    public func waitForAllGathers() {}
+    public func waitForAllGather(bucket: Int) {}
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
         _ = receive.update(fromContentsOf: send)
     }

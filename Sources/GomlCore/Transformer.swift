@@ -107,6 +107,10 @@ public final class Transformer {
     /// the end of the layout are final (after the head, after each block, after the embedding),
     /// so a caller can start reducing them while backward goes on. Must not allocate.
     public var gradientsFinal: ((Int) -> Void)?
+    /// Called during `forward` before each part first reads parameters (the embedding, each
+    /// block, the final norm, the output layer) with the offset below which that part reads,
+    /// so a caller whose parameters are still arriving can wait for just those. Must not allocate.
+    public var parametersNeeded: ((Int) -> Void)?
     /// A deliberate mistake in `backward`, for proving that the gradient check catches one.
     public var backwardFault: BackwardFault?
     /// A deliberate fault in attention's backward (for proving that `verify` catches it).
@@ -164,13 +168,17 @@ public final class Transformer {
     public func forward(_ params: UnsafePointer<Float>, gradScale: Float? = nil) {
         let cfg = config, N = rows, C = cfg.dim, V = cfg.vocab, T = seqLen
         let p = { (view: TensorView) in params + view.offset }
+        parametersNeeded?(layout.embedding.range.upperBound)
         embeddingForward(residuals[0], tokens.baseAddress!, p(layout.embedding), rows: N, C: C)
         for (l, a) in blocks.enumerated() {
+            parametersNeeded?(l + 1 < cfg.layers ? layout.layers[l + 1].attentionNormWeight.offset : layout.normWeight.offset)
             blockForward(residuals[l + 1], residuals[l], a, layout.layers[l], params, config: cfg, batch: batch, T: T, firstPosition: 0,
                          cache: nil, ropeCos: ropeCos.baseAddress!, ropeSin: ropeSin.baseAddress!, scratch: attentionScratch,
                          products: (products, attentionProducts, scoreProducts))
         }
+        parametersNeeded?(layout.output.offset)
         layerNormForward(lnFinal, lnFinalMean, lnFinalRstd, residuals[cfg.layers], p(layout.normWeight), p(layout.normBias), rows: N, C: C, eps: cfg.normEps)
+        parametersNeeded?(layout.count)
         linearForward(logits.baseAddress!, lnFinal, p(layout.output), rows: N, inFeatures: C, outFeatures: V, using: products)
         crossEntropyForward(losses.baseAddress!, gradScale == nil ? nil : dLogits, logits.baseAddress!, targets.baseAddress!,
                             rows: N, V: V, gradScale: gradScale ?? 0)

@@ -1,8 +1,9 @@
 // MPICommunicator: the only Swift that imports CMPI. Every call is checked; a failure names
 // the call and aborts the whole job. MPI is initialised MPI_THREAD_SERIALIZED: blocking calls
-// come from the main thread, and during a training step's overlapped all-reduce (or sharded
-// reduce-scatter, or all-gather) one ProgressThread alone calls MPI (the main thread computes,
-// then waits for it), so calls never overlap. A watchdog ends the job when a collective makes no progress for
+// come from the main thread, non-blocking collectives are started and tested by ProgressThreads,
+// and one lock around every call keeps them from overlapping (the sharded all-gather is still
+// in flight while the main thread exchanges the next step's header; it runs on a communicator
+// of its own, so the two need no common order). A watchdog ends the job when a collective makes no progress for
 // `collectiveTimeout` seconds (a stopped rank or a lost host), instead of hanging forever.
 
 import CMPI
@@ -19,6 +20,10 @@ public final class MPICommunicator: Communicator {
     /// This host's ranks (twice: the hierarchy's reduce and broadcast each keep their own
     /// order of buckets), and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
     private let node: MPI_Comm?, nodeBroadcast: MPI_Comm?, leaders: MPI_Comm?
+    /// Every rank, for the sharded all-gather alone: it overlaps blocking collectives on `world`.
+    private let gatherWorld: MPI_Comm?
+    /// Held around every MPI call: at most one thread is inside MPI (MPI_THREAD_SERIALIZED).
+    private let serialized = NSLock()
     /// Hosts in the job.
     private let hosts: Int
     private let watchdog: CollectiveWatchdog
@@ -55,6 +60,9 @@ public final class MPICommunicator: Communicator {
         MPI_Comm_dup(node, &nodeBroadcast)
         self.nodeBroadcast = nodeBroadcast
         self.leaders = leaders
+        var gatherWorld = goml_mpi_comm_null()
+        MPI_Comm_dup(world, &gatherWorld)
+        self.gatherWorld = gatherWorld
         hosts = Int(hostCount[0])
         localRank = Int(lr)
         localSize = Int(ls)
@@ -74,7 +82,9 @@ public final class MPICommunicator: Communicator {
     /// once, whose waiting the caller watches) and aborts the job, naming it, if it fails.
     func check(_ call: String, watched: Bool = true, _ body: () -> Int32) {
         if watched { watchdog.enter(call) }
+        serialized.lock()
         let rc = body()
+        serialized.unlock()
         if watched { watchdog.leave() }
         if rc != goml_mpi_success() {
             var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
@@ -161,8 +171,7 @@ public final class MPICommunicator: Communicator {
     }
 
     /// Sharded buckets: one progress thread reduce-scatters gradients, another all-gathers
-    /// parameters. Each calls MPI only between its bucket's start and the matching wait, and
-    /// the trainer never has both in flight, so MPI calls stay serialized.
+    /// parameters (on `gatherWorld`), each bucket waited for by the forward that reads it.
     private var reduceScatters: ProgressThread?, allGathers: ProgressThread?
 
     public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {
@@ -183,7 +192,7 @@ public final class MPICommunicator: Communicator {
         }
         reduceScatters = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.reduceToOwner],
                                         buckets: parts, compression: compression, owners: owners)
-        allGathers = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.allGather],
+        allGathers = ProgressThread(owner: self, world: gatherWorld, node: nil, nodeBroadcast: nil, phases: [.allGather],
                                     buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts)
     }
 
@@ -201,8 +210,11 @@ public final class MPICommunicator: Communicator {
         allGathers.enqueue(bucket)
     }
 
-    public func waitForAllGathers() {
-        waitWatched(allGathers, "MPI_Allgatherv (updated parameter buckets)")
+    public func waitForAllGather(bucket: Int) {
+        guard let allGathers else { return }
+        watchdog.enter("MPI_Allgatherv (updated parameter buckets)")
+        allGathers.wait(for: bucket)
+        watchdog.leave()
     }
 
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
@@ -368,6 +380,19 @@ final class ProgressThread: @unchecked Sendable {
         newStep = true
         lock.unlock()
         return waited > first ? Double(lastEnd - firstStart) / 1e9 : 0
+    }
+
+    /// Waits for queued `bucket` (and the buckets queued before it) to complete; returns at once
+    /// when it is not queued or was waited for already. From one waiting thread at a time.
+    func wait(for bucket: Int) {
+        lock.lock()
+        let target = enqueued
+        lock.unlock()
+        var position = waited
+        while position < target && queue[position % buckets.count] != bucket { position += 1 }
+        guard position < target else { return }
+        while waited <= position { done.wait(); waited += 1 }
+        if waited == target { lock.lock(); newStep = true; lock.unlock() }
     }
 
     private func serve() {

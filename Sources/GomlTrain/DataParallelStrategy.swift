@@ -4,7 +4,8 @@
 // models, worker threads, data and losses, and calls the strategy at fixed points of a step:
 //
 //     strategy.beginStep()
-//     pool.run(passes)            // each pass writes strategy.gradientBuffer(worker:pass:); backward
+//     pool.run(passes)            // forward waits in strategy.parametersNeeded(upTo:); each pass writes
+//                                 // strategy.gradientBuffer(worker:pass:); backward
 //                                 // reports strategy.gradientsFinal(worker:from:)
 //     strategy.reduce()           // across workers and ranks
 //     strategy.finishStep(lr:…)   // norm, clip, AdamW on the same worker threads
@@ -66,6 +67,13 @@ public protocol DataParallelStrategy: AnyObject {
 
     /// Before a step's first pass.
     func beginStep()
+    /// From forward, before it first reads the parameters below `offset`: returns once they hold
+    /// the last update (sharded: that bucket's all-gather has arrived). Called on worker threads;
+    /// must not allocate.
+    func parametersNeeded(upTo offset: Int)
+    /// Returns once every parameter holds the last update: before anything but a step's forward
+    /// reads or writes them (evaluation, checksums, checkpoints, samples, the end of a run).
+    func waitForParameters()
     /// The buffer `worker`'s pass `pass` writes its gradient into, and whether it adds to it.
     func gradientBuffer(worker: Int, pass: Int) -> (buffer: FloatBuffer, accumulate: Bool)
     /// From backward, during `worker`'s last pass of the step: its gradients from `offset` on are

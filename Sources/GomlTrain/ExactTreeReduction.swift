@@ -68,6 +68,10 @@ public final class ExactTreeReduction: DataParallelStrategy {
         ReductionMode.exact.rawValue + (comm.size > 1 ? ", unsharded: its bits come from adding whole gradients along one tree, which a reduce-scatter would sum in another order" : "")
     }
 
+    /// Every rank updates every parameter itself: nothing arrives later.
+    public func parametersNeeded(upTo offset: Int) {}
+    public func waitForParameters() {}
+
     public func beginStep() {}
 
     /// Pass k is leaf k of this rank's subtree; each overwrites its own partial.

@@ -105,6 +105,10 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
             + (comm.size > 1 ? ", replicated: every rank holds the whole optimizer state" : "")
     }
 
+    /// Every rank updates every parameter itself: nothing arrives later.
+    public func parametersNeeded(upTo offset: Int) {}
+    public func waitForParameters() {}
+
     public func beginStep() {
         switch schedule {
         case .duringBackward(let buckets), .afterBackward(let buckets): buckets.beginStep()

@@ -4,7 +4,9 @@
 // backward, as the all-reduce's are started; float32, or bfloat16 with --grad-compression
 // bf16), so a rank receives the summed gradient of its slices only; the global norm comes from the slices' squared norms; AdamW updates the slices
 // alone (split over the rank's worker threads), with moments for them alone (1/N of the
-// optimizer state); each bucket's all-gather starts once every thread has updated its piece. Losses match the replicated all-reduce to float32 rounding.
+// optimizer state); each bucket's all-gather starts once every thread has updated its piece,
+// and the next step's forward waits for each bucket just before it first reads it (FSDP's
+// prefetch). Losses match the replicated all-reduce to float32 rounding.
 
 import Foundation
 import GomlComm
@@ -36,7 +38,10 @@ public final class ShardedAllReduce: DataParallelStrategy {
     public let parameters: FloatBuffer
     /// Moments of this rank's slices only, packed in forward bucket order.
     public let optimizer: AdamW
-    private let update: ParallelAdamW
+    /// AdamW on the rank's worker threads; each bucket's gather starts once its slice is
+    /// updated. Made at the end of init (it calls back into the strategy).
+    private lazy var update = ParallelAdamW(optimizer: optimizer, parameters: parameters.base,
+                                            gradient: gradients.sum.base) { [unowned self] in self.startGather(forwardIndex: $0) }
     private let gradients: WorkerGradients
     private let shards: ShardLayout
     private let reduction: BucketedReduction
@@ -73,12 +78,6 @@ public final class ShardedAllReduce: DataParallelStrategy {
         // The reduce-scatter sums a rank's slices in place: gradient and parameters share offsets.
         let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.slice($0, rank: comm.rank).lowerBound) }
         optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned)
-        // Each bucket's gather starts once this rank's slice of it is updated; every rank
-        // starts all of them in forward order, its empty slices included.
-        let order = forwardOrder
-        update = ParallelAdamW(optimizer: optimizer, parameters: parameters.base, gradient: gradients.sum.base) {
-            comm.startAllGather(bucket: order[$0])
-        }
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
         momentOffsets = offsets
@@ -95,6 +94,8 @@ public final class ShardedAllReduce: DataParallelStrategy {
         partialNorms.initialize(repeating: 0)
         self.comm = comm
         settings = communication
+        arrived = shards.buckets.count
+        _ = update
     }
 
     deinit { partialNorm.deallocate(); partialNorms.deallocate() }
@@ -109,7 +110,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
             : "reduce-scatter after backward"
         let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
-        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters; --no-shard replicates)"
+        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters awaited per bucket by the next forward; --no-shard replicates)"
     }
 
     public func beginStep() { reduction.beginStep() }
@@ -151,9 +152,41 @@ public final class ShardedAllReduce: DataParallelStrategy {
         let applied = lossIsFinite && norm.isFinite
         if applied {
             update.update(lr: lr, gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip), threads: threads)
-            comm.waitForAllGathers()
+            arrivalLock.lock()
+            arrived = 0
+            arrivalLock.unlock()
         }
         return StepUpdate(gradNorm: norm, applied: applied)
+    }
+
+    /// Buckets (in forward order) whose all-gather has been waited for since it started: all of
+    /// them until the first update. Under `arrivalLock`: every worker's forward asks.
+    private var arrived: Int
+    private let arrivalLock = NSLock()
+
+    /// Waits for the gathers of the buckets holding parameters below `offset`, in forward order,
+    /// each once whichever worker asks first.
+    public func parametersNeeded(upTo offset: Int) {
+        arrivalLock.lock()
+        defer { arrivalLock.unlock() }
+        while faultLostDuringGather && arrived < forwardOrder.count { sleep(3600) }
+        while arrived < forwardOrder.count && shards.buckets[forwardOrder[arrived]].lowerBound < offset {
+            comm.waitForAllGather(bucket: forwardOrder[arrived])
+            arrived += 1
+        }
+    }
+
+    public func waitForParameters() { parametersNeeded(upTo: parameters.count) }
+
+    /// Fault injection for tests (hidden --fault-lost-gather-rank): this rank starts no all-gather
+    /// and stops responding in the next forward, as a rank lost during the all-gather would.
+    public var faultLostDuringGather = false
+
+    /// Starts the all-gather of forward bucket `forwardIndex`, its slice being updated; every
+    /// rank starts all of them in forward order, its empty slices included.
+    private func startGather(forwardIndex: Int) {
+        if faultLostDuringGather { return }
+        comm.startAllGather(bucket: forwardOrder[forwardIndex])
     }
 
     /// Rank 0 gathers m into the gradient buffer (free between steps: its next pass overwrites

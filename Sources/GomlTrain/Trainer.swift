@@ -8,11 +8,13 @@ import GomlComm
 import GomlCore
 
 public struct StepTimings: Sendable {
-    public var forward = 0.0, backward = 0.0, reduce = 0.0, optimizer = 0.0
+    /// `forward` is computation alone: the time it waited for parameters still arriving (the
+    /// sharded all-gather of the last update) is `forwardWait`, exposed communication.
+    public var forward = 0.0, forwardWait = 0.0, backward = 0.0, reduce = 0.0, optimizer = 0.0
     /// Seconds the gradient all-reduce kept the network busy; with overlap most of it runs
     /// during backward, so it is not a phase of the step (`reduce` is what was left exposed).
     public var communication = 0.0
-    public var total: Double { forward + backward + reduce + optimizer }
+    public var total: Double { forward + forwardWait + backward + reduce + optimizer }
 }
 
 public struct StepResult: Sendable {
@@ -31,6 +33,7 @@ public final class Trainer {
     /// How gradients become the update, chosen once from `options.reduction`: it owns the
     /// parameters, gradients, collectives and optimizer.
     public let strategy: DataParallelStrategy
+    /// Between steps complete only after `waitForParameters()` (see there).
     public var params: FloatBuffer { strategy.parameters }
     public var optimizer: AdamW { strategy.optimizer }
     public var sampler: BatchSampler
@@ -80,6 +83,8 @@ public final class Trainer {
         }
         finalPass = .allocate(capacity: models.count)
         finalPass.initialize(repeating: false)
+        parameterWaits = .allocate(capacity: models.count)
+        parameterWaits.initialize(repeating: 0)
         pool = WorkerPool(count: models.count)
         offsets = Array(repeating: 0, count: options.batch)
         sequenceLosses = .allocate(capacity: options.batch)
@@ -91,11 +96,18 @@ public final class Trainer {
             model.gradientsFinal = { [unowned self] offset in
                 if self.finalPass[worker] { self.strategy.gradientsFinal(worker: worker, from: offset) }
             }
+            model.parametersNeeded = { [unowned self] offset in
+                let start = DispatchTime.now().uptimeNanoseconds
+                self.strategy.parametersNeeded(upTo: offset)
+                self.parameterWaits[worker] += DispatchTime.now().uptimeNanoseconds - start
+            }
         }
     }
 
     /// The pool's job during the passes (made once: a round allocates nothing).
     private var forwardBackwardJob: (Int) -> Void = { _ in }
+    /// Per worker: nanoseconds its forward passes of this step waited in `parametersNeeded`.
+    private let parameterWaits: UnsafeMutableBufferPointer<UInt64>
 
     /// Per worker: true during its last pass, whose backward makes its gradients final.
     private let finalPass: UnsafeMutableBufferPointer<Bool>
@@ -104,15 +116,17 @@ public final class Trainer {
     public var activationBytes: Int { models.reduce(0) { $0 + $1.activationBytes } }
     public var microBatch: Int { model.batch }
 
-    deinit { sequenceLosses.deallocate(); finalPass.deallocate() }
+    deinit { sequenceLosses.deallocate(); finalPass.deallocate(); parameterWaits.deallocate() }
 
     public var workers: Int { models.count }
 
     /// Forward and backward of one worker's passes, into the buffers the strategy gives; the
-    /// time of forward and of the strategy's work after each pass is recorded for worker 0.
+    /// time of forward (its waits for parameters apart) and of the strategy's work after each
+    /// pass is recorded for worker 0.
     private func forwardBackward(worker: Int) {
-        let model = models[worker], passes = strategy.passes
+        let model = models[worker], passes = strategy.passes, params = strategy.parameters
         var forward: UInt64 = 0, afterPasses: UInt64 = 0
+        parameterWaits[worker] = 0
         for pass in 0..<passes.passesPerWorker {
             let range = passes.sequences(worker: worker, pass: pass)
             load(sequences: range, into: model, from: train, offsets: offsets)
@@ -128,10 +142,15 @@ public final class Trainer {
             afterPasses += DispatchTime.now().uptimeNanoseconds - ended
         }
         if worker == 0 {
-            workerTimings.forward = Double(forward) / 1e9
+            workerTimings.forwardWait = Double(parameterWaits[0]) / 1e9
+            workerTimings.forward = Double(forward - parameterWaits[0]) / 1e9
             workerTimings.reduce = Double(afterPasses) / 1e9
         }
     }
+
+    /// Returns once the parameters hold the last update everywhere (sharded, the all-gather
+    /// still arriving); `params` may be incomplete otherwise between steps.
+    public func waitForParameters() { strategy.waitForParameters() }
 
     /// Rank 0 draws SPEC's initialisation from the seed and broadcasts it, so replicas start identical.
     public func initialiseParameters() {
@@ -165,13 +184,14 @@ public final class Trainer {
         clock = now
     }
 
-    /// After the workers: worker 0's forward time and the strategy's work after its passes;
+    /// After the workers: worker 0's forward time, its waits for parameters and the strategy's work after its passes;
     /// the rest is backward (other workers finish within worker 0's time, shards being equal).
     private func chargeWorkerPhases() {
         timings.forward = workerTimings.forward
+        timings.forwardWait = workerTimings.forwardWait
         timings.reduce = workerTimings.reduce
         let now = DispatchTime.now().uptimeNanoseconds
-        timings.backward = Double(now - clock) / 1e9 - timings.forward - timings.reduce
+        timings.backward = Double(now - clock) / 1e9 - timings.forward - timings.forwardWait - timings.reduce
         clock = now
     }
 
@@ -219,6 +239,7 @@ public final class Trainer {
     /// sequence's loss reduced exactly, batch means averaged in order. Collective.
     public func evaluate() -> Double {
         let B = options.batch, T = options.model.seqLen, count = options.evalBatches * B
+        waitForParameters()
         let all = validationOffsets(validationCount: validation.count, seqLen: T, count: count)
         let mine = shard(batch: count, rank: comm.rank, worldSize: comm.size)
         for i in evalLosses.indices { evalLosses[i] = 0 }
@@ -244,5 +265,8 @@ public final class Trainer {
     }
 
     /// Replicas that drifted apart by one bit disagree on this.
-    public func parameterChecksum() -> UInt64 { contentChecksum(UnsafeBufferPointer(params.pointer)) }
+    public func parameterChecksum() -> UInt64 {
+        waitForParameters()
+        return contentChecksum(UnsafeBufferPointer(params.pointer))
+    }
 }

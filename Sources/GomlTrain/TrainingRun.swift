@@ -122,6 +122,9 @@ public final class TrainingRun {
     }
 
     public func run() throws {
+        // Sharded, the last update's all-gather may still be arriving: every way out (the end,
+        // a stop, a failure; MPI_Finalize follows) waits for it.
+        defer { trainer.waitForParameters() }
         let o = trainer.options
         if settings.resume { restore() } else { trainer.initialiseParameters() }
         var checkpointedStep = settings.resume ? trainer.step : -1
@@ -139,7 +142,7 @@ public final class TrainingRun {
                 throw RunFailure(message: "non-finite \(result.loss.isFinite ? "gradient norm" : "loss") at step \(result.step) (loss \(result.loss), grad norm \(result.gradNorm)); stopped without writing a checkpoint — lower --lr or check the data", code: ExitStatus.nonFinite.code)
             }
             let step = result.step
-            if settings.divergingRank == comm.rank && step == 1 { trainer.params.pointer[0] += 1e-3 }
+            if settings.divergingRank == comm.rank && step == 1 { trainer.waitForParameters(); trainer.params.pointer[0] += 1e-3 }
             var record: [(String, String)] = [
                 ("step", "\(step)"), ("loss", "\(result.loss)"), ("lr", "\(result.lr)"), ("grad_norm", "\(result.gradNorm)"),
                 ("ms", String(format: "%.3f", result.timings.total * 1000)),
@@ -170,6 +173,7 @@ public final class TrainingRun {
             // Every rank advances the sample generator, so every checkpoint replica holds its state.
             if o.sampleEvery > 0 && step % o.sampleEvery == 0 {
                 let seed = sampleRNG.next()
+                trainer.waitForParameters()
                 if comm.isRoot { sample(seed: seed) }
             }
             if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == lastStep {
@@ -232,6 +236,7 @@ public final class TrainingRun {
     /// The replica writers write the checkpoint, each into its host's output directory; a
     /// failure on any ends the whole job, so no rank goes on alone.
     private func checkpoint() throws {
+        trainer.waitForParameters()
         var ok = true, message = ""
         // Collective: the strategy gathers the moments (when sharded) to each replica writer.
         trainer.strategy.withWholeOptimizerState(at: settings.replicaWriters) { m, v in

@@ -72,6 +72,7 @@ struct BenchCommand: ParsableCommand {
             let r = trainer.trainStep()
             if i >= warmup { totals.append(r.timings.total); phases.append(r.timings) }
         }
+        trainer.waitForParameters()
         // Every rank reports its own count: the ranks' communication threads differ in timing.
         if let after = HeapAllocations.count() {
             let total = after.total - allocationsBefore.total
@@ -89,24 +90,29 @@ struct BenchCommand: ParsableCommand {
         let tokensPerSecond = tokens / (ms / 1000)
         let modelGFLOPS = tokensPerSecond * o.model.flopsPerToken / 1e9
         let mfu = ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peak * Double(comm.size))
-        let split = [("forward", \StepTimings.forward), ("backward", \StepTimings.backward), ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
+        let split = [("forward", \StepTimings.forward), ("forward wait", \StepTimings.forwardWait), ("backward", \StepTimings.backward),
+                     ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
             .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
+        let forwardMS = split[0].1, forwardWaitMS = split[1].1, backwardMS = split[2].1, reduceMS = split[3].1, optimizerMS = split[4].1
         print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
         print("precision \(o.precision.rawValue) (\(precisionReason))")
         print(String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, threads, peak))
         print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
-        // Communication the step waited for (the reduce phase) against the time the network was busy.
-        let busy = median(phases.map(\.communication)) * 1000, exposed = split[2].1
+        // Communication the step waited for: after backward (the reduce phase, against the time the
+        // network was busy with the gradient) and in forward (the sharded all-gather still arriving).
+        let busy = median(phases.map(\.communication)) * 1000, exposed = reduceMS
         let hidden = busy > 0 ? max(0, 1 - exposed / busy) : 0
-        print(String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward)", busy, exposed, hidden * 100))
+        print(String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward); forward waited %.2f ms for parameters",
+                     busy, exposed, hidden * 100, forwardWaitMS))
         print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", tokensPerSecond, modelGFLOPS) + ProductPeak.describe(mfu))
         let json: [String: Any] = [
             "config": try model.name(), "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
             "ms_per_step": (ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(),
             "mfu": mfu.map { ($0 * 10000).rounded() / 10000 } ?? NSNull(),
             "peak_gflops": peak.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue, "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
-            "forward_ms": split[0].1, "backward_ms": split[1].1, "reduce_ms": split[2].1, "optimizer_ms": split[3].1,
-            "comm_ms": busy, "exposed_comm_ms": exposed, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
+            "forward_ms": forwardMS, "backward_ms": backwardMS, "reduce_ms": reduceMS, "optimizer_ms": optimizerMS,
+            "comm_ms": busy, "exposed_comm_ms": median(phases.map { $0.forwardWait + $0.reduce }) * 1000,
+            "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": exposed, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
             "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
             "micro_batch": trainer.microBatch,
         ]

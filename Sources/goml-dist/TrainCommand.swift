@@ -52,6 +52,8 @@ struct TrainCommand: ParsableCommand {
     var faultGradientScale = false
     @Option(name: .customLong("fault-available-memory-mb"), help: ArgumentHelp("Take this many MB as the host's available memory (tests the header's memory warning).", visibility: .hidden))
     var faultAvailableMemoryMB: Int?
+    @Option(name: .customLong("fault-lost-gather-rank"), help: ArgumentHelp("Sharded: this rank starts no parameter all-gather after its first update and stops responding (tests the all-gather's --collective-timeout).", visibility: .hidden))
+    var faultLostGatherRank: Int?
     @Option(name: .customLong("stop-after"), help: "Stop after this step with a checkpoint, to be continued with --resume.") var stopAfter: Int?
     @Option(name: .customLong("checksum-every"), help: "Compare a parameter checksum across ranks every N steps.") var checksumEvery: Int = 50
 
@@ -119,6 +121,7 @@ struct TrainCommand: ParsableCommand {
             let trainer = try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
                                       communication: communication)
             trainer.faultGradientScale = faultGradientScale
+            (trainer.strategy as? ShardedAllReduce)?.faultLostDuringGather = faultLostGatherRank == comm.rank
             return (trainer, settings, corpus)
         }
         agreeOnData(comm, corpus)

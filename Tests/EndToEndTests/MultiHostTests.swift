@@ -137,6 +137,43 @@ final class MultiHostTests: XCTestCase {
         }
     }
 
+    /// Sharded (the default at np 2) on a link shaped to 10 Mbit/s: tiny's reduce-scatter and
+    /// all-gather (≈ 0.26 MB each way each per step) then take ≈ 0.4 s of a step whose compute
+    /// is tens of ms, so the cut lands while one of them is in flight; the forward of the next
+    /// step waits per bucket for the all-gather. The job still ends with mpirun's message naming
+    /// the lost host, within a bounded time, and leaves nothing behind.
+    func testHostLostDuringShardedCollectivesEndsJob() throws {
+        let cluster = try multiHostStartCluster()
+        let rate = cluster.script(["rate", "10mbit"], timeout: 60)
+        XCTAssertEqual(rate.status, 0, "launch/cluster rate 10mbit failed\n\(rate.tail)")
+        var arguments = multiHostTinyArguments(out: cluster.local + "/run", steps: 10_000_000)
+        arguments += ["--collective-timeout", "20", "--bucket-mb", "0.05"]
+        let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
+        let metrics = cluster.disk("host1") + "/run/metrics.jsonl"
+        let deadline = Date().addingTimeInterval(120)
+        while multiHostLineCount(metrics) < 5 && job.process.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        guard job.process.isRunning, multiHostLineCount(metrics) >= 5 else {
+            let r = job.wait(timeout: 5)
+            XCTFail("the job did not get going (exit \(r.status))\n\(r.tail)")
+            return
+        }
+        let cut = Date()
+        try cluster.setLink("host2", up: false)
+        let r = job.wait(timeout: 120)
+        let after = Date().timeIntervalSince(cut)
+        XCTAssertFalse(r.timedOut, "the job still ran 120 s after host2 left the network\n\(r.tail)")
+        XCTAssertTrue(r.output.contains("sharded over 2 ranks"), "not the sharded strategy:\n\(r.tail)")
+        XCTAssertEqual(r.status, 205, "expected mpirun's exit for a lost host\n\(r.tail)")
+        XCTAssertLessThan(after, 60, "the job took \(Int(after)) s to end after host2 left the network")
+        XCTAssertTrue(r.output.contains("host2") && r.output.contains("lost communication"), "no message naming the lost host2:\n\(r.tail)")
+        Thread.sleep(forTimeInterval: 1)
+        for host in ["head", "host1", "host2"] {
+            XCTAssertEqual(cluster.processes(on: host), [], "processes left on \(host) after the job ended")
+        }
+    }
+
     /// A host that goes silent once (every packet it sends is dropped): mpirun ends the job with
     /// 205, launch/train relaunches it (--max-restarts) from the checkpoint on rank 0's host,
     /// and once the host answers again (the relaunch's connections retry until then) the run

@@ -18,6 +18,19 @@ final class ReplicaFailureTests: XCTestCase {
         XCTAssertEqual(Harness.losses(out).count, 5, "stopped at the first check after the divergence")
     }
 
+    /// Sharded: a rank lost during the all-gather (it starts none and stops responding) leaves
+    /// the other's next forward waiting for a parameter bucket; that wait is watched, so the job
+    /// ends with the timeout message naming the all-gather instead of a hang.
+    func testARankLostDuringTheAllGatherEndsTheJobAfterTheTimeout() {
+        let out = Harness.temporaryDirectory("lost-gather")
+        let r = Harness.mpirun(np: 2, ["train", "--config", "tiny", "--steps", "20", "--eval-every", "0", "--collective-timeout", "8",
+                                      "--fault-lost-gather-rank", "1", "--data", Harness.corpus, "--out", out], timeout: 90)
+        XCTAssertFalse(r.timedOut, "the job hung with rank 1 lost during the all-gather\n\(r.output)")
+        XCTAssertEqual(r.status, 4, r.output)
+        XCTAssertTrue(r.stderr.contains("rank 0 (") && r.stderr.contains("waited 8 s in MPI_Allgatherv (updated parameter buckets) at step 2 without progress"),
+                      r.output)
+    }
+
     /// A rank that stops responding (SIGSTOP) ends the job with the timeout message instead of a hang.
     func testAStoppedRankEndsTheJobAfterTheTimeout() throws {
         let out = Harness.temporaryDirectory("sigstop")
