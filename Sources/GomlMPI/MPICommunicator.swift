@@ -34,6 +34,7 @@ public final class MPICommunicator: Communicator {
     /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
     public init(collectiveTimeout: Double, pollMicroseconds: UInt32 = defaultPollMicroseconds) {
         self.pollMicroseconds = pollMicroseconds
+        Self.defaultTransportSettings()
         var provided: Int32 = 0
         let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
         if rc != goml_mpi_success() {
@@ -71,6 +72,21 @@ public final class MPICommunicator: Communicator {
         watchdog = CollectiveWatchdog(rank: Int(r), host: hostName, timeout: collectiveTimeout)
         if provided < goml_mpi_thread_serialized() {
             abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
+        }
+    }
+
+    /// OpenMPI settings measured to reach ≥ 90% of a TCP link's rate (docs/multihost-bench.md,
+    /// "Link efficiency"), set before MPI_Init unless the launch set them (mpirun --mca NAME VALUE
+    /// reaches us as OMPI_MCA_NAME and wins):
+    /// - libnbc's non-blocking all-reduce picks reduce-then-broadcast (binomial) below 4 ranks or
+    ///   in place, which sends one way at a time: 46% of the link. Reduce-scatter + all-gather
+    ///   (3; the ring where it does not apply) sends both ways at once: 94%.
+    /// - One TCP connection per peer queues a rendezvous acknowledgement behind the fragments
+    ///   already queued the other way, so the blocking all-reduce's two directions often took
+    ///   turns (370, 550 or 730 ms for small's 43 MB at 1 Gbit/s); four connections: 370–390 ms.
+    static func defaultTransportSettings() {
+        for (name, value) in [("coll_libnbc_iallreduce_algorithm", "3"), ("btl_tcp_links", "4")] {
+            setenv("OMPI_MCA_" + name, value, 0)
         }
     }
 

@@ -118,6 +118,7 @@ struct BenchCommand: ParsableCommand {
 
     private func benchCollectives(_ comm: Communicator) throws {
         let (config, communication) = agreeOnSetup(comm) { () throws -> (ModelConfig, CommunicationSettings) in
+            guard comm.size > 1 else { throw ValidationError("--collectives times communication between ranks, and this is one process; run it under mpirun -np 2 or more") }
             guard steps > 0, warmup >= 0 else { throw ValidationError("--steps must be positive and --warmup not negative for --collectives") }
             if let linkGbit, linkGbit <= 0 { throw ValidationError("--link-gbit is \(linkGbit); give the link's rate in Gbit/s, above 0") }
             return (try model.model(), try parallel.communication())
