@@ -75,19 +75,14 @@ public final class MPICommunicator: Communicator {
         }
     }
 
-    /// OpenMPI settings measured to reach ≥ 90% of a TCP link's rate (docs/multihost-bench.md,
-    /// "Link efficiency"), set before MPI_Init unless the launch set them (mpirun --mca NAME VALUE
-    /// reaches us as OMPI_MCA_NAME and wins):
-    /// - libnbc's non-blocking all-reduce picks reduce-then-broadcast (binomial) below 4 ranks or
-    ///   in place, which sends one way at a time: 46% of the link. Reduce-scatter + all-gather
-    ///   (3; the ring where it does not apply) sends both ways at once: 94%.
-    /// - One TCP connection per peer queues a rendezvous acknowledgement behind the fragments
-    ///   already queued the other way, so the blocking all-reduce's two directions often took
-    ///   turns (370, 550 or 730 ms for small's 43 MB at 1 Gbit/s); four connections: 370–390 ms.
+    /// libnbc's non-blocking all-reduce (the bucketed one of --no-shard and the hierarchy's
+    /// leaders) picks reduce-then-broadcast for any in-place sum (ours are) or below 4 ranks, which
+    /// sends one way at a time: 45% of a TCP link's rate. Reduce-scatter + all-gather (algorithm 3; the ring where
+    /// it does not apply) sends both ways at once: 91–94% (docs/multihost-bench.md, "Link
+    /// efficiency"). Set before MPI_Init unless the launch set it (mpirun --mca NAME VALUE
+    /// reaches the ranks as OMPI_MCA_NAME and wins).
     static func defaultTransportSettings() {
-        for (name, value) in [("coll_libnbc_iallreduce_algorithm", "3"), ("btl_tcp_links", "4")] {
-            setenv("OMPI_MCA_" + name, value, 0)
-        }
+        setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "3", 0)
     }
 
     public func noteStep(_ step: Int) { watchdog.step = step }
