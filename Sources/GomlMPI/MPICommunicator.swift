@@ -31,8 +31,15 @@ public final class MPICommunicator: Communicator {
     /// Started by the first non-blocking sum; owns MPI while sums are in flight.
     private var progress: ProgressThread?
 
+    /// Microseconds the progress threads sleep between polls of MPI_Test (0: yield the core and
+    /// poll again).
+    public static let defaultPollMicroseconds: UInt32 = 200
+    private let pollMicroseconds: UInt32
+
     /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
-    public init(collectiveTimeout: Double) {
+    public init(collectiveTimeout: Double, pollMicroseconds: UInt32 = defaultPollMicroseconds) {
+        self.pollMicroseconds = pollMicroseconds
+        Self.defaultTransportSettings()
         var provided: Int32 = 0
         let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
         if rc != goml_mpi_success() {
@@ -74,6 +81,16 @@ public final class MPICommunicator: Communicator {
         if provided < goml_mpi_thread_serialized() {
             abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
         }
+    }
+
+    /// libnbc's non-blocking all-reduce (the bucketed one of --no-shard and the hierarchy's
+    /// leaders) picks reduce-then-broadcast for any in-place sum (ours are) or below 4 ranks, which
+    /// sends one way at a time: 45% of a TCP link's rate. Reduce-scatter + all-gather (algorithm 3; the ring where
+    /// it does not apply) sends both ways at once: 91–94% (docs/multihost-bench.md, "Link
+    /// efficiency"). Set before MPI_Init unless the launch set it (mpirun --mca NAME VALUE
+    /// reaches the ranks as OMPI_MCA_NAME and wins).
+    static func defaultTransportSettings() {
+        setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "3", 0)
     }
 
     public func noteStep(_ step: Int) { watchdog.step = step }
@@ -147,7 +164,7 @@ public final class MPICommunicator: Communicator {
             phases = [.allReduce]
         }
         progress = ProgressThread(owner: self, world: phases.count == 1 ? world : leaders, node: node, nodeBroadcast: nodeBroadcast, phases: phases,
-                                  buckets: buckets, compression: compression)
+                                  buckets: buckets, compression: compression, pollMicroseconds: pollMicroseconds)
     }
 
     public func startAllReduceSum(bucket: Int) {
@@ -191,9 +208,9 @@ public final class MPICommunicator: Communicator {
             }
         }
         reduceScatters = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.reduceToOwner],
-                                        buckets: parts, compression: compression, owners: owners)
+                                        buckets: parts, compression: compression, owners: owners, pollMicroseconds: pollMicroseconds)
         allGathers = ProgressThread(owner: self, world: gatherWorld, node: nil, nodeBroadcast: nil, phases: [.allGather],
-                                    buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts)
+                                    buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts, pollMicroseconds: pollMicroseconds)
     }
 
     public func startReduceScatter(bucket: Int) {
@@ -279,7 +296,7 @@ final class CollectiveWatchdog: @unchecked Sendable {
 /// The communication thread of the overlapped all-reduce. OpenMPI 4.1's TCP transport advances
 /// a non-blocking collective only inside MPI calls, and backward is long stretches of BLAS with
 /// no MPI calls, so this thread starts each queued bucket and polls MPI_Test every
-/// `pollInterval` until all are done, sleeping in between so that it takes little of the core
+/// `pollMicroseconds` until all are done, sleeping in between so that it takes little of the core
 /// the compute threads use. Every collective is persistent (MPIX_*_init, made on its first
 /// start), so a step builds no schedules. A bucket goes through `phases` — flat: one all-reduce
 /// over every rank; hierarchical: reduce to the host's first rank through shared memory, that
@@ -295,7 +312,7 @@ final class ProgressThread: @unchecked Sendable {
         /// The phases whose values travel as bfloat16 with compression.
         var sumsOverRanks: Bool { self == .allReduce || self == .reduceToOwner }
     }
-    private static let pollInterval: UInt32 = 200   // µs
+    private let pollMicroseconds: UInt32
     private unowned let owner: MPICommunicator
     // world: the all-reduce's ranks (every rank, or host leaders); node, nodeBroadcast: this host's
     // ranks, one communicator per host phase, since a host's leader and its other ranks start
@@ -324,8 +341,9 @@ final class ProgressThread: @unchecked Sendable {
     private var newStep = true                      // under `lock`: the next start opens the busy span
 
     init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
-         compression: GradientCompression, shardCounts: [[Int]] = [], owners: [Int32] = []) {
+         compression: GradientCompression, shardCounts: [[Int]] = [], owners: [Int32] = [], pollMicroseconds: UInt32) {
         self.owner = owner
+        self.pollMicroseconds = pollMicroseconds
         self.owners = owners
         self.shardCounts = shardCounts.map { counts in
             let buffer = UnsafeMutableBufferPointer<Int32>.allocate(capacity: counts.count)
@@ -417,7 +435,7 @@ final class ProgressThread: @unchecked Sendable {
                 }
                 // Shared memory moves a message fragment by fragment, each handed over inside an
                 // MPI call on both sides: while a host phase is in flight, poll without sleeping.
-                if completed < started { if hostPhaseActive { sched_yield() } else { usleep(Self.pollInterval) } }
+                if completed < started { if hostPhaseActive || pollMicroseconds == 0 { sched_yield() } else { usleep(pollMicroseconds) } }
             } while completed < started
         }
     }

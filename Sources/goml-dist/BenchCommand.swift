@@ -26,10 +26,15 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("sample-tokens"), help: "Bytes generated per sampling measurement.") var sampleTokens: Int = 256
     @Flag(help: "Instead, time the AdamW update (clip fused) on 1…--threads worker threads against a memory-bandwidth triad; one process.")
     var optimizer = false
+    @Flag(help: "Instead, time the gradient collectives alone (blocking and bucketed all-reduce, sharded reduce-scatter and all-gather) on the model's buffer in --bucket-mb buckets: one JSON line each (--steps repetitions after --warmup).")
+    var collectives = false
+    @Option(name: .customLong("link-gbit"), help: "With --collectives: the link's rate in Gbit/s, to report each collective's share of it.")
+    var linkGbit: Double?
 
     func run() throws {
         if optimizer { return try benchOptimizer() }
         let comm = makeCommunicator(parallel)
+        if collectives { return try benchCollectives(comm) }
         let threads = coresPerRank(parallel, comm, reduction: ReductionMode(rawValue: reduction))
         var precisionReason = ""
         let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
@@ -132,6 +137,33 @@ struct BenchCommand: ParsableCommand {
         }
         let json: [String: Any] = ["config": try model.name(), "parameters": ParameterLayout(config).count, "optimizer": rows]
         print(String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
+    }
+
+    private func benchCollectives(_ comm: Communicator) throws {
+        let (config, communication) = agreeOnSetup(comm) { () throws -> (ModelConfig, CommunicationSettings) in
+            guard comm.size > 1 else { throw ValidationError("--collectives times communication between ranks, and this is one process; run it under mpirun -np 2 or more") }
+            guard steps > 0, warmup >= 0 else { throw ValidationError("--steps must be positive and --warmup not negative for --collectives") }
+            if let linkGbit, linkGbit <= 0 { throw ValidationError("--link-gbit is \(linkGbit); give the link's rate in Gbit/s, above 0") }
+            return (try model.model(), try parallel.communication())
+        }
+        let results = CollectiveBench.run(comm: comm, layout: ParameterLayout(config), communication: communication, warmup: warmup, repeats: steps)
+        comm.finalize()
+        guard comm.isRoot else { return }
+        for r in results {
+            var json: [String: Any] = [
+                "config": try model.name(), "ranks": comm.size, "collective": r.collective, "grad_compression": parallel.gradCompression,
+                "bucket_mb": parallel.bucketMB, "buckets": r.bucketBytes.count, "bucket_bytes": r.bucketBytes, "buffer_bytes": r.bufferBytes,
+                "wire_bytes": r.wireBytes, "bound_bytes_per_rank": r.boundBytesPerRank.rounded(), "bound": r.bound,
+                "median_ms": (r.medianSeconds * 1e6).rounded() / 1000, "ms": r.seconds.map { ($0 * 1e6).rounded() / 1000 },
+                "achieved_gbit_s": (r.achievedGbitPerSecond * 1000).rounded() / 1000,
+                "poll_us": Int(parallel.progressPollMicroseconds),
+            ]
+            if let linkGbit {
+                json["link_gbit"] = linkGbit
+                json["share_of_link"] = (r.achievedGbitPerSecond / linkGbit * 1000).rounded() / 1000
+            }
+            print(String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
+        }
     }
 
     private func benchSampling(_ trainer: Trainer, threads: Int) {

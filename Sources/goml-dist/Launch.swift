@@ -10,7 +10,8 @@ import GomlTrain
 
 func makeCommunicator(_ parallel: ParallelOptions) -> Communicator {
     setvbuf(stdout, nil, _IOLBF, 0)   // lines appear live under mpirun
-    return parallel.single || !launchedByMPI ? SingleProcessCommunicator() : MPICommunicator(collectiveTimeout: parallel.collectiveTimeout)
+    return parallel.single || !launchedByMPI ? SingleProcessCommunicator() : MPICommunicator(collectiveTimeout: parallel.collectiveTimeout,
+                                                                                                    pollMicroseconds: parallel.progressPollMicroseconds)
 }
 
 /// True under mpirun (OpenMPI) or another PMI launcher; otherwise we run as one process.

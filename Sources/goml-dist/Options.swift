@@ -3,6 +3,7 @@
 import ArgumentParser
 import GomlComm
 import GomlCore
+import GomlMPI
 import GomlTrain
 
 struct ModelOptions: ParsableArguments {
@@ -84,6 +85,8 @@ struct ParallelOptions: ParsableArguments {
     var gradCompression: String = "none"
     @Flag(name: .customLong("no-shard"), help: "Keep the whole AdamW state on every rank and all-reduce gradients (the default on several ranks shards them: reduce-scatter, AdamW on 1/N, all-gather).")
     var noShard = false
+    @Option(name: .customLong("progress-poll-us"), help: ArgumentHelp("Microseconds the communication thread sleeps between MPI_Test polls (0: yield and poll again); for link-efficiency measurements.", visibility: .hidden))
+    var progressPollMicroseconds: UInt32 = MPICommunicator.defaultPollMicroseconds
     @Flag(help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).")
     var hierarchical = false
 

@@ -53,3 +53,80 @@ final class BenchTests: XCTestCase {
         }
     }
 }
+
+/// `bench --collectives`: one JSON line per gradient collective, over the model's buffer in the
+/// buckets training makes. The tensor sizes come from the PyTorch fixture (tiny_step's model),
+/// not from goml-dist, so a bucketing or byte count of its own would show.
+final class CollectiveBenchTests: XCTestCase {
+    static let fixtureModel = ["--config", "tiny", "--dim", "32", "--heads", "4", "--ffn", "64", "--seq-len", "16"]
+
+    /// Bytes of each parameter of tiny_step's model, in the layout's (PyTorch's parameter) order.
+    func fixtureTensorBytes() throws -> [Int] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: Harness.fixtures + "/tiny_step.safetensors"))
+        let headerLength = data.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = try XCTUnwrap(try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + headerLength))) as? [String: Any])
+        let metadata = try XCTUnwrap(header["__metadata__"] as? [String: String])
+        let order = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(try XCTUnwrap(metadata["param_order"]).utf8)) as? [String])
+        return try order.map { name in
+            let entry = try XCTUnwrap(header["init." + name] as? [String: Any], name)
+            return try XCTUnwrap(entry["shape"] as? [Int]).reduce(4, *)
+        }
+    }
+
+    /// The JSON lines of `mpirun -np 2 goml-dist bench --collectives ARGS`, by collective.
+    func collectives(_ arguments: [String]) throws -> [String: [String: Any]] {
+        let r = Harness.mpirun(np: 2, ["bench", "--collectives"] + Self.fixtureModel + ["--steps", "2", "--warmup", "1", "--link-gbit", "1"] + arguments)
+        Harness.assertSuccess(r, "bench --collectives \(arguments.joined(separator: " "))")
+        var lines: [String: [String: Any]] = [:]
+        for line in r.stdout.split(separator: "\n") where line.hasPrefix("{") {
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            lines[try XCTUnwrap(json["collective"] as? String)] = json
+        }
+        return lines
+    }
+
+    func assertTimed(_ json: [String: Any], boundBytes: Int, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual((json["bound_bytes_per_rank"] as? Double).map { Int($0) }, boundBytes, "\(json)", file: file, line: line)
+        XCTAssertEqual((json["ms"] as? [Double])?.count, 2, "one time per repetition: \(json)", file: file, line: line)
+        let achieved = json["achieved_gbit_s"] as? Double ?? 0, ms = json["median_ms"] as? Double ?? 0
+        XCTAssertGreaterThan(achieved, 0, "\(json)", file: file, line: line)
+        XCTAssertGreaterThan(ms, 0, "\(json)", file: file, line: line)
+        // Gbit/s is the bound's bytes over the median time; the JSON rounds the time to 1 µs and the rate to 1 Mbit/s.
+        XCTAssertEqual(achieved, Double(boundBytes) * 8 / (ms / 1000) / 1e9, accuracy: achieved * (0.0005 / ms + 0.001) + 0.001, "\(json)", file: file, line: line)
+        XCTAssertEqual(json["share_of_link"] as? Double ?? -1, achieved, accuracy: 0.001, "at --link-gbit 1: \(json)", file: file, line: line)
+    }
+
+    func testCollectivesCoverTheModelsBucketsAndReportTheBoundsBytes() throws {
+        let tensors = try fixtureTensorBytes(), whole = tensors.reduce(0, +)
+        // 4-byte buckets: one per tensor, from the end of the layout (the order backward finishes them).
+        let float32 = try collectives(["--bucket-mb", "0.000004"])
+        XCTAssertEqual(Set(float32.keys), ["allreduce_blocking", "allreduce_buckets", "reduce_scatter", "all_gather", "reduce_scatter_all_gather"])
+        for (name, json) in float32 {
+            XCTAssertEqual(json["buffer_bytes"] as? Int, whole, name)
+            XCTAssertEqual(json["bucket_bytes"] as? [Int], name == "allreduce_blocking" ? [whole] : tensors.reversed(), name)
+        }
+        // Two ranks: an all-reduce sends the whole buffer at the bound, a reduce-scatter or an all-gather half.
+        assertTimed(try XCTUnwrap(float32["allreduce_blocking"]), boundBytes: whole)
+        assertTimed(try XCTUnwrap(float32["allreduce_buckets"]), boundBytes: whole)
+        assertTimed(try XCTUnwrap(float32["reduce_scatter"]), boundBytes: whole / 2)
+        assertTimed(try XCTUnwrap(float32["all_gather"]), boundBytes: whole / 2)
+        assertTimed(try XCTUnwrap(float32["reduce_scatter_all_gather"]), boundBytes: whole)
+
+        // bf16 on the wire halves what the sums send; the all-gather still sends float32 parameters.
+        // (Polling without sleeping, the hidden measurement setting, runs the same collectives.)
+        let bf16 = try collectives(["--grad-compression", "bf16", "--progress-poll-us", "0"])
+        XCTAssertNil(bf16["allreduce_blocking"], "the blocking all-reduce is float32 only")
+        XCTAssertEqual(bf16["allreduce_buckets"]?["bucket_bytes"] as? [Int], [whole], "one bucket at the default 1 MB")
+        XCTAssertEqual(bf16["allreduce_buckets"]?["wire_bytes"] as? Int, whole / 2)
+        assertTimed(try XCTUnwrap(bf16["allreduce_buckets"]), boundBytes: whole / 2)
+        assertTimed(try XCTUnwrap(bf16["reduce_scatter"]), boundBytes: whole / 4)
+        assertTimed(try XCTUnwrap(bf16["all_gather"]), boundBytes: whole / 2)
+        assertTimed(try XCTUnwrap(bf16["reduce_scatter_all_gather"]), boundBytes: whole / 4 + whole / 2)
+    }
+
+    func testCollectivesRefuseOneProcess() {
+        let r = Harness.goml(["bench", "--collectives", "--single", "--config", "tiny"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--collectives times communication between ranks, and this is one process; run it under mpirun -np 2 or more"), r.stderr)
+    }
+}

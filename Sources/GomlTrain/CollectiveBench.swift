@@ -1,0 +1,92 @@
+// CollectiveBench: times the gradient collectives of a model on the real communicator, apart
+// from any compute, to see how much of a link's rate they reach (`goml-dist bench
+// --collectives`). The buffer is the model's flat gradient, cut into the buckets training uses,
+// and each collective runs exactly as the strategies run it: one blocking all-reduce of the
+// whole buffer, the bucketed non-blocking all-reduce, and the sharded reduce-scatter and
+// all-gather. Timing only: the values summed are meaningless.
+
+import Foundation
+import GomlComm
+import GomlCore
+
+/// One collective's timing: the bytes it must move and how fast it moved them.
+public struct CollectiveMeasurement {
+    /// allreduce_blocking, allreduce_buckets, reduce_scatter, all_gather, reduce_scatter_all_gather.
+    public let collective: String
+    /// The float32 buffer it covers (the flat gradient or parameters).
+    public let bufferBytes: Int
+    /// Each bucket's float32 bytes, in the order started (one entry when unbucketed).
+    public let bucketBytes: [Int]
+    /// What crosses the wire per copy of the buffer: float32, or bfloat16 with compression.
+    public let wireBytes: Int
+    /// The fewest bytes each rank must send: 2(N−1)/N · wire for an all-reduce, (N−1)/N · wire
+    /// for a reduce-scatter or an all-gather (the bandwidth lower bound of ring algorithms).
+    public let boundBytesPerRank: Double
+    public let bound: String
+    /// Per repetition, the slowest rank's seconds (each rank starts after a barrier).
+    public let seconds: [Double]
+
+    public var medianSeconds: Double {
+        let s = seconds.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    /// Gbit/s each rank sends at the lower bound: bound bytes × 8 / median time.
+    public var achievedGbitPerSecond: Double { boundBytesPerRank * 8 / medianSeconds / 1e9 }
+}
+
+public enum CollectiveBench {
+    /// Times each collective `repeats` times after `warmup` untimed runs, on every rank (all
+    /// ranks must call this with the same arguments). Registers buckets with `comm`, which
+    /// allows that once, so a process measures one setting.
+    public static func run(comm: Communicator, layout: ParameterLayout, communication: CommunicationSettings,
+                           warmup: Int, repeats: Int) -> [CollectiveMeasurement] {
+        let buckets = gradientBuckets(layout, bucketBytes: communication.bucketBytes)
+        let shards = ShardLayout(buckets: buckets, ranks: comm.size)
+        let gradient = FloatBuffer(count: layout.count), parameters = FloatBuffer(count: layout.count)
+        // Small finite values, so bfloat16 rounding sees ordinary numbers and repeated sums stay finite.
+        for i in 0..<layout.count { gradient.pointer[i] = 1e-6; parameters.pointer[i] = 1e-3 }
+        let whole = UnsafeMutableBufferPointer(rebasing: gradient.pointer[0..<layout.count])
+        comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: gradient.pointer[$0]) },
+                                    compression: communication.compression, hierarchical: communication.hierarchical)
+        comm.prepareShardedBuckets(buckets.indices.map { b in
+            ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradient.pointer[buckets[b]]),
+                          parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[buckets[b]]), counts: shards.counts(b))
+        }, compression: communication.compression)
+
+        let n = Double(comm.size), float = MemoryLayout<Float>.stride
+        let bufferBytes = layout.count * float, perBucket = buckets.map { $0.count * float }
+        let summedWire = communication.compression == .bf16 ? layout.count * 2 : bufferBytes
+        let reduceScatter = { for b in buckets.indices { comm.startReduceScatter(bucket: b) }; _ = comm.waitForReduceScatters() }
+        let allGather = { for b in buckets.indices { comm.startAllGather(bucket: b) }; for b in buckets.indices { comm.waitForAllGather(bucket: b) } }
+        var cases: [(name: String, buckets: [Int], wire: Int, bound: Double, boundText: String, body: () -> Void)] = []
+        // The blocking all-reduce sends float32 only.
+        if communication.compression == .none {
+            cases.append(("allreduce_blocking", [bufferBytes], bufferBytes, 2 * (n - 1) / n, "2(N-1)/N x wire bytes", { comm.allReduceSum(whole) }))
+        }
+        cases.append(("allreduce_buckets", perBucket, summedWire, 2 * (n - 1) / n, "2(N-1)/N x wire bytes", {
+            for b in buckets.indices { comm.startAllReduceSum(bucket: b) }
+            _ = comm.waitForAllReduces()
+        }))
+        cases.append(("reduce_scatter", perBucket, summedWire, (n - 1) / n, "(N-1)/N x wire bytes", reduceScatter))
+        cases.append(("all_gather", perBucket, bufferBytes, (n - 1) / n, "(N-1)/N x wire bytes (float32)", allGather))
+        cases.append(("reduce_scatter_all_gather", perBucket, summedWire + bufferBytes, (n - 1) / n,
+                      "(N-1)/N x (summed wire + float32 gathered) bytes", { reduceScatter(); allGather() }))
+
+        return cases.map { c in
+            var seconds: [Double] = []
+            let mine = UnsafeMutableBufferPointer<Double>.allocate(capacity: 1), all = UnsafeMutableBufferPointer<Double>.allocate(capacity: comm.size)
+            defer { mine.deallocate(); all.deallocate() }
+            for i in 0..<(warmup + repeats) {
+                _ = comm.allAgree(true)   // a barrier: every rank starts together
+                let start = DispatchTime.now().uptimeNanoseconds
+                c.body()
+                mine[0] = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                comm.allGather(UnsafeBufferPointer(mine), into: all)
+                if i >= warmup { seconds.append(all.max()!) }
+            }
+            return CollectiveMeasurement(collective: c.name, bufferBytes: bufferBytes, bucketBytes: c.buckets, wireBytes: c.wire,
+                                         boundBytesPerRank: c.bound * Double(c.wire), bound: c.boundText, seconds: seconds)
+        }
+    }
+}
