@@ -15,7 +15,8 @@ public final class MPICommunicator: Communicator {
     public let localRank: Int
     public let localSize: Int
     public let hostName: String
-    private let world: MPI_Comm
+    /// The ranks this communicator spans (the job's, or a split of them), and the job's.
+    private let world: MPI_Comm, job: MPI_Comm
     /// This host's ranks (twice: the hierarchy's reduce and broadcast each keep their own
     /// order of buckets), and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
     private let node: MPI_Comm?, nodeBroadcast: MPI_Comm?, leaders: MPI_Comm?
@@ -27,29 +28,47 @@ public final class MPICommunicator: Communicator {
     private var progress: ProgressThread?
 
     /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
-    public init(collectiveTimeout: Double) {
+    public convenience init(collectiveTimeout: Double) {
         var provided: Int32 = 0
         let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
         if rc != goml_mpi_success() {
             FileHandle.standardError.write(Data("goml-dist: error: MPI_Init_thread failed (code \(rc)); is this an OpenMPI launch?\n".utf8))
             exit(ExitStatus.setup.code)
         }
-        world = goml_mpi_comm_world()
+        let world: MPI_Comm = goml_mpi_comm_world()
         MPI_Comm_set_errhandler(world, goml_mpi_errors_return())
-        var r: Int32 = 0, s: Int32 = 0
+        var r: Int32 = 0
         MPI_Comm_rank(world, &r)
-        MPI_Comm_size(world, &s)
+        var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
+        var length: Int32 = 0
+        MPI_Get_processor_name(&name, &length)
+        let host = String(cString: name)
+        self.init(world, job: world, host: host, watchdog: CollectiveWatchdog(rank: Int(r), host: host, timeout: collectiveTimeout))
+        if provided < goml_mpi_thread_serialized() {
+            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
+        }
+    }
+
+    /// The communicator over `comm`'s ranks; `job` is the whole job's (an abort ends all of it).
+    private init(_ comm: MPI_Comm, job: MPI_Comm, host: String, watchdog: CollectiveWatchdog) {
+        world = comm
+        self.job = job
+        hostName = host
+        self.watchdog = watchdog
+        var r: Int32 = 0, s: Int32 = 0
+        MPI_Comm_rank(comm, &r)
+        MPI_Comm_size(comm, &s)
         rank = Int(r)
         size = Int(s)
         var node = MPI_Comm(bitPattern: 0)
-        MPI_Comm_split_type(world, goml_mpi_comm_type_shared(), r, goml_mpi_info_null(), &node)
+        MPI_Comm_split_type(comm, goml_mpi_comm_type_shared(), r, goml_mpi_info_null(), &node)
         var lr: Int32 = 0, ls: Int32 = 0
         MPI_Comm_rank(node, &lr)
         MPI_Comm_size(node, &ls)
         var leaders = goml_mpi_comm_null()
-        MPI_Comm_split(world, lr == 0 ? 0 : goml_mpi_undefined(), r, &leaders)
+        MPI_Comm_split(comm, lr == 0 ? 0 : goml_mpi_undefined(), r, &leaders)
         var hostCount = [Int32(lr == 0 ? 1 : 0)]
-        MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), world)
+        MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), comm)
         self.node = node
         var nodeBroadcast = goml_mpi_comm_null()
         MPI_Comm_dup(node, &nodeBroadcast)
@@ -58,14 +77,15 @@ public final class MPICommunicator: Communicator {
         hosts = Int(hostCount[0])
         localRank = Int(lr)
         localSize = Int(ls)
-        var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
-        var length: Int32 = 0
-        MPI_Get_processor_name(&name, &length)
-        hostName = String(cString: name)
-        watchdog = CollectiveWatchdog(rank: Int(r), host: hostName, timeout: collectiveTimeout)
-        if provided < goml_mpi_thread_serialized() {
-            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
-        }
+    }
+
+    /// The split shares this rank's watchdog (MPI calls are serialized, so one is in progress at
+    /// a time) and ends the whole job on an error; finalizing stays with the job's communicator.
+    public func split(color: Int) -> Communicator {
+        var part = goml_mpi_comm_null()
+        check("MPI_Comm_split") { MPI_Comm_split(world, Int32(color), Int32(rank), &part) }
+        MPI_Comm_set_errhandler(part, goml_mpi_errors_return())
+        return MPICommunicator(part!, job: job, host: hostName, watchdog: watchdog)
     }
 
     public func noteStep(_ step: Int) { watchdog.step = step }
@@ -124,7 +144,7 @@ public final class MPICommunicator: Communicator {
 
     public func abort(_ message: String, code: Int32) -> Never {
         FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8))
-        MPI_Abort(world, code)
+        MPI_Abort(job, code)
         exit(code)
     }
 
@@ -222,6 +242,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func finalize() {
+        guard world == job else { return }
         watchdog.stop()
         MPI_Finalize()
     }
