@@ -154,7 +154,8 @@ public final class TrainingRun {
             if settings.divergingRank == comm.rank && step == 1 { trainer.params.pointer[0] += 1e-3 }
             var outerFields: [(String, String)] = []
             if let outer {
-                let synced = step % outer.options.syncEvery == 0
+                // The last step syncs too, so the final model holds every worker's last steps.
+                let synced = step % outer.options.syncEvery == 0 || step == o.steps
                 if synced {
                     outer.sync()
                     trainSeconds += outer.lastCommunication

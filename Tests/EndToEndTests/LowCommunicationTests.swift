@@ -1,0 +1,110 @@
+// Low-communication training (DiLoCo, --sync-every): one worker with plain averaging is
+// synchronous training, workers drift apart between syncs and agree right after, a resumed
+// run continues bit for bit, and bad layouts or options are one-line errors.
+
+import Foundation
+import XCTest
+
+final class LowCommunicationTests: XCTestCase {
+    func tinyRun(_ out: String, steps: Int = 20, extra: [String] = []) -> [String] {
+        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "10", "--log-every", "10",
+         "--precision", "fp32", "--data", Harness.corpus, "--out", out, "--no-progress"] + extra
+    }
+
+    func values(_ out: String, _ field: String) -> [Double] { Harness.fieldTexts(out, field).compactMap(Double.init) }
+
+    /// One worker holding both ranks (sharded inside it), outer lr 1 and no momentum: θ_global
+    /// becomes the worker's parameters at every sync, so losses, norms, validation losses (at
+    /// steps 10 and 20, both syncs) and the final model are synchronous training's to float32 rounding.
+    func testOneWorkerWithPlainAveragingIsSynchronousTraining() throws {
+        let synchronous = Harness.temporaryDirectory("diloco-sync"), oneWorker = Harness.temporaryDirectory("diloco-one-worker")
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(synchronous)), "synchronous")
+        let r = Harness.mpirun(np: 2, tinyRun(oneWorker, extra: ["--sync-every", "5", "--worker-size", "2", "--outer-lr", "1", "--outer-momentum", "0"]))
+        Harness.assertSuccess(r, "one worker")
+        XCTAssertTrue(r.stdout.contains("mode diloco: 1 worker(s) × 2 rank(s), sync every 5 steps"), r.stdout)
+        for field in ["loss", "grad_norm", "val_loss"] {
+            let a = values(oneWorker, field), b = values(synchronous, field)
+            XCTAssertEqual(a.count, field == "val_loss" ? 2 : 20, field)
+            XCTAssertEqual(a.count, b.count, field)
+            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(a, b), 1e-5, field)
+        }
+        let p = try Harness.finalParameters(oneWorker), q = try Harness.finalParameters(synchronous)
+        XCTAssertEqual(p.count, q.count)
+        XCTAssertLessThanOrEqual(Double(Harness.maxAbsoluteDifference(p, q) / (q.map { abs($0) }.max() ?? 1)), 1e-5, "final parameters")
+    }
+
+    /// Two workers of two ranks each (sharded inside), checksums after every step: the
+    /// workers' parameters differ between syncs (their own data) and are equal right after one.
+    func testWorkersDivergeBetweenSyncsAndAgreeAfter() throws {
+        let out = Harness.temporaryDirectory("diloco-diverge")
+        let r = Harness.mpirun(np: 4, tinyRun(out, steps: 12, extra: ["--sync-every", "4", "--worker-size", "2", "--checksum-every", "1",
+                                                                      "--outer-lr", "0.8", "--outer-momentum", "0.5"]))
+        Harness.assertSuccess(r, "two workers")
+        XCTAssertTrue(r.stdout.contains("mode diloco: 2 worker(s) × 2 rank(s), sync every 4 steps"), r.stdout)
+        let records = Harness.metrics(out).filter { $0["step"] != nil }
+        XCTAssertEqual(records.count, 12)
+        for record in records {
+            let step = record["step"] as? Int ?? 0
+            let sums = record["worker_checksums"] as? [String] ?? []
+            XCTAssertEqual(sums.count, 2, "step \(step)")
+            if step % 4 == 0 {
+                XCTAssertEqual(sums.first, sums.last, "workers disagree right after the sync at step \(step)")
+                XCTAssertEqual(record["outer_bytes"] as? Int, 4 * 132_224, "step \(step)")
+            } else {
+                XCTAssertNotEqual(sums.first, sums.last, "workers did not diverge at step \(step)")
+                XCTAssertNil(record["outer_bytes"], "no outer step at step \(step)")
+            }
+        }
+    }
+
+    /// The run's own check: a worker that does not restart from θ_global after an outer step
+    /// (hidden fault) stops the job with one line naming the workers.
+    func testWorkerThatKeepsItsParametersAfterASyncStopsTheJob() {
+        let out = Harness.temporaryDirectory("diloco-no-restart")
+        let r = Harness.mpirun(np: 2, tinyRun(out, steps: 8, extra: ["--sync-every", "4", "--worker-size", "1", "--checksum-every", "4",
+                                                                     "--fault-outer-no-restart"]))
+        XCTAssertNotEqual(r.status, 0, r.output)
+        let errorLines = r.stderr.split(separator: "\n").filter { $0.contains("goml-dist: error") }
+        XCTAssertEqual(errorLines.count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("workers 0 and 1 hold different parameters right after the outer step at step 4"), r.stderr)
+    }
+
+    /// Stopped between two syncs (step 6 of H 4) and resumed at the same layout (two workers of
+    /// two ranks, momentum on): the same losses and the same checkpoint bytes as one run.
+    func testResumeBetweenSyncsIsBitwise() throws {
+        let whole = Harness.temporaryDirectory("diloco-whole"), resumed = Harness.temporaryDirectory("diloco-resumed")
+        let options = ["--sync-every", "4", "--worker-size", "2", "--outer-lr", "0.8", "--outer-momentum", "0.5"]
+        Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(whole, extra: options)), "uninterrupted")
+        Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(resumed, extra: options + ["--stop-after", "6"])), "first part")
+        let r = Harness.mpirun(np: 4, tinyRun(resumed, extra: options + ["--resume", resumed]))
+        Harness.assertSuccess(r, "resumed")
+        XCTAssertTrue(r.stdout.contains("at step 6"), r.stdout)
+        XCTAssertEqual(Harness.lossTexts(resumed), Harness.lossTexts(whole))
+        XCTAssertEqual(Harness.fieldTexts(resumed, "val_loss"), Harness.fieldTexts(whole, "val_loss"))
+        for name in ["ckpt-0000020.safetensors", "ckpt-0000020.state.safetensors", "ckpt-0000020.outer.safetensors"] {
+            let a = FileManager.default.contents(atPath: whole + "/" + name), b = FileManager.default.contents(atPath: resumed + "/" + name)
+            XCTAssertNotNil(a, name)
+            XCTAssertEqual(a, b, "\(name) differs after the resume")
+        }
+    }
+
+    /// Each bad option or layout: one error line naming it, non-zero exit, no training.
+    func testBadOptionsAreOneLineErrors() {
+        let cases: [(np: Int, extra: [String], expected: String)] = [
+            (1, ["--sync-every", "0"], "--sync-every is 0; it must be a positive integer"),
+            (2, ["--sync-every", "4", "--worker-size", "3"], "--worker-size 3 does not divide the 2 ranks"),
+            (2, ["--sync-every", "4", "--workers-per-host", "3"], "--workers-per-host 3 does not divide the ranks on every host"),
+            (2, ["--sync-every", "4", "--reduction", "exact"], "--reduction exact cannot run with --sync-every 4"),
+            (1, ["--sync-every", "4", "--outer-momentum", "1"], "--outer-momentum is 1.0; it must lie in [0, 1)"),
+        ]
+        for (np, extra, expected) in cases {
+            let out = Harness.temporaryDirectory("diloco-bad")
+            let r = Harness.mpirun(np: np, tinyRun(out, steps: 4, extra: extra))
+            XCTAssertNotEqual(r.status, 0, "\(extra): \(r.output)")
+            let errorLines = r.stderr.split(separator: "\n").filter { $0.contains("goml-dist: error") }
+            XCTAssertEqual(errorLines.count, 1, "\(extra): one error line from the whole job, got:\n\(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(expected), "\(extra): \(r.stderr)")
+            XCTAssertFalse(r.stdout.contains("step      1"), "\(extra) trained: \(r.stdout)")
+        }
+    }
+}
