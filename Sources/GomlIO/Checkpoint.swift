@@ -35,7 +35,11 @@ public struct TrainingCheckpoint {
 public struct OuterCheckpoint {
     public let momentum: [Float]
     public let workers: [WorkerCheckpoint]
-    public init(momentum: [Float], workers: [WorkerCheckpoint]) { self.momentum = momentum; self.workers = workers }
+    /// An overlapped outer step's summed Δ, saved before it was applied (nil when none was pending).
+    public let pendingSum: [Float]?
+    public init(momentum: [Float], workers: [WorkerCheckpoint], pendingSum: [Float]? = nil) {
+        self.momentum = momentum; self.workers = workers; self.pendingSum = pendingSum
+    }
 }
 
 public struct WorkerCheckpoint {
@@ -220,9 +224,11 @@ public enum Checkpoint {
             file.metadata["generator.worker\(w)"] = worker.generator.map(String.init).joined(separator: ",")
             for values in [worker.params, worker.m, worker.v] { checksum = values.withUnsafeBufferPointer { contentChecksum($0, seed: checksum) } }
         }
+        if let sum = outer.pendingSum { checksum = sum.withUnsafeBufferPointer { contentChecksum($0, seed: checksum) } }
         file.metadata["checksum"] = hex(checksum)
         for t in layout.tensors {
             try outer.momentum.withUnsafeBufferPointer { try file.addFloats("momentum." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: $0[t.range])) }
+            try outer.pendingSum?.withUnsafeBufferPointer { try file.addFloats("pending." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: $0[t.range])) }
             for (w, worker) in outer.workers.enumerated() {
                 for (kind, values) in [("params", worker.params), ("m", worker.m), ("v", worker.v)] {
                     try values.withUnsafeBufferPointer { try file.addFloats("worker\(w).\(kind)." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: $0[t.range])) }
@@ -255,10 +261,12 @@ public enum Checkpoint {
             guard words.count == 4 else { throw FileError("\(path): worker \(w)'s generator state is malformed") }
             states.append(WorkerCheckpoint(params: params, m: m, v: v, generator: words))
         }
+        let pending = (try? file.tensor("pending." + layout.tensors[0].name)) == nil ? nil : try tensors("pending.")
+        if let pending { checksum = pending.withUnsafeBufferPointer { contentChecksum($0, seed: checksum) } }
         guard file.metadata["checksum"] == hex(checksum) else {
             throw FileError("\(path): content checksum mismatch: the file is corrupt; use an earlier checkpoint")
         }
-        return OuterCheckpoint(momentum: momentum, workers: states)
+        return OuterCheckpoint(momentum: momentum, workers: states, pendingSum: pending)
     }
 
     static func hex(_ value: UInt64) -> String { String(value, radix: 16) }

@@ -2,8 +2,10 @@
 // the call and aborts the whole job. MPI is initialised MPI_THREAD_SERIALIZED: blocking calls
 // come from the main thread, and during a training step's overlapped all-reduce (or sharded
 // reduce-scatter, or all-gather) one ProgressThread alone calls MPI (the main thread computes,
-// then waits for it), so calls never overlap. A watchdog ends the job when a collective makes no progress for
-// `collectiveTimeout` seconds (a stopped rank or a lost host), instead of hanging forever.
+// then waits for it), so calls never overlap; a lock around every call keeps that true when an
+// overlapped DiLoCo outer all-reduce progresses during the next steps. A watchdog ends the job
+// when a collective makes no progress for `collectiveTimeout` seconds (a stopped rank or a lost
+// host), instead of hanging forever.
 
 import CMPI
 import Foundation
@@ -90,11 +92,18 @@ public final class MPICommunicator: Communicator {
 
     public func noteStep(_ step: Int) { watchdog.step = step }
 
+    /// Held around every MPI call: MPI_THREAD_SERIALIZED lets one thread at a time call MPI. An
+    /// overlapped DiLoCo all-reduce (on the peers' progress thread) runs during the next steps'
+    /// own collectives; only then do two threads ever contend for it.
+    private static let serialized = NSLock()
+
     /// Runs one MPI call (under the watchdog unless `watched` is false: calls that return at
     /// once, whose waiting the caller watches) and aborts the job, naming it, if it fails.
     func check(_ call: String, watched: Bool = true, _ body: () -> Int32) {
         if watched { watchdog.enter(call) }
+        Self.serialized.lock()
         let rc = body()
+        Self.serialized.unlock()
         if watched { watchdog.leave() }
         if rc != goml_mpi_success() {
             var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)

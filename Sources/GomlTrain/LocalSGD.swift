@@ -57,14 +57,23 @@ public final class OuterSync {
     private let trainer: Trainer
     /// θ_global: the same on every rank; what rank 0 evaluates and checkpoints as the model.
     public let global: FloatBuffer
-    /// The pseudo-gradient Δ while an outer step runs; the worker's parameters while θ_global is evaluated.
+    /// The pseudo-gradient Δ while an outer step runs (and, overlapped, until it is applied).
     private let scratch: FloatBuffer
+    /// The worker's parameters while θ_global is evaluated.
+    private let parked: FloatBuffer
+    /// Overlapped: the worker's parameters when its Δ left (θ_worker at the sync step).
+    private let snapshot: FloatBuffer?
+    /// Overlapped: the outer step started at the last sync and not yet applied; `arrived` once
+    /// its sum is in `scratch` (waited for by a checkpoint, or restored from one).
+    private enum Pending { case none, inFlight, arrived }
+    private var pending = Pending.none
     private let outer: NesterovSGD
     /// Fault injection for tests (hidden --fault-outer-no-restart): workers keep their own
     /// parameters after an outer step instead of restarting from θ_global.
     public var faultNoRestart = false
-    /// Seconds the last outer all-reduce kept the network busy, all of it exposed (the step waits).
-    public private(set) var lastCommunication = 0.0
+    /// The last completed outer all-reduce: seconds the training waited for it (exposed) and
+    /// seconds it ran while the next inner step computed (hidden).
+    public private(set) var exposed = 0.0, hidden = 0.0
 
     /// Registers the outer all-reduce's buckets (no collective here).
     public init(options: OuterSyncOptions, world: Communicator, worker: Communicator, peers: Communicator, group: WorkerGroup,
@@ -79,6 +88,8 @@ public final class OuterSync {
         global = FloatBuffer(count: count)
         let scratch = FloatBuffer(count: count)
         self.scratch = scratch
+        snapshot = options.overlapped ? FloatBuffer(count: count) : nil
+        parked = FloatBuffer(count: count)
         outer = NesterovSGD(count: count, lr: options.lr, momentum: options.momentum)
         // MPI counts are 32-bit: Δ goes in buckets of at most 2^28 values.
         let chunk = 1 << 28
@@ -97,39 +108,85 @@ public final class OuterSync {
         _ = global.pointer.update(fromContentsOf: trainer.params.pointer)
     }
 
-    /// The outer step: Δ = θ_global − θ_worker summed over workers (one all-reduce over the
-    /// peers), θ_global moved by Nesterov SGD on Δ/W, and the worker restarts from θ_global.
-    /// Collective over the peers; allocates nothing.
-    public func sync() {
+    /// What `afterStep` did.
+    public struct Outcome {
+        /// An outer step was applied (its times are `exposed` and `hidden`).
+        public var applied = false
+        /// A blocking outer step ran: every worker now holds θ_global.
+        public var workersRestarted = false
+    }
+
+    /// After inner step `step`: applies an overlapped outer step started at the step before,
+    /// then, every H steps and at the last step, syncs: blocking, or (overlapped) starting the
+    /// all-reduce that the next step hides. Collective over the peers; allocates nothing.
+    public func afterStep(_ step: Int, isLast: Bool) -> Outcome {
+        var outcome = Outcome()
+        if pending != .none { applyOverlapped(); outcome.applied = true }
+        guard step % options.syncEvery == 0 || isLast else { return outcome }
+        if options.overlapped && !isLast {
+            startOuterSum()
+            _ = snapshot!.pointer.update(fromContentsOf: trainer.params.pointer)
+            pending = .inFlight
+        } else {
+            let started = DispatchTime.now().uptimeNanoseconds
+            startOuterSum()
+            _ = peers.waitForAllReduces()
+            exposed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+            hidden = 0
+            outer.update(global.pointer, pseudoGradient: UnsafeBufferPointer(scratch.pointer), gradScale: 1 / Float(options.workers))
+            if !faultNoRestart { _ = trainer.params.pointer.update(fromContentsOf: global.pointer) }
+            outcome.applied = true
+            outcome.workersRestarted = true
+        }
+        return outcome
+    }
+
+    /// Δ = θ_global − θ_worker into `scratch`, and its sum over the workers started.
+    private func startOuterSum() {
         let g = global.base, p = trainer.params.base, d = scratch.base
         for i in 0..<scratch.count { d[i] = g[i] - p[i] }
-        let started = DispatchTime.now().uptimeNanoseconds
         for bucket in 0..<bucketCount { peers.startAllReduceSum(bucket: bucket) }
-        _ = peers.waitForAllReduces()
-        lastCommunication = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+    }
+
+    /// The delayed outer step: θ_global moved by the summed Δ, and the worker continues from
+    /// it plus what it learnt since its Δ left: θ_worker ← θ_global + (θ_worker − snapshot).
+    private func applyOverlapped() {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let busy = pending == .inFlight ? peers.waitForAllReduces() : 0
+        exposed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        hidden = max(0, busy - exposed)
+        pending = .none
         outer.update(global.pointer, pseudoGradient: UnsafeBufferPointer(scratch.pointer), gradScale: 1 / Float(options.workers))
-        if !faultNoRestart { _ = trainer.params.pointer.update(fromContentsOf: global.pointer) }
+        guard !faultNoRestart else { return }
+        let g = global.base, p = trainer.params.base, s = snapshot!.base
+        for i in 0..<global.count { p[i] = g[i] + (p[i] - s[i]) }
     }
 
     /// Runs `body` with θ_global in the worker's parameters, then puts the worker's back.
     public func withGlobalParameters<T>(_ body: () throws -> T) rethrows -> T {
-        _ = scratch.pointer.update(fromContentsOf: trainer.params.pointer)
+        _ = parked.pointer.update(fromContentsOf: trainer.params.pointer)
         _ = trainer.params.pointer.update(fromContentsOf: global.pointer)
-        defer { _ = trainer.params.pointer.update(fromContentsOf: scratch.pointer) }
+        defer { _ = trainer.params.pointer.update(fromContentsOf: parked.pointer) }
         return try body()
     }
 
     /// Collective over the job: every rank's parameter checksum, checked to agree inside each
-    /// worker and, right after an outer step (`synced`), across workers. Returns each worker's.
+    /// worker and, right after a blocking outer step (`synced`), across workers; and θ_global's,
+    /// checked to agree everywhere. Returns each worker's.
     public func workerChecksums(step: Int, synced: Bool) throws -> [UInt64] {
-        let checksum = trainer.parameterChecksum()
-        let mine = [Double(group.index), Double(checksum >> 32), Double(checksum & 0xFFFF_FFFF)]
-        var all = [Double](repeating: 0, count: 3 * world.size)
+        let checksum = trainer.parameterChecksum(), globalChecksum = contentChecksum(UnsafeBufferPointer(global.pointer))
+        let mine = [Double(group.index), Double(checksum >> 32), Double(checksum & 0xFFFF_FFFF),
+                    Double(globalChecksum >> 32), Double(globalChecksum & 0xFFFF_FFFF)]
+        var all = [Double](repeating: 0, count: 5 * world.size)
         mine.withUnsafeBufferPointer { m in all.withUnsafeMutableBufferPointer { world.allGather(m, into: $0) } }
-        let sums = (0..<world.size).map { UInt64(all[3 * $0 + 1]) << 32 | UInt64(all[3 * $0 + 2]) }
+        let sums = (0..<world.size).map { UInt64(all[5 * $0 + 1]) << 32 | UInt64(all[5 * $0 + 2]) }
+        if let r = (0..<world.size).first(where: { all[5 * $0 + 3] != all[3] || all[5 * $0 + 4] != all[4] }) {
+            throw RunFailure(message: world.isRoot ? "ranks 0 and \(r) hold different θ_global after step \(step); the outer step diverged — stopping" : "",
+                             code: ExitStatus.replicasDiverged.code)
+        }
         var perWorker = [UInt64?](repeating: nil, count: group.count)
         for r in 0..<world.size {
-            let w = Int(all[3 * r])
+            let w = Int(all[5 * r])
             if let first = perWorker[w], first != sums[r] {
                 throw RunFailure(message: world.isRoot ? "rank \(r) disagrees with the rest of worker \(w) on the parameters after step \(step); replicas diverged — stopping" : "",
                                  code: ExitStatus.replicasDiverged.code)
@@ -148,6 +205,8 @@ public final class OuterSync {
     /// 0 of the job (through each worker's rank 0), then calls `body` there with them and the
     /// outer momentum.
     public func withWorkerStates(_ body: (OuterCheckpoint) throws -> Void) throws {
+        // An outer sum in flight is awaited and stored; it is applied after the next step as planned.
+        if pending == .inFlight { _ = peers.waitForAllReduces(); pending = .arrived }
         var failure: Error?
         trainer.strategy.withWholeOptimizerState(at: [0]) { m, v in
             // Only each worker's rank 0 is here: the peers at index 0 are exactly those ranks.
@@ -167,7 +226,8 @@ public final class OuterSync {
                                  v: Array(moments2[(w * count)..<((w + 1) * count)]),
                                  generator: (0..<4).map { UInt64(allWords[8 * w + 2 * $0]) << 32 | UInt64(allWords[8 * w + 2 * $0 + 1]) })
             }
-            do { try body(OuterCheckpoint(momentum: Array(outer.buffer), workers: workers)) } catch { failure = error }
+            let sum = pending == .none ? nil : Array(scratch.pointer)
+            do { try body(OuterCheckpoint(momentum: Array(outer.buffer), workers: workers, pendingSum: sum)) } catch { failure = error }
         }
         if let failure { throw failure }
     }
@@ -198,5 +258,13 @@ public final class OuterSync {
         }
         m.withUnsafeBufferPointer { m in v.withUnsafeBufferPointer { v in trainer.strategy.loadWholeOptimizerState(m: m, v: v, root: 0) } }
         trainer.sampler.rng = Xoshiro256(state: words)
+        // Saved right after an overlapped sync: its sum, and the parameters its Δ left from.
+        var hasPending = [ckpt?.outer?.pendingSum == nil ? 0.0 : 1.0]
+        hasPending.withUnsafeMutableBytes { world.broadcast($0, root: root) }
+        if hasPending[0] != 0, let snapshot {
+            broadcast(ckpt?.outer?.pendingSum, into: scratch.pointer)
+            _ = snapshot.pointer.update(fromContentsOf: trainer.params.pointer)
+            pending = .arrived
+        }
     }
 }

@@ -93,10 +93,13 @@ public struct OuterSyncOptions: Codable, Equatable, Sendable {
     public var momentum: Double = 0
     /// How the pseudo-gradient travels between workers.
     public var compression: GradientCompression = .none
+    /// The outer all-reduce runs during the next inner step, and the outer update lands one
+    /// step late, under that step's local progress (docs/low-communication.md).
+    public var overlapped = false
 
     public init(syncEvery: Int, workers: Int) { self.syncEvery = syncEvery; self.workers = workers }
 
     public var summary: String {
-        "\(workers) worker(s), sync every \(syncEvery), outer lr \(lr) momentum \(momentum), \(compression == .none ? "float32" : "bf16") pseudo-gradient"
+        "\(workers) worker(s), sync every \(syncEvery), outer lr \(lr) momentum \(momentum), \(compression == .none ? "float32" : "bf16") pseudo-gradient\(overlapped ? ", overlapped one step" : "")"
     }
 }

@@ -155,15 +155,14 @@ public final class TrainingRun {
             var outerFields: [(String, String)] = []
             if let outer {
                 // The last step syncs too, so the final model holds every worker's last steps.
-                let synced = step % outer.options.syncEvery == 0 || step == o.steps
-                if synced {
-                    outer.sync()
-                    trainSeconds += outer.lastCommunication
+                let outcome = outer.afterStep(step, isLast: step == o.steps)
+                if outcome.applied {
+                    trainSeconds += outer.exposed
                     outerFields = [("mode", "\"diloco\""), ("sync_every", "\(outer.options.syncEvery)"), ("outer_bytes", "\(outer.bytesPerOuterStep)"),
-                                   ("outer_comm_exposed_s", String(format: "%.6f", outer.lastCommunication)), ("outer_comm_hidden_s", "0")]
+                                   ("outer_comm_exposed_s", String(format: "%.6f", outer.exposed)), ("outer_comm_hidden_s", String(format: "%.6f", outer.hidden))]
                 }
                 if o.checksumEvery > 0 && step % o.checksumEvery == 0 {
-                    let sums = try outer.workerChecksums(step: step, synced: synced)
+                    let sums = try outer.workerChecksums(step: step, synced: outcome.workersRestarted)
                     outerFields.append(("worker_checksums", "[" + sums.map { "\"\(String($0, radix: 16))\"" }.joined(separator: ",") + "]"))
                 }
             }
@@ -382,9 +381,10 @@ public final class TrainingRun {
         if let allocation = settings.allocation { log.line(allocation) }
         if let outer {
             let x = outer.options
-            log.line(String(format: "mode diloco: %d worker(s) × %d rank(s), sync every %d steps, outer Nesterov lr %g momentum %g; Δ %@ on the wire: %.2f MB per rank per outer step, blocking (all exposed, none hidden)",
+            log.line(String(format: "mode diloco: %d worker(s) × %d rank(s), sync every %d steps, outer Nesterov lr %g momentum %g; Δ %@ on the wire: %.2f MB per rank per outer step, %@",
                             x.workers, outer.worker.size, x.syncEvery, x.lr, x.momentum, x.compression == .none ? "float32" : "bf16",
-                            Double(outer.bytesPerOuterStep) / 1e6))
+                            Double(outer.bytesPerOuterStep) / 1e6,
+                            x.overlapped ? "overlapped with the next inner step, applied one step late" : "blocking (all of it exposed)"))
         }
         if settings.replicaWriters.count > 1 {
             log.line("checkpoint replicas on \(settings.replicaWriters.count) hosts: \(settings.replicaWriters.map { settings.hosts.names[$0] }.joined(separator: ", "))")

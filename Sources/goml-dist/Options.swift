@@ -146,6 +146,8 @@ struct LowCommunicationOptions: ParsableArguments {
     var outerMomentum: Double = 0
     @Option(name: .customLong("outer-compression"), help: "How the DiLoCo pseudo-gradient travels between workers: none (float32) or bf16.")
     var outerCompression: String = "none"
+    @Flag(name: .customLong("overlap-outer"), help: "Run the DiLoCo outer all-reduce during the next inner step and apply the outer update one step late (docs/low-communication.md).")
+    var overlapOuter = false
     @Option(name: .customLong("workers-per-host"), help: "DiLoCo workers per host (default 1: each host's ranks train as one worker).")
     var workersPerHost: Int?
     @Option(name: .customLong("worker-size"), help: "DiLoCo workers of this many consecutive ranks (instead of per host; for tests on one host).")
@@ -165,7 +167,7 @@ struct LowCommunicationOptions: ParsableArguments {
             throw ValidationError("unknown --outer-compression '\(outerCompression)': use none or bf16")
         }
         var o = OuterSyncOptions(syncEvery: syncEvery, workers: workers)
-        o.lr = outerLR; o.momentum = outerMomentum; o.compression = compression
+        o.lr = outerLR; o.momentum = outerMomentum; o.compression = compression; o.overlapped = overlapOuter
         return o
     }
 }

@@ -17,20 +17,35 @@ final class LowCommunicationTests: XCTestCase {
     /// becomes the worker's parameters at every sync, so losses, norms, validation losses (at
     /// steps 10 and 20, both syncs) and the final model are synchronous training's to float32 rounding.
     func testOneWorkerWithPlainAveragingIsSynchronousTraining() throws {
+        try assertOneWorkerIsSynchronous(overlapped: false)
+    }
+
+    /// The same overlapped: the outer update lands one step late under that step's progress, so
+    /// the worker's parameters (losses, norms, final model) still follow synchronous training;
+    /// only θ_global at step 10 lags (the update started there lands at step 11), so the
+    /// validation loss is compared at the last step, which syncs blocking.
+    func testOneWorkerOverlappedIsSynchronousTraining() throws {
+        try assertOneWorkerIsSynchronous(overlapped: true)
+    }
+
+    func assertOneWorkerIsSynchronous(overlapped: Bool, file: StaticString = #filePath, line: UInt = #line) throws {
         let synchronous = Harness.temporaryDirectory("diloco-sync"), oneWorker = Harness.temporaryDirectory("diloco-one-worker")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(synchronous)), "synchronous")
-        let r = Harness.mpirun(np: 2, tinyRun(oneWorker, extra: ["--sync-every", "5", "--worker-size", "2", "--outer-lr", "1", "--outer-momentum", "0"]))
-        Harness.assertSuccess(r, "one worker")
-        XCTAssertTrue(r.stdout.contains("mode diloco: 1 worker(s) × 2 rank(s), sync every 5 steps"), r.stdout)
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(synchronous)), "synchronous", file: file, line: line)
+        let r = Harness.mpirun(np: 2, tinyRun(oneWorker, extra: ["--sync-every", "5", "--worker-size", "2", "--outer-lr", "1", "--outer-momentum", "0"]
+                                                                + (overlapped ? ["--overlap-outer"] : [])))
+        Harness.assertSuccess(r, "one worker", file: file, line: line)
+        XCTAssertTrue(r.stdout.contains("mode diloco: 1 worker(s) × 2 rank(s), sync every 5 steps"), r.stdout, file: file, line: line)
         for field in ["loss", "grad_norm", "val_loss"] {
-            let a = values(oneWorker, field), b = values(synchronous, field)
-            XCTAssertEqual(a.count, field == "val_loss" ? 2 : 20, field)
-            XCTAssertEqual(a.count, b.count, field)
-            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(a, b), 1e-5, field)
+            var a = values(oneWorker, field), b = values(synchronous, field)
+            XCTAssertEqual(a.count, field == "val_loss" ? 2 : 20, field, file: file, line: line)
+            XCTAssertEqual(a.count, b.count, field, file: file, line: line)
+            if overlapped && field == "val_loss" { a = Array(a.suffix(1)); b = Array(b.suffix(1)) }
+            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(a, b), 1e-5, field, file: file, line: line)
         }
         let p = try Harness.finalParameters(oneWorker), q = try Harness.finalParameters(synchronous)
-        XCTAssertEqual(p.count, q.count)
-        XCTAssertLessThanOrEqual(Double(Harness.maxAbsoluteDifference(p, q) / (q.map { abs($0) }.max() ?? 1)), 1e-5, "final parameters")
+        XCTAssertEqual(p.count, q.count, file: file, line: line)
+        XCTAssertLessThanOrEqual(Double(Harness.maxAbsoluteDifference(p, q) / (q.map { abs($0) }.max() ?? 1)), 1e-5, "final parameters",
+                                 file: file, line: line)
     }
 
     /// Two workers of two ranks each (sharded inside), checksums after every step: the
@@ -72,19 +87,31 @@ final class LowCommunicationTests: XCTestCase {
     /// Stopped between two syncs (step 6 of H 4) and resumed at the same layout (two workers of
     /// two ranks, momentum on): the same losses and the same checkpoint bytes as one run.
     func testResumeBetweenSyncsIsBitwise() throws {
+        try assertResumeIsBitwise(np: 4, options: ["--sync-every", "4", "--worker-size", "2", "--outer-lr", "0.8", "--outer-momentum", "0.5"],
+                                  stopAfter: 6)
+    }
+
+    /// Overlapped, stopped right after a sync (step 8 of H 4): the checkpoint holds the outer
+    /// sum still to be applied, and the resumed run applies it after step 9 as the whole run does.
+    func testOverlappedResumeWithAnOuterStepInFlightIsBitwise() throws {
+        try assertResumeIsBitwise(np: 2, options: ["--sync-every", "4", "--worker-size", "1", "--outer-lr", "0.8", "--outer-momentum", "0.5",
+                                                   "--overlap-outer"], stopAfter: 8)
+    }
+
+    func assertResumeIsBitwise(np: Int, options: [String], stopAfter: Int, file: StaticString = #filePath, line: UInt = #line) throws {
         let whole = Harness.temporaryDirectory("diloco-whole"), resumed = Harness.temporaryDirectory("diloco-resumed")
-        let options = ["--sync-every", "4", "--worker-size", "2", "--outer-lr", "0.8", "--outer-momentum", "0.5"]
-        Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(whole, extra: options)), "uninterrupted")
-        Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(resumed, extra: options + ["--stop-after", "6"])), "first part")
-        let r = Harness.mpirun(np: 4, tinyRun(resumed, extra: options + ["--resume", resumed]))
-        Harness.assertSuccess(r, "resumed")
-        XCTAssertTrue(r.stdout.contains("at step 6"), r.stdout)
-        XCTAssertEqual(Harness.lossTexts(resumed), Harness.lossTexts(whole))
-        XCTAssertEqual(Harness.fieldTexts(resumed, "val_loss"), Harness.fieldTexts(whole, "val_loss"))
+        Harness.assertSuccess(Harness.mpirun(np: np, tinyRun(whole, extra: options)), "uninterrupted", file: file, line: line)
+        Harness.assertSuccess(Harness.mpirun(np: np, tinyRun(resumed, extra: options + ["--stop-after", String(stopAfter)])), "first part",
+                              file: file, line: line)
+        let r = Harness.mpirun(np: np, tinyRun(resumed, extra: options + ["--resume", resumed]))
+        Harness.assertSuccess(r, "resumed", file: file, line: line)
+        XCTAssertTrue(r.stdout.contains("at step \(stopAfter)"), r.stdout, file: file, line: line)
+        XCTAssertEqual(Harness.lossTexts(resumed), Harness.lossTexts(whole), file: file, line: line)
+        XCTAssertEqual(Harness.fieldTexts(resumed, "val_loss"), Harness.fieldTexts(whole, "val_loss"), file: file, line: line)
         for name in ["ckpt-0000020.safetensors", "ckpt-0000020.state.safetensors", "ckpt-0000020.outer.safetensors"] {
             let a = FileManager.default.contents(atPath: whole + "/" + name), b = FileManager.default.contents(atPath: resumed + "/" + name)
-            XCTAssertNotNil(a, name)
-            XCTAssertEqual(a, b, "\(name) differs after the resume")
+            XCTAssertNotNil(a, name, file: file, line: line)
+            XCTAssertEqual(a, b, "\(name) differs after the resume", file: file, line: line)
         }
     }
 
