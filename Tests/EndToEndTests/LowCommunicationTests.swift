@@ -72,6 +72,23 @@ final class LowCommunicationTests: XCTestCase {
         }
     }
 
+    /// Δ as bfloat16 on the wire: half the bytes per outer step, every worker restarts from the
+    /// same θ_global (the run's own check, every sync), and the model is float32's to bf16
+    /// rounding, not equal to it (so the sum really travelled as bf16).
+    func testBF16PseudoGradientHalvesTheBytes() throws {
+        let float32 = Harness.temporaryDirectory("diloco-f32"), bf16 = Harness.temporaryDirectory("diloco-bf16")
+        let options = ["--sync-every", "4", "--worker-size", "1", "--checksum-every", "4"]
+        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(float32, extra: options)), "float32 Δ")
+        let r = Harness.mpirun(np: 2, tinyRun(bf16, extra: options + ["--outer-compression", "bf16"]))
+        Harness.assertSuccess(r, "bf16 Δ")
+        XCTAssertTrue(r.stdout.contains("Δ bf16 on the wire: 0.26 MB per rank per outer step"), r.stdout)
+        XCTAssertEqual(values(bf16, "outer_bytes"), Array(repeating: 2 * 132_224, count: 5))
+        let p = try Harness.finalParameters(bf16), q = try Harness.finalParameters(float32)
+        let difference = Double(Harness.maxAbsoluteDifference(p, q) / (q.map { abs($0) }.max() ?? 1))
+        XCTAssertGreaterThan(difference, 0, "bf16 Δ gave float32's parameters bit for bit")
+        XCTAssertLessThanOrEqual(difference, 1e-2, "bf16 Δ strayed from float32's")
+    }
+
     /// The run's own check: a worker that does not restart from θ_global after an outer step
     /// (hidden fault) stops the job with one line naming the workers.
     func testWorkerThatKeepsItsParametersAfterASyncStopsTheJob() {
