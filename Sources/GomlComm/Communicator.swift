@@ -25,6 +25,9 @@ public protocol Communicator: AnyObject {
     func finalize()
     /// Tells the communicator which step is running (for its timeout messages).
     func noteStep(_ step: Int)
+    /// Collective: the ranks passing the same `color` form a new communicator, ranked in this
+    /// one's order (a low-communication run's workers, and the peers across them).
+    func split(color: Int) -> Communicator
 
     /// Registers the buckets that `startAllReduceSum` will sum (once, before the first step:
     /// requests and staging buffers are made here, not per step). Every rank registers the same.
@@ -79,7 +82,7 @@ public struct ShardedBucket {
 }
 
 /// How gradient buckets travel: float32 as computed, or bfloat16 (half the bytes).
-public enum GradientCompression: String, Sendable, CaseIterable {
+public enum GradientCompression: String, Codable, Sendable, CaseIterable {
     case none, bf16
 }
 
@@ -117,6 +120,7 @@ public final class SingleProcessCommunicator: Communicator {
     }
     public func finalize() {}
     public func noteStep(_ step: Int) {}
+    public func split(color: Int) -> Communicator { self }
     public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {}
     public func startAllReduceSum(bucket: Int) {}
     public func waitForAllReduces() -> Double { 0 }

@@ -185,3 +185,34 @@ private func adamWKernel(_ p: FloatPointer, _ m: FloatPointer, _ v: FloatPointer
         store(pi - lr * update, p + i, w)
     }
 }
+
+/// DiLoCo's outer optimizer: SGD with Nesterov momentum (PyTorch's `SGD(nesterov=True)`,
+/// dampening 0) on a pseudo-gradient, the workers' summed parameter change scaled by
+/// `gradScale`: g = gradScale·Δ; b ← μ·b + g; θ ← θ − lr·(g + μ·b). With lr 1 and μ 0 it
+/// replaces θ by the workers' mean.
+public final class NesterovSGD {
+    public let lr: Float, momentum: Float
+    /// The momentum buffer b, laid out like the parameters.
+    public let buffer: UnsafeMutableBufferPointer<Float>
+
+    public init(count: Int, lr: Double, momentum: Double) {
+        self.lr = Float(lr)
+        self.momentum = Float(momentum)
+        buffer = .allocate(capacity: count)
+        buffer.initialize(repeating: 0)
+    }
+
+    deinit { buffer.deallocate() }
+
+    public func update(_ params: UnsafeMutableBufferPointer<Float>, pseudoGradient: UnsafeBufferPointer<Float>, gradScale: Float) {
+        precondition(params.count == buffer.count && pseudoGradient.count == buffer.count)
+        let p = params.baseAddress!, b = buffer.baseAddress!, g = pseudoGradient.baseAddress!
+        let lr = self.lr, mu = momentum
+        forEachChunk(buffer.count) { i, w in
+            let grad = load(g + i, w) * gradScale
+            let bi = mu * load(b + i, w) + grad
+            store(bi, b + i, w)
+            store(load(p + i, w) - lr * (grad + mu * bi), p + i, w)
+        }
+    }
+}

@@ -30,6 +30,20 @@ public struct Xoshiro256: RandomNumberGenerator, Sendable, Equatable {
 
     public var stateWords: [UInt64] { [state.0, state.1, state.2, state.3] }
 
+    /// Advances the state by 2^128 draws (xoshiro256's jump polynomial): streams jumped 0, 1,
+    /// 2, … times from one seed never overlap in practice, so each worker gets its own.
+    public mutating func jump() {
+        let polynomial: [UInt64] = [0x180E_C6D3_3CFD_0ABA, 0xD5A6_1266_F0C9_392C, 0xA958_2618_E03F_C9AA, 0x39AB_DC45_29B1_661C]
+        var s: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        for word in polynomial {
+            for bit in 0..<64 {
+                if word & (1 << UInt64(bit)) != 0 { s.0 ^= state.0; s.1 ^= state.1; s.2 ^= state.2; s.3 ^= state.3 }
+                _ = next()
+            }
+        }
+        state = s
+    }
+
     public static func == (a: Xoshiro256, b: Xoshiro256) -> Bool { a.stateWords == b.stateWords }
 
     public mutating func next() -> UInt64 {

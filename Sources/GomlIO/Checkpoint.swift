@@ -5,6 +5,9 @@
 //                                   the fingerprint of the data it was trained on.
 //   ckpt-0000040.state.safetensors  training state: AdamW moments (m.<name>, v.<name>), Adam step,
 //                                   generator states, and the model file's checksum (ties the pair).
+//   ckpt-0000040.outer.safetensors  low-communication runs only: the outer momentum and every
+//                                   worker's parameters, moments and batch generator (the model
+//                                   file then holds θ_global, the state file worker 0's moments).
 // `latest` names the newest complete pair. Every file is written durably (DurableFile), state
 // first, model second, `latest` last: a crash at any instant leaves the previous `latest` valid.
 
@@ -24,6 +27,28 @@ public struct TrainingCheckpoint {
     public let generators: [String: [UInt64]]
     /// The training data's fingerprint (see Corpus); nil in checkpoints written before it was stored.
     public let dataFingerprint: String?
+    /// A low-communication run's outer state; nil otherwise.
+    public var outer: OuterCheckpoint? = nil
+}
+
+/// DiLoCo's state beyond θ_global: the outer Nesterov momentum and each worker's inner state.
+public struct OuterCheckpoint {
+    public let momentum: [Float]
+    public let workers: [WorkerCheckpoint]
+    /// An overlapped outer step's summed Δ, saved before it was applied (nil when none was pending).
+    public let pendingSum: [Float]?
+    public init(momentum: [Float], workers: [WorkerCheckpoint], pendingSum: [Float]? = nil) {
+        self.momentum = momentum; self.workers = workers; self.pendingSum = pendingSum
+    }
+}
+
+public struct WorkerCheckpoint {
+    public let params: [Float], m: [Float], v: [Float]
+    /// The worker's batch generator state.
+    public let generator: [UInt64]
+    public init(params: [Float], m: [Float], v: [Float], generator: [UInt64]) {
+        self.params = params; self.m = m; self.v = v; self.generator = generator
+    }
 }
 
 public enum Checkpoint {
@@ -34,13 +59,17 @@ public enum Checkpoint {
     static func stateFileName(forModel name: String) -> String {
         String(name.dropLast(".safetensors".count)) + ".state.safetensors"
     }
+    static func outerFileName(forModel name: String) -> String {
+        String(name.dropLast(".safetensors".count)) + ".outer.safetensors"
+    }
 
     /// Writes the pair for `step` into `directory`, points `latest` at it, keeps the newest `keep`.
     /// Returns the model file's path.
     @discardableResult
     public static func save(directory: String, layout: ParameterLayout, step: Int, optionsJSON: String,
                             params: UnsafeBufferPointer<Float>, m: UnsafeBufferPointer<Float>, v: UnsafeBufferPointer<Float>,
-                            adamStep: Int, generators: [String: [UInt64]], keep: Int, dataFingerprint: String = "") throws -> String {
+                            adamStep: Int, generators: [String: [UInt64]], keep: Int, dataFingerprint: String = "",
+                            outer: OuterCheckpoint? = nil) throws -> String {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let modelName = modelFileName(step: step), stateName = stateFileName(forModel: modelName)
         let modelChecksum = contentChecksum(params)
@@ -59,6 +88,13 @@ public enum Checkpoint {
             "checksum": hex(modelChecksum), "state_file": stateName,
         ])
         if !dataFingerprint.isEmpty { model.metadata["data_fingerprint"] = dataFingerprint }
+        if let outer {
+            // Written first, like the state file: a model file that names it implies it is complete.
+            let outerName = outerFileName(forModel: modelName)
+            try DurableFile.write(try outerFile(outer, layout: layout, step: step, modelChecksum: modelChecksum).serialized(),
+                                  to: directory + "/" + outerName)
+            model.metadata["outer_file"] = outerName
+        }
         for t in layout.tensors {
             try model.addFloats(t.name, shape: t.shape, UnsafeBufferPointer(rebasing: params[t.range]))
             try state.addFloats("m." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: m[t.range]))
@@ -78,6 +114,7 @@ public enum Checkpoint {
         let models = names.filter { $0.hasPrefix("ckpt-") && $0.hasSuffix(".safetensors") && !$0.hasSuffix(".state.safetensors") }.sorted()
         for name in models.dropLast(keep) where name != latest {
             try? FileManager.default.removeItem(atPath: directory + "/" + stateFileName(forModel: name))
+            try? FileManager.default.removeItem(atPath: directory + "/" + outerFileName(forModel: name))
             try? FileManager.default.removeItem(atPath: directory + "/" + name)
         }
     }
@@ -168,9 +205,68 @@ public enum Checkpoint {
             guard words.count == 4 else { throw FileError("\(statePath): generator state '\(key)' is malformed") }
             generators[String(key.dropFirst("generator.".count))] = words
         }
-        return TrainingCheckpoint(path: path, config: model.config, step: model.step, optionsJSON: model.metadata["options"] ?? "{}",
-                                  params: model.params, m: m, v: v, adamStep: adamStep, generators: generators,
-                                  dataFingerprint: model.metadata["data_fingerprint"])
+        var checkpoint = TrainingCheckpoint(path: path, config: model.config, step: model.step, optionsJSON: model.metadata["options"] ?? "{}",
+                                            params: model.params, m: m, v: v, adamStep: adamStep, generators: generators,
+                                            dataFingerprint: model.metadata["data_fingerprint"])
+        if let outerName = model.metadata["outer_file"] {
+            checkpoint.outer = try loadOuter((directory.isEmpty ? "." : directory) + "/" + outerName, layout: layout, model: model.metadata,
+                                             step: model.step)
+        }
+        return checkpoint
+    }
+
+    static func outerFile(_ outer: OuterCheckpoint, layout: ParameterLayout, step: Int, modelChecksum: UInt64) throws -> SafetensorsWriter {
+        var file = SafetensorsWriter(metadata: [
+            "format": format, "step": String(step), "model_checksum": hex(modelChecksum), "workers": String(outer.workers.count),
+        ])
+        var checksum = outer.momentum.withUnsafeBufferPointer { contentChecksum($0) }
+        for (w, worker) in outer.workers.enumerated() {
+            file.metadata["generator.worker\(w)"] = worker.generator.map(String.init).joined(separator: ",")
+            for values in [worker.params, worker.m, worker.v] { checksum = values.withUnsafeBufferPointer { contentChecksum($0, seed: checksum) } }
+        }
+        if let sum = outer.pendingSum { checksum = sum.withUnsafeBufferPointer { contentChecksum($0, seed: checksum) } }
+        file.metadata["checksum"] = hex(checksum)
+        for t in layout.tensors {
+            try outer.momentum.withUnsafeBufferPointer { try file.addFloats("momentum." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: $0[t.range])) }
+            try outer.pendingSum?.withUnsafeBufferPointer { try file.addFloats("pending." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: $0[t.range])) }
+            for (w, worker) in outer.workers.enumerated() {
+                for (kind, values) in [("params", worker.params), ("m", worker.m), ("v", worker.v)] {
+                    try values.withUnsafeBufferPointer { try file.addFloats("worker\(w).\(kind)." + t.name, shape: t.shape, UnsafeBufferPointer(rebasing: $0[t.range])) }
+                }
+            }
+        }
+        return file
+    }
+
+    static func loadOuter(_ path: String, layout: ParameterLayout, model: [String: String], step: Int) throws -> OuterCheckpoint {
+        let file = try SafetensorsFile(path: path)
+        guard file.metadata["format"] == format, file.metadata["model_checksum"] == model["checksum"], file.metadata["step"] == String(step),
+              let workers = file.metadata["workers"].flatMap({ Int($0) }), workers > 0 else {
+            throw FileError("\(path): outer state does not belong to its model file (format, step or model checksum differ)")
+        }
+        func tensors(_ prefix: String) throws -> [Float] {
+            var values = [Float](repeating: 0, count: layout.count)
+            for t in layout.tensors {
+                try values.withUnsafeMutableBufferPointer { try file.copyFloats(prefix + t.name, into: UnsafeMutableBufferPointer(rebasing: $0[t.range])) }
+            }
+            return values
+        }
+        let momentum = try tensors("momentum.")
+        var checksum = momentum.withUnsafeBufferPointer { contentChecksum($0) }
+        var states: [WorkerCheckpoint] = []
+        for w in 0..<workers {
+            let params = try tensors("worker\(w).params."), m = try tensors("worker\(w).m."), v = try tensors("worker\(w).v.")
+            for values in [params, m, v] { checksum = values.withUnsafeBufferPointer { contentChecksum($0, seed: checksum) } }
+            let words = (file.metadata["generator.worker\(w)"] ?? "").split(separator: ",").compactMap { UInt64($0) }
+            guard words.count == 4 else { throw FileError("\(path): worker \(w)'s generator state is malformed") }
+            states.append(WorkerCheckpoint(params: params, m: m, v: v, generator: words))
+        }
+        let pending = (try? file.tensor("pending." + layout.tensors[0].name)) == nil ? nil : try tensors("pending.")
+        if let pending { checksum = pending.withUnsafeBufferPointer { contentChecksum($0, seed: checksum) } }
+        guard file.metadata["checksum"] == hex(checksum) else {
+            throw FileError("\(path): content checksum mismatch: the file is corrupt; use an earlier checkpoint")
+        }
+        return OuterCheckpoint(momentum: momentum, workers: states, pendingSum: pending)
     }
 
     static func hex(_ value: UInt64) -> String { String(value, radix: 16) }

@@ -1,10 +1,12 @@
 // MPICommunicator: the only Swift that imports CMPI. Every call is checked; a failure names
 // the call and aborts the whole job. MPI is initialised MPI_THREAD_SERIALIZED: blocking calls
 // come from the main thread, non-blocking collectives are started and tested by ProgressThreads,
-// and one lock around every call keeps them from overlapping (the sharded all-gather is still
-// in flight while the main thread exchanges the next step's header; it runs on a communicator
-// of its own, so the two need no common order). A watchdog ends the job when a collective makes no progress for
-// `collectiveTimeout` seconds (a stopped rank or a lost host), instead of hanging forever.
+// and one lock around every call (shared by every communicator split from the job's) keeps
+// them from overlapping: the sharded all-gather is still in flight while the main thread
+// exchanges the next step's header (it runs on a communicator of its own, so the two need no
+// common order), and an overlapped DiLoCo outer all-reduce progresses during the next steps. A
+// watchdog ends the job when a collective makes no progress for `collectiveTimeout` seconds (a
+// stopped rank or a lost host), instead of hanging forever.
 
 import CMPI
 import Foundation
@@ -16,14 +18,13 @@ public final class MPICommunicator: Communicator {
     public let localRank: Int
     public let localSize: Int
     public let hostName: String
-    private let world: MPI_Comm
+    /// The ranks this communicator spans (the job's, or a split of them), and the job's.
+    private let world: MPI_Comm, job: MPI_Comm
     /// This host's ranks (twice: the hierarchy's reduce and broadcast each keep their own
     /// order of buckets), and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
     private let node: MPI_Comm?, nodeBroadcast: MPI_Comm?, leaders: MPI_Comm?
-    /// Every rank, for the sharded all-gather alone: it overlaps blocking collectives on `world`.
+    /// `world`'s ranks, for the sharded all-gather alone: it overlaps blocking collectives on `world`.
     private let gatherWorld: MPI_Comm?
-    /// Held around every MPI call: at most one thread is inside MPI (MPI_THREAD_SERIALIZED).
-    private let serialized = NSLock()
     /// Hosts in the job.
     private let hosts: Int
     private let watchdog: CollectiveWatchdog
@@ -37,8 +38,7 @@ public final class MPICommunicator: Communicator {
     private let pollMicroseconds: UInt32
 
     /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
-    public init(collectiveTimeout: Double, pollMicroseconds: UInt32 = defaultPollMicroseconds) {
-        self.pollMicroseconds = pollMicroseconds
+    public convenience init(collectiveTimeout: Double, pollMicroseconds: UInt32 = defaultPollMicroseconds) {
         Self.defaultTransportSettings()
         var provided: Int32 = 0
         let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
@@ -46,22 +46,42 @@ public final class MPICommunicator: Communicator {
             FileHandle.standardError.write(Data("goml-dist: error: MPI_Init_thread failed (code \(rc)); is this an OpenMPI launch?\n".utf8))
             exit(ExitStatus.setup.code)
         }
-        world = goml_mpi_comm_world()
+        let world: MPI_Comm = goml_mpi_comm_world()
         MPI_Comm_set_errhandler(world, goml_mpi_errors_return())
-        var r: Int32 = 0, s: Int32 = 0
+        var r: Int32 = 0
         MPI_Comm_rank(world, &r)
-        MPI_Comm_size(world, &s)
+        var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
+        var length: Int32 = 0
+        MPI_Get_processor_name(&name, &length)
+        let host = String(cString: name)
+        self.init(world, job: world, host: host, watchdog: CollectiveWatchdog(rank: Int(r), host: host, timeout: collectiveTimeout),
+                  pollMicroseconds: pollMicroseconds)
+        if provided < goml_mpi_thread_serialized() {
+            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
+        }
+    }
+
+    /// The communicator over `comm`'s ranks; `job` is the whole job's (an abort ends all of it).
+    private init(_ comm: MPI_Comm, job: MPI_Comm, host: String, watchdog: CollectiveWatchdog, pollMicroseconds: UInt32) {
+        world = comm
+        self.pollMicroseconds = pollMicroseconds
+        self.job = job
+        hostName = host
+        self.watchdog = watchdog
+        var r: Int32 = 0, s: Int32 = 0
+        MPI_Comm_rank(comm, &r)
+        MPI_Comm_size(comm, &s)
         rank = Int(r)
         size = Int(s)
         var node = MPI_Comm(bitPattern: 0)
-        MPI_Comm_split_type(world, goml_mpi_comm_type_shared(), r, goml_mpi_info_null(), &node)
+        MPI_Comm_split_type(comm, goml_mpi_comm_type_shared(), r, goml_mpi_info_null(), &node)
         var lr: Int32 = 0, ls: Int32 = 0
         MPI_Comm_rank(node, &lr)
         MPI_Comm_size(node, &ls)
         var leaders = goml_mpi_comm_null()
-        MPI_Comm_split(world, lr == 0 ? 0 : goml_mpi_undefined(), r, &leaders)
+        MPI_Comm_split(comm, lr == 0 ? 0 : goml_mpi_undefined(), r, &leaders)
         var hostCount = [Int32(lr == 0 ? 1 : 0)]
-        MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), world)
+        MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), comm)
         self.node = node
         var nodeBroadcast = goml_mpi_comm_null()
         MPI_Comm_dup(node, &nodeBroadcast)
@@ -73,14 +93,15 @@ public final class MPICommunicator: Communicator {
         hosts = Int(hostCount[0])
         localRank = Int(lr)
         localSize = Int(ls)
-        var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
-        var length: Int32 = 0
-        MPI_Get_processor_name(&name, &length)
-        hostName = String(cString: name)
-        watchdog = CollectiveWatchdog(rank: Int(r), host: hostName, timeout: collectiveTimeout)
-        if provided < goml_mpi_thread_serialized() {
-            abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
-        }
+    }
+
+    /// The split shares this rank's watchdog (MPI calls are serialized, so one is in progress at
+    /// a time) and ends the whole job on an error; finalizing stays with the job's communicator.
+    public func split(color: Int) -> Communicator {
+        var part = goml_mpi_comm_null()
+        check("MPI_Comm_split") { MPI_Comm_split(world, Int32(color), Int32(rank), &part) }
+        MPI_Comm_set_errhandler(part, goml_mpi_errors_return())
+        return MPICommunicator(part!, job: job, host: hostName, watchdog: watchdog, pollMicroseconds: pollMicroseconds)
     }
 
     /// libnbc's non-blocking all-reduce (the bucketed one of --no-shard and the hierarchy's
@@ -95,13 +116,18 @@ public final class MPICommunicator: Communicator {
 
     public func noteStep(_ step: Int) { watchdog.step = step }
 
+    /// Held around every MPI call: MPI_THREAD_SERIALIZED lets one thread at a time call MPI. An
+    /// overlapped DiLoCo all-reduce (on the peers' progress thread) runs during the next steps'
+    /// own collectives; only then do two threads ever contend for it.
+    private static let serialized = NSLock()
+
     /// Runs one MPI call (under the watchdog unless `watched` is false: calls that return at
     /// once, whose waiting the caller watches) and aborts the job, naming it, if it fails.
     func check(_ call: String, watched: Bool = true, _ body: () -> Int32) {
         if watched { watchdog.enter(call) }
-        serialized.lock()
+        Self.serialized.lock()
         let rc = body()
-        serialized.unlock()
+        Self.serialized.unlock()
         if watched { watchdog.leave() }
         if rc != goml_mpi_success() {
             var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
@@ -151,7 +177,7 @@ public final class MPICommunicator: Communicator {
 
     public func abort(_ message: String, code: Int32) -> Never {
         FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8))
-        MPI_Abort(world, code)
+        MPI_Abort(job, code)
         exit(code)
     }
 
@@ -251,6 +277,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func finalize() {
+        guard world == job else { return }
         watchdog.stop()
         MPI_Finalize()
     }

@@ -61,11 +61,15 @@ public final class Trainer {
 
     /// `workers` threads may split this rank's sequences (each should then use one BLAS
     /// thread); the strategy decides how many do.
+    /// In a low-communication run `comm` spans this rank's worker (`group`), which trains on its
+    /// share of the global batch from its own stream of sequences; evaluation keeps the global batch.
     public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1,
-                communication: CommunicationSettings = CommunicationSettings()) throws {
-        try options.validate(worldSize: comm.size)
+                communication: CommunicationSettings = CommunicationSettings(), group: WorkerGroup = .whole) throws {
+        try options.validate(worldSize: comm.size * group.count)
+        var workerOptions = options
+        workerOptions.batch = options.batch / group.count
         let strategyType = options.reduction.strategy
-        try strategyType.validate(options, communication: communication, worldSize: comm.size)
+        try strategyType.validate(workerOptions, communication: communication, worldSize: comm.size)
         try split.check(seqLen: options.model.seqLen)
         self.options = options
         self.comm = comm
@@ -73,9 +77,10 @@ public final class Trainer {
         let T = options.model.seqLen
         train = split.train
         validation = split.validation
-        sampler = BatchSampler(seed: options.seed, batch: options.batch, seqLen: T, dataCount: split.train.count)
-        myShard = shard(batch: options.batch, rank: comm.rank, worldSize: comm.size)
-        strategy = strategyType.init(options: options, layout: layout, comm: comm, shard: myShard, workers: requested,
+        sampler = BatchSampler(seed: options.seed, batch: workerOptions.batch, seqLen: T, dataCount: split.train.count)
+        for _ in 0..<group.index { sampler.rng.jump() }
+        myShard = shard(batch: workerOptions.batch, rank: comm.rank, worldSize: comm.size)
+        strategy = strategyType.init(options: workerOptions, layout: layout, comm: comm, shard: myShard, workers: requested,
                                      communication: communication)
         let passes = strategy.passes
         models = (0..<passes.workers).map { _ in
@@ -86,11 +91,11 @@ public final class Trainer {
         parameterWaits = .allocate(capacity: models.count)
         parameterWaits.initialize(repeating: 0)
         pool = WorkerPool(count: models.count)
-        offsets = Array(repeating: 0, count: options.batch)
-        sequenceLosses = .allocate(capacity: options.batch)
+        offsets = Array(repeating: 0, count: workerOptions.batch)
+        sequenceLosses = .allocate(capacity: workerOptions.batch)
         sequenceLosses.initialize(repeating: 0)
         evalLosses = Array(repeating: 0, count: options.evalBatches * options.batch)
-        tokensPerStep = options.batch * T
+        tokensPerStep = workerOptions.batch * T
         forwardBackwardJob = { [unowned self] worker in self.forwardBackward(worker: worker) }
         for (worker, model) in models.enumerated() {
             model.gradientsFinal = { [unowned self] offset in

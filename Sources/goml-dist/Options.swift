@@ -139,3 +139,38 @@ struct PrecisionOptions: ParsableArguments {
         }
     }
 }
+
+struct LowCommunicationOptions: ParsableArguments {
+    @Option(name: .customLong("sync-every"), help: "Low-communication training (DiLoCo): workers train apart and sync every H steps through an outer Nesterov step (1: synchronous training; docs/low-communication.md).")
+    var syncEvery: Int = 1
+    @Option(name: .customLong("outer-lr"), help: "Outer learning rate of the DiLoCo sync (1 with momentum 0: plain averaging).")
+    var outerLR: Double = 1
+    @Option(name: .customLong("outer-momentum"), help: "Outer Nesterov momentum of the DiLoCo sync.")
+    var outerMomentum: Double = 0
+    @Option(name: .customLong("outer-compression"), help: "How the DiLoCo pseudo-gradient travels between workers: none (float32) or bf16.")
+    var outerCompression: String = "none"
+    @Flag(name: .customLong("overlap-outer"), help: "Run the DiLoCo outer all-reduce during the next inner step and apply the outer update one step late (docs/low-communication.md).")
+    var overlapOuter = false
+    @Option(name: .customLong("workers-per-host"), help: "DiLoCo workers per host (default 1: each host's ranks train as one worker).")
+    var workersPerHost: Int?
+    @Option(name: .customLong("worker-size"), help: "DiLoCo workers of this many consecutive ranks (instead of per host; for tests on one host).")
+    var workerSize: Int?
+    @Flag(name: .customLong("fault-outer-no-restart"), help: ArgumentHelp("Workers keep their own parameters after an outer step (tests the agreement check).", visibility: .hidden))
+    var faultNoRestart = false
+    @Flag(name: .customLong("fault-outer-same-data"), help: ArgumentHelp("Every worker samples the same sequences (tests that workers diverge).", visibility: .hidden))
+    var faultSameData = false
+
+    /// Whether the run is a low-communication one (any of its options asks for it).
+    var active: Bool { syncEvery != 1 || workersPerHost != nil || workerSize != nil }
+
+    /// The outer settings for `workers` workers, or a one-line error naming the flag.
+    func outer(workers: Int) throws -> OuterSyncOptions {
+        if workersPerHost != nil && workerSize != nil { throw ValidationError("--workers-per-host and --worker-size both say how to group ranks; pass one") }
+        guard let compression = GradientCompression(rawValue: outerCompression) else {
+            throw ValidationError("unknown --outer-compression '\(outerCompression)': use none or bf16")
+        }
+        var o = OuterSyncOptions(syncEvery: syncEvery, workers: workers)
+        o.lr = outerLR; o.momentum = outerMomentum; o.compression = compression; o.overlapped = overlapOuter
+        return o
+    }
+}

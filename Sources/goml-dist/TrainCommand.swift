@@ -18,6 +18,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var optimization: OptimizationOptions
     @OptionGroup var parallel: ParallelOptions
     @OptionGroup var precision: PrecisionOptions
+    @OptionGroup var lowCommunication: LowCommunicationOptions
 
     @Option(parsing: .upToNextOption, help: ArgumentHelp("Training text (bytes are tokens): files and directories (every file below, in sorted path order, hidden names skipped), concatenated. Required; the repository ships data/tinyshakespeare.txt.", valueName: "path"))
     var data: [String] = []
@@ -87,10 +88,25 @@ struct TrainCommand: ParsableCommand {
         let threads = coresPerRank(parallel, comm, reduction: try? optimization.mode())
         // Before any rank's buffers exist, which MemAvailable would otherwise already exclude.
         let available = faultAvailableMemoryMB.map { $0 * 1_000_000 } ?? availableMemory()
+        // DiLoCo: the workers, then (collective, on every rank) their communicators.
+        let (baseOptions, group) = agreeOnSetup(comm) { () throws -> (TrainingOptions, WorkerGroup) in
+            var options = try self.options()
+            guard lowCommunication.active else { return (options, .whole) }
+            let group = try WorkerGroup.plan(hosts: hosts, rank: comm.rank, workerSize: lowCommunication.workerSize,
+                                             workersPerHost: lowCommunication.workersPerHost)
+            if let ckptReplicas, ckptReplicas > 1 {
+                throw ValidationError("--ckpt-replicas \(ckptReplicas) with low-communication training: rank 0 alone writes its checkpoint (it gathers every worker's state); drop --ckpt-replicas")
+            }
+            options.outer = try lowCommunication.outer(workers: group.count)
+            try options.validate(worldSize: comm.size)
+            return (options, group)
+        }
+        let workerComm = baseOptions.outer == nil ? comm : comm.split(color: group.index)
+        let peers = baseOptions.outer == nil ? nil : comm.split(color: workerComm.rank)
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             var settings = RunSettings()
-            var options = try self.options()
-            options.reduction = parallel.reduction(options.reduction, worldSize: comm.size)
+            var options = baseOptions
+            options.reduction = parallel.reduction(options.reduction, worldSize: workerComm.size)
             (options.precision, settings.precisionReason) = try precision.resolve(float32Reason: options.reduction.strategy.float32Reason)
             settings.outDirectory = out
             settings.threads = threads
@@ -106,7 +122,8 @@ struct TrainCommand: ParsableCommand {
             settings.dataName = corpus.description
             settings.dataFingerprint = corpus.identity
             settings.hosts = hosts
-            settings.replicaWriters = hosts.replicaWriters(ckptReplicas)
+            // A low-communication checkpoint is gathered to rank 0, which alone writes it.
+            settings.replicaWriters = options.outer == nil ? hosts.replicaWriters(ckptReplicas) : [0]
             settings.failedAt = failedAt
             settings.stepsRedone = stepsRedone
             if let resume {
@@ -118,10 +135,11 @@ struct TrainCommand: ParsableCommand {
                 }
             }
             let communication = try parallel.communication()
-            let trainer = try Trainer(options: options, comm: comm, split: corpus.split, workers: threads,
-                                      communication: communication)
+            let trainer = try Trainer(options: options, comm: workerComm, split: corpus.split, workers: threads,
+                                      communication: communication, group: group)
             trainer.faultGradientScale = faultGradientScale
             (trainer.strategy as? ShardedAllReduce)?.faultLostDuringGather = faultLostGatherRank == comm.rank
+            if lowCommunication.faultSameData { trainer.sampler.rng = Xoshiro256(seed: options.seed) }
             return (trainer, settings, corpus)
         }
         agreeOnData(comm, corpus)
@@ -136,7 +154,12 @@ struct TrainCommand: ParsableCommand {
         // rank's cores (rank 0 measures).
         if comm.isRoot { run.peakGFLOPS = ProductPeak.measure(trainer.options.precision, threads: threads, size: 512, repeats: 4) }
         configureBLAS(cores: threads, trainer: trainer)
-        let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run) }
+        let outer = trainer.options.outer.map { options in
+            let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer)
+            outer.faultNoRestart = lowCommunication.faultNoRestart
+            return outer
+        }
+        let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run, outer: outer) }
         do {
             try training.run()
         } catch let failure as RunFailure {

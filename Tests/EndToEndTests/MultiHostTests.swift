@@ -106,10 +106,20 @@ final class MultiHostTests: XCTestCase {
     /// A host that drops off the network mid-run ends the job within a bounded time with a
     /// message naming it, and leaves no process behind on any host.
     func testHostLostDuringRunEndsJob() throws {
+        try assertLosingHost2EndsTheJob(extra: ["--bucket-mb", "0.05"])   // cut during overlapped buckets
+    }
+
+    /// The same in low-communication training, one worker per host syncing every other step
+    /// (the outer all-reduce in flight half of the time, overlapped with the next step).
+    func testHostLostDuringDiLoCoEndsJob() throws {
+        try assertLosingHost2EndsTheJob(extra: ["--sync-every", "2", "--overlap-outer"])
+    }
+
+    func assertLosingHost2EndsTheJob(extra: [String]) throws {
         let cluster = try multiHostStartCluster()
         let out = cluster.local + "/run"
         var arguments = multiHostTinyArguments(out: out, steps: 10_000_000)
-        arguments += ["--collective-timeout", "20", "--bucket-mb", "0.05"]   // cut during overlapped buckets
+        arguments += ["--collective-timeout", "20"] + extra
         let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
         // Wait until training is under way on both hosts: steps appear in rank 0's metrics.
         let metrics = cluster.disk("host1") + "/run/metrics.jsonl"

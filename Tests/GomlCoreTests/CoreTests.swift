@@ -82,6 +82,48 @@ final class CoreTests: XCTestCase {
         }
     }
 
+    /// Two outer steps against PyTorch's SGD(nesterov=True) written out in double, on a length
+    /// (37) that leaves a partial vector chunk; lr 1 and μ 0 replace θ by θ − g (plain averaging).
+    func testNesterovSGDFollowsPyTorchsNesterov() {
+        let n = 37, lr = 0.7, mu = 0.9
+        var rng = Xoshiro256(seed: 5)
+        let theta = (0..<n).map { _ in Float(rng.nextUnit() - 0.5) }
+        let deltas = (0..<2).map { _ in (0..<n).map { _ in Float(rng.nextUnit() - 0.5) } }
+        let sgd = NesterovSGD(count: n, lr: lr, momentum: mu)
+        let params = UnsafeMutableBufferPointer<Float>.allocate(capacity: n)
+        defer { params.deallocate() }
+        _ = params.initialize(from: theta)
+        var expected = theta.map(Double.init), buffer = [Double](repeating: 0, count: n)
+        for delta in deltas {
+            // The sum of two workers' Δ, averaged by the scale.
+            let summed = delta.map { 2 * $0 }
+            summed.withUnsafeBufferPointer { sgd.update(params, pseudoGradient: $0, gradScale: 0.5) }
+            for i in 0..<n {
+                let g = Double(delta[i])
+                buffer[i] = mu * buffer[i] + g
+                expected[i] -= lr * (g + mu * buffer[i])
+            }
+        }
+        for i in 0..<n { XCTAssertEqual(Double(params[i]), expected[i], accuracy: 1e-6, "element \(i)") }
+        let averaging = NesterovSGD(count: n, lr: 1, momentum: 0)
+        _ = params.update(fromContentsOf: theta)
+        deltas[0].withUnsafeBufferPointer { averaging.update(params, pseudoGradient: $0, gradScale: 1) }
+        for i in 0..<n { XCTAssertEqual(params[i], theta[i] - deltas[0][i], "averaging, element \(i)") }
+    }
+
+    /// Jumped streams: deterministic, apart from each other and from the unjumped one.
+    func testJumpedGeneratorsGiveSeparateReproducibleStreams() {
+        func stream(jumps: Int) -> [UInt64] {
+            var rng = Xoshiro256(seed: 1337)
+            for _ in 0..<jumps { rng.jump() }
+            return (0..<8).map { _ in rng.next() }
+        }
+        XCTAssertEqual(stream(jumps: 1), stream(jumps: 1))
+        XCTAssertNotEqual(stream(jumps: 0), stream(jumps: 1))
+        XCTAssertNotEqual(stream(jumps: 1), stream(jumps: 2))
+        XCTAssertTrue(Set(stream(jumps: 1)).isDisjoint(with: stream(jumps: 0)))
+    }
+
     func testScheduleFollowsSpec() {
         let s = LearningRateSchedule(maxLR: 1e-3, minLR: 1e-4, warmup: 100, totalSteps: 2000)
         XCTAssertEqual(s.rate(atStep: 1), 1e-5, accuracy: 1e-15)
