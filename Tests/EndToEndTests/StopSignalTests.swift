@@ -98,6 +98,36 @@ final class StopSignalTests: XCTestCase {
         XCTAssertTrue(try Harness.checkpointTensorBytes(out) == Harness.checkpointTensorBytes(reference), "final parameter bytes differ from the uninterrupted run's")
     }
 
+    /// DiLoCo (two workers of one rank, outer momentum on, H 7): SIGTERM to one rank between
+    /// syncs stops both with a checkpoint of θ_global, the outer momentum and each worker's
+    /// state; the resumed run ends with the uninterrupted run's losses and bytes.
+    func testSigtermDuringLowCommunicationTrainingResumesExactly() throws {
+        let diloco = ["--sync-every", "7", "--worker-size", "1", "--outer-lr", "0.8", "--outer-momentum", "0.5"]
+        let reference = Harness.temporaryDirectory("stopref-diloco")
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(reference) + diloco), "uninterrupted run")
+
+        let out = Harness.temporaryDirectory("stopped-diloco")
+        let job = try startMpirun(stopTestArguments(out) + diloco)
+        guard waitForTraining(out, past: 10, running: { job.process.isRunning }) else {
+            _ = finish(job, timeout: 5)
+            return XCTFail("training did not get going\n\(job.output.suffix(3000))")
+        }
+        guard let victim = rankPIDs(out).last else { _ = finish(job, timeout: 5); return XCTFail("no rank found") }
+        kill(victim, SIGTERM)
+        XCTAssertFalse(finish(job), "the job did not end after SIGTERM\n\(job.output.suffix(3000))")
+        XCTAssertEqual(job.process.terminationStatus, 10, job.output.suffix(3000).description)
+        let ckpt = try Checkpoint.loadTraining(Checkpoint.resolve(out))
+        XCTAssertLessThan(ckpt.step, 300, "the run was not stopped mid-way")
+
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(out) + diloco + ["--resume", out]), "resumed run")
+        XCTAssertEqual(Harness.lossTexts(out), Harness.lossTexts(reference), "per-step losses, bit for bit")
+        for name in ["ckpt-0000300.safetensors", "ckpt-0000300.outer.safetensors"] {
+            let a = FileManager.default.contents(atPath: reference + "/" + name), b = FileManager.default.contents(atPath: out + "/" + name)
+            XCTAssertNotNil(a, name)
+            XCTAssertEqual(a, b, "\(name) differs from the uninterrupted run's")
+        }
+    }
+
     /// SIGTERM to launch/train: it has mpirun forward SIGUSR1, the job stops with a checkpoint
     /// and the launcher exits 10 without restarting it.
     func testSigtermToTheLauncherStopsTheJob() throws {
