@@ -115,19 +115,25 @@ final class MultiHostTests: XCTestCase {
         try assertLosingHost2EndsTheJob(extra: ["--sync-every", "2", "--overlap-outer"])
     }
 
-    func assertLosingHost2EndsTheJob(extra: [String]) throws {
+    /// Cuts host2 off once `stepsFirst` steps are recorded (on a link shaped to `rate`, if
+    /// given); the header must contain `header`.
+    func assertLosingHost2EndsTheJob(extra: [String], rate: String? = nil, stepsFirst: Int = 20, header: String? = nil) throws {
         let cluster = try multiHostStartCluster()
+        if let rate {
+            let shaped = cluster.script(["rate", rate], timeout: 60)
+            XCTAssertEqual(shaped.status, 0, "launch/cluster rate \(rate) failed\n\(shaped.tail)")
+        }
         let out = cluster.local + "/run"
         var arguments = multiHostTinyArguments(out: out, steps: 10_000_000)
         arguments += ["--collective-timeout", "20"] + extra
         let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
         // Wait until training is under way on both hosts: steps appear in rank 0's metrics.
         let metrics = cluster.disk("host1") + "/run/metrics.jsonl"
-        let deadline = Date().addingTimeInterval(90)
-        while multiHostLineCount(metrics) < 20 && job.process.isRunning && Date() < deadline {
+        let deadline = Date().addingTimeInterval(120)
+        while multiHostLineCount(metrics) < stepsFirst && job.process.isRunning && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.2)
         }
-        guard job.process.isRunning, multiHostLineCount(metrics) >= 20 else {
+        guard job.process.isRunning, multiHostLineCount(metrics) >= stepsFirst else {
             let r = job.wait(timeout: 5)
             XCTFail("the job did not get going (exit \(r.status))\n\(r.tail)")
             return
@@ -137,6 +143,7 @@ final class MultiHostTests: XCTestCase {
         let r = job.wait(timeout: 120)
         let after = Date().timeIntervalSince(cut)
         XCTAssertFalse(r.timedOut, "the job still ran 120 s after host2 left the network\n\(r.tail)")
+        if let header { XCTAssertTrue(r.output.contains(header), "the header lacks '\(header)':\n\(r.tail)") }
         XCTAssertEqual(r.status, 205, "expected mpirun's exit for a lost host\n\(r.tail)")
         XCTAssertLessThan(after, 60, "the job took \(Int(after)) s to end after host2 left the network")
         XCTAssertTrue(r.output.contains("host2") && r.output.contains("lost communication"), "no message naming the lost host2:\n\(r.tail)")
@@ -153,35 +160,7 @@ final class MultiHostTests: XCTestCase {
     /// step waits per bucket for the all-gather. The job still ends with mpirun's message naming
     /// the lost host, within a bounded time, and leaves nothing behind.
     func testHostLostDuringShardedCollectivesEndsJob() throws {
-        let cluster = try multiHostStartCluster()
-        let rate = cluster.script(["rate", "10mbit"], timeout: 60)
-        XCTAssertEqual(rate.status, 0, "launch/cluster rate 10mbit failed\n\(rate.tail)")
-        var arguments = multiHostTinyArguments(out: cluster.local + "/run", steps: 10_000_000)
-        arguments += ["--collective-timeout", "20", "--bucket-mb", "0.05"]
-        let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
-        let metrics = cluster.disk("host1") + "/run/metrics.jsonl"
-        let deadline = Date().addingTimeInterval(120)
-        while multiHostLineCount(metrics) < 5 && job.process.isRunning && Date() < deadline {
-            Thread.sleep(forTimeInterval: 0.2)
-        }
-        guard job.process.isRunning, multiHostLineCount(metrics) >= 5 else {
-            let r = job.wait(timeout: 5)
-            XCTFail("the job did not get going (exit \(r.status))\n\(r.tail)")
-            return
-        }
-        let cut = Date()
-        try cluster.setLink("host2", up: false)
-        let r = job.wait(timeout: 120)
-        let after = Date().timeIntervalSince(cut)
-        XCTAssertFalse(r.timedOut, "the job still ran 120 s after host2 left the network\n\(r.tail)")
-        XCTAssertTrue(r.output.contains("sharded over 2 ranks"), "not the sharded strategy:\n\(r.tail)")
-        XCTAssertEqual(r.status, 205, "expected mpirun's exit for a lost host\n\(r.tail)")
-        XCTAssertLessThan(after, 60, "the job took \(Int(after)) s to end after host2 left the network")
-        XCTAssertTrue(r.output.contains("host2") && r.output.contains("lost communication"), "no message naming the lost host2:\n\(r.tail)")
-        Thread.sleep(forTimeInterval: 1)
-        for host in ["head", "host1", "host2"] {
-            XCTAssertEqual(cluster.processes(on: host), [], "processes left on \(host) after the job ended")
-        }
+        try assertLosingHost2EndsTheJob(extra: ["--bucket-mb", "0.05"], rate: "10mbit", stepsFirst: 5, header: "sharded over 2 ranks")
     }
 
     /// A host that goes silent once (every packet it sends is dropped): mpirun ends the job with
