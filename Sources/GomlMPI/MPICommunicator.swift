@@ -199,18 +199,14 @@ public final class MPICommunicator: Communicator {
     }
 
     public func waitForAllReduces() -> Double {
-        waitWatched(progress, "MPI_Iallreduce (overlapped gradient buckets)")
+        progress.map { thread in watched("MPI_Iallreduce (overlapped gradient buckets)") { thread.waitAll() } } ?? 0
     }
 
-    /// Waits for every collective `thread` started, under the watchdog as `call`; returns the
-    /// seconds the network was busy (0 when nothing was registered).
-    @discardableResult
-    private func waitWatched(_ thread: ProgressThread?, _ call: String) -> Double {
-        guard let thread else { return 0 }
+    /// Runs `wait` (for collectives a progress thread started) under the watchdog as `call`.
+    private func watched<T>(_ call: String, _ wait: () -> T) -> T {
         watchdog.enter(call)
-        let busy = thread.waitAll()
-        watchdog.leave()
-        return busy
+        defer { watchdog.leave() }
+        return wait()
     }
 
     /// Sharded buckets: one progress thread reduce-scatters gradients, another all-gathers
@@ -245,7 +241,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func waitForReduceScatters() -> Double {
-        waitWatched(reduceScatters, "MPI_Reduce (overlapped reduce-scatter of gradient buckets)")
+        reduceScatters.map { thread in watched("MPI_Reduce (overlapped reduce-scatter of gradient buckets)") { thread.waitAll() } } ?? 0
     }
 
     public func startAllGather(bucket: Int) {
@@ -255,9 +251,7 @@ public final class MPICommunicator: Communicator {
 
     public func waitForAllGather(bucket: Int) {
         guard let allGathers else { return }
-        watchdog.enter("MPI_Allgatherv (updated parameter buckets)")
-        allGathers.wait(for: bucket)
-        watchdog.leave()
+        watched("MPI_Allgatherv (updated parameter buckets)") { allGathers.wait(for: bucket) }
     }
 
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
