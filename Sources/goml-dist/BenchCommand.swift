@@ -83,7 +83,9 @@ struct BenchCommand: ParsableCommand {
             let total = after.total - allocationsBefore.total
             var line = "\(comm.size > 1 ? "rank \(comm.rank): " : "")heap allocations during the \(steps) timed steps: \(total)"
             if let afterMPI = after.inOpenMPI, let beforeMPI = allocationsBefore.inOpenMPI {
-                line += " (in OpenMPI's libraries \(afterMPI - beforeMPI), elsewhere \(total - (afterMPI - beforeMPI)))"
+                let elsewhere = total - (afterMPI - beforeMPI)
+                line += " (in OpenMPI's libraries \(afterMPI - beforeMPI), elsewhere \(elsewhere)"
+                    + (elsewhere > 0 ? ", the last from \(HeapAllocations.lastElsewhere() ?? "?"))" : ")")
             }
             print(line)
         }
@@ -189,7 +191,8 @@ struct BenchCommand: ParsableCommand {
 
 /// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations` is
 /// preloaded (see Tests/EndToEndTests/AllocationTests.swift); `inOpenMPI` counts those whose
-/// caller lies in OpenMPI's libraries, when the shim exports `goml_heap_allocations_in_openmpi`.
+/// caller lies in OpenMPI's libraries, when the shim exports `goml_heap_allocations_in_openmpi`,
+/// and `lastElsewhere` names the library the last other allocation came from.
 private struct HeapAllocations {
     let total: Int
     let inOpenMPI: Int?
@@ -200,5 +203,10 @@ private struct HeapAllocations {
         }
         guard let total = read("goml_heap_allocations") else { return nil }
         return HeapAllocations(total: total, inOpenMPI: read("goml_heap_allocations_in_openmpi"))
+    }
+
+    /// Allocates (a String): only once the counts are read.
+    static func lastElsewhere() -> String? {
+        dlsym(nil, "goml_heap_last_elsewhere").map { String(cString: unsafeBitCast($0, to: (@convention(c) () -> UnsafePointer<CChar>).self)()) }
     }
 }

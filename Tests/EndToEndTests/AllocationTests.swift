@@ -14,23 +14,45 @@ final class AllocationTests: XCTestCase {
     #include <stdlib.h>
     #include <string.h>
     #include <stdatomic.h>
+    #include <unwind.h>
     extern void *__libc_malloc(size_t);
     extern void *__libc_calloc(size_t, size_t);
     extern void *__libc_realloc(void *, size_t);
     extern void *__libc_memalign(size_t, size_t);
     static atomic_long allocations, inOpenMPI;
-    /* The object the allocating call returns into (lock-free, allocates nothing): libmpi,
-       libopen-pal/-rte, the mca_* plugins under openmpi/, and PMIx, libevent, hwloc they use. */
-    static int calledFromOpenMPI(void *caller) {
+    static char lastElsewhere[256];
+    static const char *objectOf(void *address) {
         struct dl_find_object found;
-        if (_dl_find_object(caller, &found) != 0 || !found.dlfo_link_map) return 0;
-        const char *name = found.dlfo_link_map->l_name;
+        if (_dl_find_object(address, &found) != 0 || !found.dlfo_link_map) return 0;
+        return found.dlfo_link_map->l_name;
+    }
+    static int isOpenMPI(const char *name) {
         return name && (strstr(name, "/openmpi/") || strstr(name, "libmpi") || strstr(name, "libopen-")
                         || strstr(name, "pmix") || strstr(name, "libevent") || strstr(name, "hwloc"));
     }
+    /* libc, the dynamic loader and libstdc++ allocate on behalf of whoever called them (strdup,
+       stdio buffers, a thread's first touch of a dlopen'd library's TLS, operator new): the
+       frame above them decides. This shim's own frames are skipped the same way. (The
+       executable's name is "".) */
+    static int allocatesForItsCaller(const char *name) {
+        return name && (name == objectOf((void *)allocatesForItsCaller) || strstr(name, "/libc.so")
+                        || strstr(name, "ld-linux") || strstr(name, "libstdc++"));
+    }
+    /* Unwinding allocates nothing: libgcc 12 finds frames through _dl_find_object. */
+    static _Unwind_Reason_Code frame(struct _Unwind_Context *context, void *decider) {
+        void *ip = (void *)_Unwind_GetIP(context);
+        if (!ip) return _URC_END_OF_STACK;
+        const char *name = objectOf(ip);
+        if (allocatesForItsCaller(name)) return _URC_NO_REASON;
+        *(const char **)decider = name;
+        return _URC_END_OF_STACK;
+    }
     static void count(void *caller) {
         atomic_fetch_add(&allocations, 1);
-        if (calledFromOpenMPI(caller)) atomic_fetch_add(&inOpenMPI, 1);
+        const char *name = objectOf(caller);
+        if (allocatesForItsCaller(name)) { name = 0; _Unwind_Backtrace(frame, &name); }
+        if (isOpenMPI(name)) atomic_fetch_add(&inOpenMPI, 1);
+        else strncpy(lastElsewhere, !name ? "an unknown caller" : *name ? name : "the executable", sizeof lastElsewhere - 1);
     }
     #define COUNT() count(__builtin_return_address(0))
     void *malloc(size_t n) { COUNT(); return __libc_malloc(n); }
@@ -45,6 +67,7 @@ final class AllocationTests: XCTestCase {
     }
     long goml_heap_allocations(void) { return allocations; }
     long goml_heap_allocations_in_openmpi(void) { return inOpenMPI; }
+    const char *goml_heap_last_elsewhere(void) { return lastElsewhere; }
     """
 
     /// The shim, compiled into a fresh directory; returns its path.

@@ -34,14 +34,11 @@ final class PrecisionTests: XCTestCase {
 
     func testBF16StepsDoNotAllocate() throws {
         try Harness.requireNativeBF16()
-        let dir = Harness.temporaryDirectory("malloc-bf16")
-        try AllocationTests.shimSource.write(toFile: dir + "/count.c", atomically: true, encoding: .utf8)
-        let cc = Harness.run("/usr/bin/env", ["cc", "-O2", "-shared", "-fPIC", "-o", dir + "/count.so", dir + "/count.c"], timeout: 120)
-        Harness.assertSuccess(cc, "compiling the malloc-counting shim")
+        let shim = try AllocationTests.compileShim()
         for threads in ["1", "2"] {
             let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20",
                                                  "--threads", threads, "--precision", "bf16"],
-                                timeout: 300, environment: ["LD_PRELOAD": dir + "/count.so"])
+                                timeout: 300, environment: ["LD_PRELOAD": shim])
             Harness.assertSuccess(r, "bf16 bench, \(threads) thread(s)")
             XCTAssertTrue(r.stdout.contains("precision bf16"), r.stdout)
             XCTAssertTrue(r.stdout.contains("heap allocations during the 20 timed steps: 0"), "\(threads) thread(s):\n\(r.stdout)")
