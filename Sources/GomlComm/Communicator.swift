@@ -33,8 +33,9 @@ public protocol Communicator: AnyObject {
     /// requests and staging buffers are made here, not per step). Every rank registers the same.
     /// With `.bf16` the values travel between hosts as bfloat16 and are added in float32.
     /// `hierarchical`: sum within each host through shared memory first, so one copy per host
-    /// crosses the network (ignored with one rank per host or one host).
-    func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool)
+    /// crosses the network (ignored with one rank per host or one host). `what` names the sums
+    /// in the message of a rank that waited too long for them.
+    func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String)
     /// Starts summing registered bucket `bucket` over ranks in place and returns at once; the
     /// communicator owns progress. Callable from any thread, one at a time, while no blocking
     /// collective runs; every rank must start the same buckets in the same order. Every rank
@@ -121,7 +122,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func finalize() {}
     public func noteStep(_ step: Int) {}
     public func split(color: Int) -> Communicator { self }
-    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {}
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String) {}
     public func startAllReduceSum(bucket: Int) {}
     public func waitForAllReduces() -> Double { 0 }
     // One rank owns every bucket whole: its sum is its gradient, its gather its parameters.

@@ -181,8 +181,9 @@ public final class MPICommunicator: Communicator {
         exit(code)
     }
 
-    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool) {
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String) {
         precondition(progress == nil, "buckets are registered once")
+        nonBlockingSumsCall = "MPI_Iallreduce (\(what))"
         let phases: [ProgressThread.Phase]
         if hierarchical && localSize > 1 && hosts > 1 {
             phases = localRank == 0 ? [.hostReduce, .allReduce, .hostBroadcast] : [.hostReduce, .hostBroadcast]
@@ -199,8 +200,9 @@ public final class MPICommunicator: Communicator {
     }
 
     public func waitForAllReduces() -> Double {
-        progress.map { thread in watched("MPI_Iallreduce (overlapped gradient buckets)") { thread.waitAll() } } ?? 0
+        progress.map { thread in watched(nonBlockingSumsCall) { thread.waitAll() } } ?? 0
     }
+    private var nonBlockingSumsCall = ""
 
     /// Runs `wait` (for collectives a progress thread started) under the watchdog as `call`.
     private func watched<T>(_ call: String, _ wait: () -> T) -> T {

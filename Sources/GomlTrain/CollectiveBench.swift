@@ -48,7 +48,7 @@ public enum CollectiveBench {
         for i in 0..<layout.count { gradient.pointer[i] = 1e-6; parameters.pointer[i] = 1e-3 }
         let whole = UnsafeMutableBufferPointer(rebasing: gradient.pointer[0..<layout.count])
         comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: gradient.pointer[$0]) },
-                                    compression: communication.compression, hierarchical: communication.hierarchical)
+                                    compression: communication.compression, hierarchical: communication.hierarchical, what: "benchmarked gradient buckets")
         comm.prepareShardedBuckets(buckets.indices.map { b in
             ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradient.pointer[buckets[b]]),
                           parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[buckets[b]]), counts: shards.counts(b))

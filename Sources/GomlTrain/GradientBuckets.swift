@@ -70,7 +70,7 @@ final class BucketedReduction {
                           hierarchical: Bool) -> BucketedReduction {
         let sum = gradients.sum
         comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: sum.pointer[$0]) }, compression: compression,
-                                    hierarchical: hierarchical)
+                                    hierarchical: hierarchical, what: "overlapped gradient buckets")
         return BucketedReduction(buckets: buckets, gradients: gradients, start: { comm.startAllReduceSum(bucket: $0) },
                                  waitAll: { comm.waitForAllReduces() })
     }

@@ -71,6 +71,9 @@ public final class OuterSync {
     /// Fault injection for tests (hidden --fault-outer-no-restart): workers keep their own
     /// parameters after an outer step instead of restarting from θ_global.
     public var faultNoRestart = false
+    /// Fault injection for tests (hidden --fault-lost-outer-rank): this rank starts no outer
+    /// all-reduce and stops responding, as a rank lost during it would.
+    public var faultLostDuringOuterSum = false
     /// The last completed outer all-reduce: seconds the training waited for it (exposed) and
     /// seconds it ran while the next inner step computed (hidden).
     public private(set) var exposed = 0.0, hidden = 0.0
@@ -94,7 +97,7 @@ public final class OuterSync {
         // MPI counts are 32-bit: Δ goes in buckets of at most 2^28 values.
         let chunk = 1 << 28
         let buckets = stride(from: 0, to: count, by: chunk).map { UnsafeMutableBufferPointer(rebasing: scratch.pointer[$0..<min(count, $0 + chunk)]) }
-        peers.prepareNonBlockingSums(buckets, compression: options.compression, hierarchical: false)
+        peers.prepareNonBlockingSums(buckets, compression: options.compression, hierarchical: false, what: "DiLoCo's outer pseudo-gradient")
         bucketCount = buckets.count
     }
 
@@ -146,6 +149,7 @@ public final class OuterSync {
 
     /// Δ = θ_global − θ_worker into `scratch`, and its sum over the workers started.
     private func startOuterSum() {
+        while faultLostDuringOuterSum { sleep(3600) }
         let g = global.base, p = trainer.params.base, d = scratch.base
         for i in 0..<scratch.count { d[i] = g[i] - p[i] }
         for bucket in 0..<bucketCount { peers.startAllReduceSum(bucket: bucket) }

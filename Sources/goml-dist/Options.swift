@@ -157,6 +157,8 @@ struct LowCommunicationOptions: ParsableArguments {
     var workerSize: Int?
     @Flag(name: .customLong("fault-outer-no-restart"), help: ArgumentHelp("Workers keep their own parameters after an outer step (tests the agreement check).", visibility: .hidden))
     var faultNoRestart = false
+    @Option(name: .customLong("fault-lost-outer-rank"), help: ArgumentHelp("This rank starts no outer all-reduce and stops responding (tests the outer all-reduce's --collective-timeout).", visibility: .hidden))
+    var faultLostRank: Int?
     @Flag(name: .customLong("fault-outer-same-data"), help: ArgumentHelp("Every worker samples the same sequences (tests that workers diverge).", visibility: .hidden))
     var faultSameData = false
 

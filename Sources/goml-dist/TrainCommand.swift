@@ -157,6 +157,7 @@ struct TrainCommand: ParsableCommand {
         let outer = trainer.options.outer.map { options in
             let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer)
             outer.faultNoRestart = lowCommunication.faultNoRestart
+            outer.faultLostDuringOuterSum = lowCommunication.faultLostRank == comm.rank
             return outer
         }
         let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run, outer: outer) }

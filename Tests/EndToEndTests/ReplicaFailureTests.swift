@@ -31,6 +31,23 @@ final class ReplicaFailureTests: XCTestCase {
                       r.output)
     }
 
+    /// DiLoCo: a rank lost during the outer all-reduce (it starts none and stops responding)
+    /// leaves the other worker waiting for the pseudo-gradient's sum; that wait is watched, so
+    /// the job ends with the timeout message naming it. Overlapped, the other worker goes on
+    /// into the next step and waits in its first collective instead: the same end, named so.
+    func testARankLostDuringTheOuterAllReduceEndsTheJobAfterTheTimeout() {
+        for (extra, call) in [([], "MPI_Iallreduce (DiLoCo's outer pseudo-gradient)"), (["--overlap-outer"], "MPI_Allgather")] {
+            let out = Harness.temporaryDirectory("lost-outer")
+            let r = Harness.mpirun(np: 2, ["train", "--config", "tiny", "--steps", "20", "--eval-every", "0", "--collective-timeout", "8",
+                                          "--sync-every", "2", "--worker-size", "1", "--fault-lost-outer-rank", "1",
+                                          "--data", Harness.corpus, "--out", out] + extra, timeout: 90)
+            XCTAssertFalse(r.timedOut, "\(extra): the job hung with rank 1 lost during the outer all-reduce\n\(r.output)")
+            XCTAssertEqual(r.status, 4, "\(extra)\n\(r.output)")
+            XCTAssertTrue(r.stderr.contains("rank 0 (") && r.stderr.contains("waited 8 s in \(call) at step"),
+                          "\(extra)\n\(r.output)")
+        }
+    }
+
     /// A rank that stops responding (SIGSTOP) ends the job with the timeout message instead of a hang.
     func testAStoppedRankEndsTheJobAfterTheTimeout() throws {
         let out = Harness.temporaryDirectory("sigstop")
