@@ -99,6 +99,13 @@ public struct OuterSyncOptions: Codable, Equatable, Sendable {
 
     public init(syncEvery: Int, workers: Int) { self.syncEvery = syncEvery; self.workers = workers }
 
+    /// The gradient-norm clip of a worker, given the clip of the global batch. A worker's
+    /// gradient averages 1/workers of the batch, so its noise, most of the norm late in a run,
+    /// is √workers larger: unscaled, the nano recipe's workers (norms 1.4–1.8 against
+    /// synchronous training's 1.0–1.15) were clipped to about 60% all run long
+    /// (docs/low-communication.md, "Clipping a worker").
+    public func workerGradClip(_ globalClip: Float) -> Float { globalClip * Float(Double(workers).squareRoot()) }
+
     public var summary: String {
         "\(workers) worker(s), sync every \(syncEvery), outer lr \(lr) momentum \(momentum), \(compression == .none ? "float32" : "bf16") pseudo-gradient\(overlapped ? ", overlapped one step" : "")"
     }

@@ -393,6 +393,8 @@ public final class TrainingRun {
                             x.workers, outer.worker.size, x.syncEvery, x.lr, x.momentum, x.compression == .none ? "float32" : "bf16",
                             Double(outer.bytesPerOuterStep) / 1e6,
                             x.overlapped ? "overlapped with the next inner step, applied one step late" : "blocking (all of it exposed)"))
+            log.line(String(format: "each worker clips its gradient norm at %g: --grad-clip × √%d, a worker's batch being 1/%d of the global one",
+                            o.optimizer.gradClip, x.workers, x.workers))
         }
         if settings.replicaWriters.count > 1 {
             log.line("checkpoint replicas on \(settings.replicaWriters.count) hosts: \(settings.replicaWriters.map { settings.hosts.names[$0] }.joined(separator: ", "))")

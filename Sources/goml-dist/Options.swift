@@ -47,7 +47,7 @@ struct OptimizationOptions: ParsableArguments {
     @Option(help: "AdamW beta1.") var beta1: Float = 0.9
     @Option(help: "AdamW beta2.") var beta2: Float = 0.95
     @Option(name: .customLong("weight-decay"), help: "Decoupled weight decay on matrices.") var weightDecay: Float = 0.1
-    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip.") var gradClip: Float = 1.0
+    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (DiLoCo: of the global batch; each worker clips at this × √workers).") var gradClip: Float = 1.0
     @Option(help: "Seed of initialisation and batch sampling.") var seed: UInt64 = 1337
     @Option(help: "Gradient reduction: allreduce (fast, float32 tolerance across world sizes) or exact (bit-identical at any power-of-two world size).")
     var reduction: String = "allreduce"

@@ -98,6 +98,7 @@ struct TrainCommand: ParsableCommand {
                 throw ValidationError("--ckpt-replicas \(ckptReplicas) with low-communication training: rank 0 alone writes its checkpoint (it gathers every worker's state); drop --ckpt-replicas")
             }
             options.outer = try lowCommunication.outer(workers: group.count)
+            options.optimizer.gradClip = options.outer!.workerGradClip(options.optimizer.gradClip)
             try options.validate(worldSize: comm.size)
             return (options, group)
         }

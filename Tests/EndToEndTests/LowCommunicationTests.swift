@@ -35,6 +35,7 @@ final class LowCommunicationTests: XCTestCase {
                                                                 + (overlapped ? ["--overlap-outer"] : [])))
         Harness.assertSuccess(r, "one worker", file: file, line: line)
         XCTAssertTrue(r.stdout.contains("mode diloco: 1 worker(s) × 2 rank(s), sync every 5 steps"), r.stdout, file: file, line: line)
+        XCTAssertTrue(r.stdout.contains("each worker clips its gradient norm at 1: --grad-clip × √1"), r.stdout, file: file, line: line)
         for field in ["loss", "grad_norm", "val_loss"] {
             var a = values(oneWorker, field), b = values(synchronous, field)
             XCTAssertEqual(a.count, field == "val_loss" ? 2 : 20, field, file: file, line: line)
@@ -56,6 +57,8 @@ final class LowCommunicationTests: XCTestCase {
                                                                       "--outer-lr", "0.8", "--outer-momentum", "0.5"]))
         Harness.assertSuccess(r, "two workers")
         XCTAssertTrue(r.stdout.contains("mode diloco: 2 worker(s) × 2 rank(s), sync every 4 steps"), r.stdout)
+        // The header prints the clip the workers' optimizers were given: --grad-clip 1 × √2.
+        XCTAssertTrue(r.stdout.contains("each worker clips its gradient norm at 1.41421: --grad-clip × √2"), r.stdout)
         let records = Harness.metrics(out).filter { $0["step"] != nil }
         XCTAssertEqual(records.count, 12)
         for record in records {
