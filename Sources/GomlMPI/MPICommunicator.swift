@@ -31,6 +31,8 @@ public final class MPICommunicator: Communicator {
 
     /// Started by the first non-blocking sum; owns MPI while sums are in flight.
     private var progress: ProgressThread?
+    /// What the watchdog names while waiting for those sums ("MPI_Iallreduce (what they sum)").
+    private var nonBlockingSumsCall = ""
 
     /// Microseconds the progress threads sleep between polls of MPI_Test (0: yield the core and
     /// poll again).
@@ -202,7 +204,6 @@ public final class MPICommunicator: Communicator {
     public func waitForAllReduces() -> Double {
         progress.map { thread in watched(nonBlockingSumsCall) { thread.waitAll() } } ?? 0
     }
-    private var nonBlockingSumsCall = ""
 
     /// Runs `wait` (for collectives a progress thread started) under the watchdog as `call`.
     private func watched<T>(_ call: String, _ wait: () -> T) -> T {
