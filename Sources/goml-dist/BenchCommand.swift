@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import GomlComm
 import GomlCore
+import GomlMPI
 import GomlTrain
 
 struct BenchCommand: ParsableCommand {
@@ -30,6 +31,8 @@ struct BenchCommand: ParsableCommand {
     var collectives = false
     @Option(name: .customLong("link-gbit"), help: "With --collectives: the link's rate in Gbit/s, to report each collective's share of it.")
     var linkGbit: Double?
+    @Option(name: .customLong("fault-slow-rank"), help: ArgumentHelp("Fault injection for tests: this rank sleeps 300 ms before each step, a straggler.", visibility: .hidden))
+    var faultSlowRank: Int?
 
     func run() throws {
         if optimizer { return try benchOptimizer() }
@@ -74,6 +77,7 @@ struct BenchCommand: ParsableCommand {
         var allocationsBefore = HeapAllocations(total: 0, inOpenMPI: 0)
         for i in 0..<(warmup + steps) {
             if i == warmup { allocationsBefore = HeapAllocations.count() ?? allocationsBefore }
+            if faultSlowRank == comm.rank { usleep(300_000) }
             let r = trainer.trainStep()
             if i >= warmup { totals.append(r.timings.total); phases.append(r.timings) }
         }
@@ -89,6 +93,13 @@ struct BenchCommand: ParsableCommand {
             }
             print(line)
         }
+        // Every rank's wait after backward, step by step: the rank that finished backward last
+        // waited for communication alone; the others also waited for it.
+        let waits = phases.map(\.reduce)
+        var everyRanksWaits = [Double](repeating: 0, count: waits.count * comm.size)
+        waits.withUnsafeBufferPointer { mine in everyRanksWaits.withUnsafeMutableBufferPointer { comm.allGather(mine, into: $0) } }
+        let gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
+        let lastRankWaits = waits.indices.map { step in (0..<comm.size).map { everyRanksWaits[$0 * waits.count + step] }.min()! }
         comm.finalize()
         guard comm.isRoot else { return }
         func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
@@ -109,8 +120,16 @@ struct BenchCommand: ParsableCommand {
         // network was busy with the gradient) and in forward (the sharded all-gather still arriving).
         let busy = median(phases.map(\.communication)) * 1000, exposed = reduceMS
         let hidden = busy > 0 ? max(0, 1 - exposed / busy) : 0
+        let lastRankMS = median(lastRankWaits) * 1000, slowerRanksMS = median(zip(waits, lastRankWaits).map { $0 - $1 }) * 1000
         print(String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward); forward waited %.2f ms for parameters",
                      busy, exposed, hidden * 100, forwardWaitMS))
+        if gatherPeakMB > 0 {
+            print(String(format: "parameter all-gathers in flight at most %.1f MB at once (--gather-mb-in-flight %g)", gatherPeakMB, parallel.gatherMBInFlight))
+        }
+        if comm.size > 1 {
+            print(String(format: "after backward, the rank that finished it last waited %.2f ms (communication); rank 0's other %.2f ms was waiting for slower ranks",
+                         lastRankMS, slowerRanksMS))
+        }
         print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", tokensPerSecond, modelGFLOPS) + ProductPeak.describe(mfu))
         let json: [String: Any] = [
             "config": try model.name(), "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
@@ -119,7 +138,7 @@ struct BenchCommand: ParsableCommand {
             "peak_gflops": peak.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue, "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
             "forward_ms": forwardMS, "backward_ms": backwardMS, "reduce_ms": reduceMS, "optimizer_ms": optimizerMS,
             "comm_ms": busy, "exposed_comm_ms": median(phases.map { $0.forwardWait + $0.reduce }) * 1000,
-            "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": exposed, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
+            "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": exposed, "exposed_backward_last_rank_ms": lastRankMS, "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": gatherPeakMB, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
             "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
             "micro_batch": trainer.microBatch,
         ]
@@ -158,7 +177,7 @@ struct BenchCommand: ParsableCommand {
                 "wire_bytes": r.wireBytes, "bound_bytes_per_rank": r.boundBytesPerRank.rounded(), "bound": r.bound,
                 "median_ms": (r.medianSeconds * 1e6).rounded() / 1000, "ms": r.seconds.map { ($0 * 1e6).rounded() / 1000 },
                 "achieved_gbit_s": (r.achievedGbitPerSecond * 1000).rounded() / 1000,
-                "poll_us": Int(parallel.progressPollMicroseconds),
+                "poll_us": Int(parallel.progressPollMicroseconds), "gather_mb_in_flight": parallel.gatherMBInFlight,
             ]
             if let linkGbit {
                 json["link_gbit"] = linkGbit

@@ -11,7 +11,8 @@ import GomlTrain
 func makeCommunicator(_ parallel: ParallelOptions) -> Communicator {
     setvbuf(stdout, nil, _IOLBF, 0)   // lines appear live under mpirun
     return parallel.single || !launchedByMPI ? SingleProcessCommunicator() : MPICommunicator(collectiveTimeout: parallel.collectiveTimeout,
-                                                                                                    pollMicroseconds: parallel.progressPollMicroseconds)
+                                                                                                    pollMicroseconds: parallel.progressPollMicroseconds,
+                                                                                                    gatherBytesInFlight: parallel.gatherMBInFlight > 0 ? Int(min(parallel.gatherMBInFlight, 1e6) * 1e6) : 0)
 }
 
 /// True under mpirun (OpenMPI) or another PMI launcher; otherwise we run as one process.

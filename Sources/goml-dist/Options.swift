@@ -87,6 +87,8 @@ struct ParallelOptions: ParsableArguments {
     var noShard = false
     @Option(name: .customLong("progress-poll-us"), help: ArgumentHelp("Microseconds the communication thread sleeps between MPI_Test polls (0: yield and poll again); for link-efficiency measurements.", visibility: .hidden))
     var progressPollMicroseconds: UInt32 = MPICommunicator.defaultPollMicroseconds
+    @Option(name: .customLong("gather-mb-in-flight"), help: ArgumentHelp("Sharded: MB of parameter all-gathers in flight at once, in forward order (the first bucket at least); for link-efficiency measurements.", visibility: .hidden))
+    var gatherMBInFlight: Double = Double(MPICommunicator.defaultGatherBytesInFlight) / 1e6
     @Flag(help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).")
     var hierarchical = false
 

@@ -38,6 +38,39 @@ final class BenchTests: XCTestCase {
                        "C32 L2 H4 F172 T64 V256 swiglu")
     }
 
+    /// The JSON last line of `mpirun -np 2 goml-dist bench --config tiny … ARGS`.
+    func twoRankBenchJSON(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        let r = Harness.mpirun(np: 2, ["bench", "--config", "tiny", "--precision", "fp32", "--threads", "1", "--warmup", "1", "--steps", "5"] + arguments)
+        Harness.assertSuccess(r, "bench \(arguments.joined(separator: " "))", file: file, line: line)
+        XCTAssertTrue(r.stdout.contains("the rank that finished it last waited"), r.stdout, file: file, line: line)
+        let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], "no JSON last line:\n\(r.stdout)", file: file, line: line)
+    }
+
+    /// Under MPI the wait after backward is split: what the rank that finished backward last
+    /// waited for (communication alone) and what rank 0 waited beyond that (for slower ranks).
+    /// A rank made 300 ms slower every step shows as waiting when it is rank 1, and not at all
+    /// when it is rank 0 itself; never as communication.
+    func testAStragglersDelayIsCountedAsWaitingNotAsCommunication() throws {
+        for (slow, rank0Waits) in [("1", true), ("0", false)] {
+            let json = try twoRankBenchJSON(["--fault-slow-rank", slow])
+            let communication = try XCTUnwrap(json["exposed_backward_last_rank_ms"] as? Double, "\(json)")
+            let waiting = try XCTUnwrap(json["waiting_for_slower_ranks_ms"] as? Double, "\(json)")
+            XCTAssertLessThan(communication, 100, "rank \(slow) slow: \(json)")
+            if rank0Waits { XCTAssertGreaterThan(waiting, 200, "rank 1 slow: \(json)") } else { XCTAssertLessThan(waiting, 100, "rank 0 slow: \(json)") }
+        }
+    }
+
+    /// The communication threads sleep between polls while the compute threads work, but not
+    /// while a thread waits for them: with a 100 ms poll interval the rank that finished
+    /// backward last still waits only for the transfers (tiny's 0.5 MB through shared memory),
+    /// not for the next poll.
+    func testAWaitingRankIsNotLeftToThePollInterval() throws {
+        let json = try twoRankBenchJSON(["--progress-poll-us", "100000"])
+        XCTAssertLessThan(try XCTUnwrap(json["exposed_backward_last_rank_ms"] as? Double, "\(json)"), 30, "\(json)")
+        XCTAssertLessThan(try XCTUnwrap(json["exposed_forward_comm_ms"] as? Double, "\(json)"), 30, "\(json)")
+    }
+
     /// `bench --optimizer`: one row per thread count up to --threads, each with AdamW's and the
     /// triad's bandwidth and their ratio.
     func testOptimizerBenchReportsAdamWAgainstTheMeasuredBandwidth() throws {

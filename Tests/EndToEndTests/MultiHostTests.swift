@@ -82,6 +82,31 @@ final class MultiHostTests: XCTestCase {
         XCTAssertLessThan(hiddenAfter, 0.05, "after backward: \(afterBackward)")
     }
 
+    /// Sharded, the updated parameters are gathered in forward order with at most
+    /// --gather-mb-in-flight (8 MB) in flight, so the first layer's buckets do not share the
+    /// link with every other: on two hosts joined at 1 Gbit/s (`small`: 43 MB of buckets, all
+    /// queued within AdamW's ~25 ms, ≥ 173 ms to gather) at most 8 MB were in flight, and
+    /// uncapped nearly all of it. (What it buys, forward's wait for parameters, is a speed
+    /// figure: docs/multihost-bench.md.)
+    func testShardedGathersGoInForwardOrderWithABoundedWindow() throws {
+        let cluster = try multiHostStartCluster()
+        let rate = cluster.script(["rate", "1gbit"], timeout: 60)
+        XCTAssertEqual(rate.status, 0, "launch/cluster rate 1gbit failed\n\(rate.tail)")
+        func peakInFlight(_ extra: [String]) throws -> Double {
+            let r = cluster.rawMpirun(hostfile: "hostfiles/netns-2hosts", ranks: 2,
+                                      gomlArguments: ["bench", "--config", "small", "--batch", "2", "--threads", "1", "--precision", "fp32",
+                                                      "--steps", "2", "--warmup", "1"] + extra, timeout: 240)
+            XCTAssertEqual(r.status, 0, "bench \(extra) failed\n\(r.tail)")
+            let last = try XCTUnwrap(r.output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line\n\(r.tail)")
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last))
+            return try XCTUnwrap(json["gather_peak_mb_in_flight"] as? Double, String(last))
+        }
+        let capped = try peakInFlight([]), uncapped = try peakInFlight(["--gather-mb-in-flight", "1000"])
+        XCTAssertGreaterThan(capped, 0.5, "MB in flight at the default")
+        XCTAssertLessThanOrEqual(capped, 8, "MB in flight at the default")
+        XCTAssertGreaterThan(uncapped, 20, "MB in flight uncapped")
+    }
+
     /// A host whose link is down: launch/train names it before starting anything, and mpirun
     /// alone (no check) fails naming it too, both within a bounded time.
     func testHostOffTheNetworkFailsClearly() throws {
