@@ -66,14 +66,8 @@ final class MultiHostTests: XCTestCase {
         let rate = cluster.script(["rate", "1gbit"], timeout: 60)
         XCTAssertEqual(rate.status, 0, "launch/cluster rate 1gbit failed\n\(rate.tail)")
         func bench(_ extra: [String]) throws -> [String: Any] {
-            let r = cluster.rawMpirun(hostfile: "hostfiles/netns-2hosts", ranks: 2,
-                                      gomlArguments: ["bench", "--config", "tiny", "--batch", "32", "--threads", "1", "--bucket-mb", "0.05",
-                                                      "--steps", "10", "--warmup", "3"] + extra, timeout: 180)
-            XCTAssertEqual(r.status, 0, "bench \(extra) failed\n\(r.tail)")
-            let last = try XCTUnwrap(r.output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line\n\(r.tail)")
-            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last))
-            XCTAssertEqual(json["ranks"] as? Int, 2, String(last))
-            XCTAssertEqual(json["overlap"] as? Bool, !extra.contains("--no-overlap"), String(last))
+            let json = try cluster.benchJSON(["--config", "tiny", "--batch", "32", "--threads", "1", "--bucket-mb", "0.05", "--steps", "10", "--warmup", "3"] + extra)
+            XCTAssertEqual(json["overlap"] as? Bool, !extra.contains("--no-overlap"), "\(json)")
             return json
         }
         let overlapped = try bench([]), afterBackward = try bench(["--no-overlap"])
@@ -93,13 +87,8 @@ final class MultiHostTests: XCTestCase {
         let rate = cluster.script(["rate", "1gbit"], timeout: 60)
         XCTAssertEqual(rate.status, 0, "launch/cluster rate 1gbit failed\n\(rate.tail)")
         func peakInFlight(_ extra: [String]) throws -> Double {
-            let r = cluster.rawMpirun(hostfile: "hostfiles/netns-2hosts", ranks: 2,
-                                      gomlArguments: ["bench", "--config", "small", "--batch", "2", "--threads", "1", "--precision", "fp32",
-                                                      "--steps", "2", "--warmup", "1"] + extra, timeout: 240)
-            XCTAssertEqual(r.status, 0, "bench \(extra) failed\n\(r.tail)")
-            let last = try XCTUnwrap(r.output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line\n\(r.tail)")
-            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last))
-            return try XCTUnwrap(json["gather_peak_mb_in_flight"] as? Double, String(last))
+            let json = try cluster.benchJSON(["--config", "small", "--batch", "2", "--threads", "1", "--precision", "fp32", "--steps", "2", "--warmup", "1"] + extra)
+            return try XCTUnwrap(json["gather_peak_mb_in_flight"] as? Double, "\(json)")
         }
         let capped = try peakInFlight([]), uncapped = try peakInFlight(["--gather-mb-in-flight", "1000"])
         XCTAssertGreaterThan(capped, 0.5, "MB in flight at the default")
@@ -517,6 +506,16 @@ private struct MultiHostCluster {
                 "--mca", "plm_rsh_agent", Harness.packageRoot + "/launch/netns-agent",
                 "--mca", "btl_tcp_if_include", multiHostSubnet, "--mca", "oob_tcp_if_include", multiHostSubnet,
                 "-x", "OPENBLAS_CORETYPE", Harness.binary] + gomlArguments, timeout: timeout)
+    }
+
+    /// The JSON last line of `bench ARGS` on host1 and host2, one rank each.
+    func benchJSON(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        let r = rawMpirun(hostfile: "hostfiles/netns-2hosts", ranks: 2, gomlArguments: ["bench"] + arguments, timeout: 240)
+        XCTAssertEqual(r.status, 0, "bench \(arguments) failed\n\(r.tail)", file: file, line: line)
+        let last = try XCTUnwrap(r.output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line\n\(r.tail)", file: file, line: line)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last), file: file, line: line)
+        XCTAssertEqual(json["ranks"] as? Int, 2, String(last), file: file, line: line)
+        return json
     }
 
     func setLink(_ host: String, up: Bool) throws {
