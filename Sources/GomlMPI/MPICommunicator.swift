@@ -40,8 +40,8 @@ public final class MPICommunicator: Communicator {
     private let pollMicroseconds: UInt32
     /// At most this many bytes of parameter all-gathers in flight, in forward order: with every
     /// bucket started at once the link is shared among all of them and the first layer's
-    /// parameters arrive with the last (`small` at 1 Gbit/s: forward waited 98–128 ms for them;
-    /// 23–26 ms with 8 MB). Fewer bytes leave the link idle between buckets (alone, the gather
+    /// parameters arrive with the last (`small` at 1 Gbit/s: forward waited 98–155 ms for them;
+    /// 23–46 ms with 8 MB). Fewer bytes leave the link idle between buckets (alone, the gather
     /// ran at 68% of 1 Gbit/s with 4 MB in flight, 79% with 8, 90% with 16, 93% uncapped).
     public static let defaultGatherBytesInFlight = 8_000_000
     private let gatherBytesInFlight: Int
@@ -454,7 +454,7 @@ final class ProgressThread: @unchecked Sendable {
         let target = enqueued
         lock.unlock()
         let first = waited
-        setWaiting(true)
+        beginWaiting()
         while waited < target { done.wait(); waited += 1 }
         lock.lock()
         newStep = true
@@ -472,7 +472,7 @@ final class ProgressThread: @unchecked Sendable {
         var position = waited
         while position < target && queue[position % buckets.count] != bucket { position += 1 }
         guard position < target else { return }
-        setWaiting(true)
+        beginWaiting()
         while waited <= position { done.wait(); waited += 1 }
         lock.lock()
         if waited == target { newStep = true }
@@ -480,11 +480,12 @@ final class ProgressThread: @unchecked Sendable {
         lock.unlock()
     }
 
-    private func setWaiting(_ value: Bool) {
+    /// Marks a wait begun and ends the communication thread's sleep, if it sleeps.
+    private func beginWaiting() {
         lock.lock()
-        waiting = value
+        waiting = true
         lock.unlock()
-        if value { wake.signal() }
+        wake.signal()
     }
 
     private func serve() {
