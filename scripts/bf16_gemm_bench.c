@@ -2,7 +2,7 @@
 // shapes of `small` (1024 rows per worker): GFLOP/s, best of 5, packing included.
 //   cc -O3 -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mfma -ISources/CBF16/include \
 //      scripts/bf16_gemm_bench.c Sources/CBF16/bf16_gemm.c -lopenblas -o /tmp/bf16_gemm_bench
-//   env -u OPENBLAS_CORETYPE /tmp/bf16_gemm_bench
+//   env -u OPENBLAS_CORETYPE /tmp/bf16_gemm_bench      (add 0: the emulation, for CPUs without AVX512_BF16)
 #include "bf16_gemm.h"
 #include <cblas.h>
 #include <stdio.h>
@@ -11,7 +11,8 @@
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int native = argc > 1 ? atoi(argv[1]) : 1;
     // m, n, k, transA, transB: forward x·Wᵀ, backward dOut·W and dOutᵀ·x.
     long shapes[][5] = {{1024, 1152, 384, 0, 1}, {1024, 384, 1152, 0, 0}, {1152, 384, 1024, 1, 0},
                         {1024, 1024, 384, 0, 1}, {1024, 384, 1024, 0, 1}, {384, 1024, 1024, 1, 0}};
@@ -27,7 +28,7 @@ int main(void) {
         double bf16 = 1e9, sgemm = 1e9;
         for (int r = 0; r < 5; r++) {
             double t = now();
-            goml_bf16_gemm(ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, n, pa, pb);
+            goml_bf16_gemm(native, ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, n, pa, pb);
             if (now() - t < bf16) bf16 = now() - t;
             t = now();
             cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,

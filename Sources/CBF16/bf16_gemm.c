@@ -2,6 +2,8 @@
 // microkernel on vdpbf16ps. Packed A: per 8-row panel, per k pair, 8 rows × 2 values (one
 // 32-bit word per row, broadcast). Packed B: per 32-column panel, per k pair, 32 columns × 2
 // values (two zmm). Each vdpbf16ps adds a pair of products to 16 float32 accumulators.
+// Without AVX512_BF16 (other AVX-512 CPUs) the same kernel emulates vdpbf16ps as Intel
+// documents it: same packing, same order, same results; slower than float32.
 #include "bf16_gemm.h"
 #include <immintrin.h>
 #include <string.h>
@@ -139,20 +141,45 @@ static void pack_b(uint16_t *out, int trans, const float *b, long ldb, long k, l
     }
 }
 
-// C tile (rows × cols ≤ MR × NR) = alpha·Apanel·Bpanel + beta·C.
-static void kernel(const uint16_t *ap, const uint16_t *bp, long kp, float alpha, float beta,
-                   float *c, long ldc, long rows, long cols) {
+// The bf16 pair words' odd (high) and even (low) values as float32: exact, as make_fp32 is.
+static inline __m512 odd_values(__m512i words) { return _mm512_castsi512_ps(_mm512_and_si512(words, _mm512_set1_epi32((int)0xFFFF0000u))); }
+static inline __m512 even_values(__m512i words) { return _mm512_castsi512_ps(_mm512_slli_epi32(words, 16)); }
+
+// C tile (rows × cols ≤ MR × NR) = alpha·Apanel·Bpanel + beta·C. `native` is a constant at
+// each call, so each kernel keeps only its own loop.
+static inline __attribute__((always_inline)) void tile(int native, const uint16_t *ap, const uint16_t *bp, long kp,
+                                                       float alpha, float beta, float *c, long ldc, long rows, long cols) {
     __m512 acc[MR][2];
     for (int r = 0; r < MR; r++) { acc[r][0] = _mm512_setzero_ps(); acc[r][1] = _mm512_setzero_ps(); }
     const uint32_t *aw = (const uint32_t *)ap;
-    for (long p = 0; p < kp; p++) {
-        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR * 2));
-        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR * 2 + 32));
-        for (int r = 0; r < MR; r++) {
-            __m512bh av = (__m512bh)_mm512_set1_epi32((int)aw[p * MR + r]);
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+    if (native) {
+        for (long p = 0; p < kp; p++) {
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR * 2));
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR * 2 + 32));
+            for (int r = 0; r < MR; r++) {
+                __m512bh av = (__m512bh)_mm512_set1_epi32((int)aw[p * MR + r]);
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+            }
         }
+    } else {
+        // vdpbf16ps per Intel's SDM: per lane, acc += odd·odd, then acc += even·even, each an
+        // exact bf16 product added with one rounding (an FMA), round to nearest even, denormal
+        // inputs read as zero and denormal results flushed (DAZ and FTZ, set in MXCSR here).
+        unsigned int csr = _mm_getcsr();
+        _mm_setcsr(csr | 0x8040);
+        for (long p = 0; p < kp; p++) {
+            __m512i b0 = _mm512_loadu_si512((const void *)(bp + p * NR * 2));
+            __m512i b1 = _mm512_loadu_si512((const void *)(bp + p * NR * 2 + 32));
+            __m512 b0odd = odd_values(b0), b0even = even_values(b0), b1odd = odd_values(b1), b1even = even_values(b1);
+            for (int r = 0; r < MR; r++) {
+                __m512i av = _mm512_set1_epi32((int)aw[p * MR + r]);
+                __m512 aodd = odd_values(av), aeven = even_values(av);
+                acc[r][0] = _mm512_fmadd_ps(aeven, b0even, _mm512_fmadd_ps(aodd, b0odd, acc[r][0]));
+                acc[r][1] = _mm512_fmadd_ps(aeven, b1even, _mm512_fmadd_ps(aodd, b1odd, acc[r][1]));
+            }
+        }
+        _mm_setcsr(csr);
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
@@ -173,8 +200,17 @@ void goml_bf16_pack_b(uint16_t *packed_b, int trans_b, const float *b, long ldb,
     pack_b(packed_b, trans_b, b, ldb, k, n);
 }
 
-void goml_bf16_gemm_packed_b(int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
+static void native_tile(const uint16_t *ap, const uint16_t *bp, long kp, float alpha, float beta, float *c, long ldc, long rows, long cols) {
+    tile(1, ap, bp, kp, alpha, beta, c, ldc, rows, cols);
+}
+
+static void emulated_tile(const uint16_t *ap, const uint16_t *bp, long kp, float alpha, float beta, float *c, long ldc, long rows, long cols) {
+    tile(0, ap, bp, kp, alpha, beta, c, ldc, rows, cols);
+}
+
+void goml_bf16_gemm_packed_b(int native, int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
                              const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a) {
+    void (*kernel)(const uint16_t *, const uint16_t *, long, float, float, float *, long, long, long) = native ? native_tile : emulated_tile;
     long kp = pairs(k);
     pack_a(packed_a, trans_a, a, lda, m, k);
     for (long i0 = 0; i0 < m; i0 += MR) {
@@ -187,9 +223,9 @@ void goml_bf16_gemm_packed_b(int trans_a, long m, long n, long k, float alpha, c
     }
 }
 
-void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alpha,
+void goml_bf16_gemm(int native, int trans_a, int trans_b, long m, long n, long k, float alpha,
                     const float *a, long lda, const float *b, long ldb,
                     float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b) {
     pack_b(packed_b, trans_b, b, ldb, k, n);
-    goml_bf16_gemm_packed_b(trans_a, m, n, k, alpha, a, lda, packed_b, beta, c, ldc, packed_a);
+    goml_bf16_gemm_packed_b(native, trans_a, m, n, k, alpha, a, lda, packed_b, beta, c, ldc, packed_a);
 }

@@ -1,8 +1,10 @@
 // BF16Products: bfloat16 matrix products with float32 accumulation on the CPU's AVX512_BF16
-// dot products (CBF16's packed microkernel). Operands are rounded to bf16 as they are packed,
-// so no pass converts them separately; the packing workspaces grow on a shape's first call
-// (the first step) and are reused, so a step allocates nothing. oneDNN tells whether this CPU
-// has bf16 units (and ONEDNN_MAX_CPU_ISA can deny them, as on an older CPU).
+// dot products (CBF16's packed microkernel), or on their emulation where an AVX-512 CPU has
+// none (same results, slower than float32: for runs that must match a bf16 run, never chosen
+// by `auto`). Operands are rounded to bf16 as they are packed, so no pass converts them
+// separately; the packing workspaces grow on a shape's first call (the first step) and are
+// reused, so a step allocates nothing. oneDNN tells whether this CPU has bf16 units or
+// AVX-512 (and ONEDNN_MAX_CPU_ISA can deny them, as on an older CPU).
 
 import CBF16
 import CDNNL
@@ -29,14 +31,20 @@ public enum OneDNN {
 
     /// True when oneDNN reports native bf16 dot products here (AVX512_BF16, or AMX which
     /// implies it): the ISA flags of avx512_core_bf16 are a subset of the effective ISA's.
-    public static var hasNativeBF16: Bool {
-        let bf16 = dnnl_cpu_isa_avx512_core_bf16.rawValue
-        return dnnl_get_effective_cpu_isa().rawValue & bf16 == bf16
+    public static var hasNativeBF16: Bool { has(dnnl_cpu_isa_avx512_core_bf16) }
+
+    /// True when bf16 products can run here, natively or emulated (AVX-512 F, BW, VL, DQ).
+    public static var hasBF16Products: Bool { has(dnnl_cpu_isa_avx512_core) }
+
+    private static func has(_ isa: dnnl_cpu_isa_t) -> Bool {
+        dnnl_get_effective_cpu_isa().rawValue & isa.rawValue == isa.rawValue
     }
 }
 
 public final class BF16Products: MatrixProducts {
     private let fault: BF16Fault?
+    /// The CPU's bf16 dot products, or their emulation (see CBF16).
+    public let native: Bool
     private var packedA = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: 1)
     private var packedB = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: 1)
 
@@ -47,10 +55,12 @@ public final class BF16Products: MatrixProducts {
     }
     private var held: [HeldOperand] = []
 
-    public init(fault: BF16Fault? = nil) {
+    /// `emulated`: emulate the bf16 dot products even where the CPU has them (tests compare the two).
+    public init(fault: BF16Fault? = nil, emulated: Bool = false) {
         // fatalError, not precondition: -Ounchecked neither evaluates nor checks the latter.
-        if !OneDNN.hasNativeBF16 { fatalError("bf16 products need AVX512_BF16; oneDNN reports \(OneDNN.isaName)") }
+        if !OneDNN.hasBF16Products { fatalError("bf16 products need AVX-512; oneDNN reports \(OneDNN.isaName)") }
         self.fault = fault
+        native = OneDNN.hasNativeBF16 && !emulated
     }
 
     deinit {
@@ -77,12 +87,12 @@ public final class BF16Products: MatrixProducts {
         Self.ensure(&packedA, goml_bf16_packed_a_count(m, k))
         let leadingA = fault == .wrongLeadingDimension ? lda - 1 : lda
         for h in held where h.b == b && h.transB == transB && h.k == k && h.n == n && h.ldb == ldb {
-            goml_bf16_gemm_packed_b(transA ? 1 : 0, m, n, k, alpha, a, leadingA, h.packed.baseAddress!, beta, c, ldc,
+            goml_bf16_gemm_packed_b(native ? 1 : 0, transA ? 1 : 0, m, n, k, alpha, a, leadingA, h.packed.baseAddress!, beta, c, ldc,
                                     packedA.baseAddress!)
             return
         }
         Self.ensure(&packedB, goml_bf16_packed_b_count(k, n))
-        goml_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, leadingA,
+        goml_bf16_gemm(native ? 1 : 0, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, leadingA,
                        b, ldb, beta, c, ldc, packedA.baseAddress!, packedB.baseAddress!)
     }
 }

@@ -114,7 +114,7 @@ struct ParallelOptions: ParsableArguments {
 }
 
 struct PrecisionOptions: ParsableArguments {
-    @Option(help: "Matrix products: auto (bf16 when oneDNN reports native bfloat16 dot products on this CPU, else fp32), bf16 (bfloat16 operands, float32 accumulation, master weights and optimiser) or fp32.")
+    @Option(help: "Matrix products: auto (bf16 when oneDNN reports native bfloat16 dot products on this CPU, else fp32), bf16 (bfloat16 operands, float32 accumulation, master weights and optimiser; emulated, slower than fp32, on AVX-512 CPUs without AVX512_BF16) or fp32.")
     var precision: String = "auto"
 
     init() {}
@@ -127,11 +127,12 @@ struct PrecisionOptions: ParsableArguments {
         switch precision {
         case "fp32": return (.fp32, "requested")
         case "bf16":
-            guard OneDNN.hasNativeBF16 else {
-                throw ValidationError("--precision bf16 needs native bfloat16 dot products (AVX512_BF16 or AMX), but oneDNN reports \(isa) on this CPU; use --precision fp32 or auto")
+            guard OneDNN.hasBF16Products else {
+                throw ValidationError("--precision bf16 needs AVX-512 (native bfloat16 dot products, AVX512_BF16 or AMX, or their emulation), but oneDNN reports \(isa) on this CPU; use --precision fp32 or auto")
             }
             // bf16 under a float32-only reduction is refused by the strategy's validate, with the fix.
-            return (.bf16, "requested; oneDNN on \(isa)")
+            return OneDNN.hasNativeBF16 ? (.bf16, "requested; oneDNN on \(isa)")
+                : (.bf16, "requested; emulated: oneDNN reports \(isa), no native bf16 dot products, so slower than fp32")
         case "auto":
             if let float32Reason { return (.fp32, "auto: \(float32Reason)") }
             return OneDNN.hasNativeBF16 ? (.bf16, "auto: oneDNN reports \(isa), native bf16 dot products")

@@ -39,7 +39,7 @@ final class CheckpointTests: XCTestCase {
     }
 
     func testResumeOnALargerWorldSizeInBF16() throws {
-        try Harness.requireNativeBF16()
+        try Harness.requireBF16Products()
         try checkResumeOnALargerWorldSize(precision: "bf16")
     }
 

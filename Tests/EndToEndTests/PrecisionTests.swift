@@ -13,7 +13,7 @@ final class PrecisionTests: XCTestCase {
     }
 
     func testBF16VerifyPassesOnEveryFixture() throws {
-        try Harness.requireNativeBF16()
+        try Harness.requireBF16Products()
         for (name, quantities) in Harness.fixtureQuantities {
             let r = Harness.goml(["verify", "--reference", "\(Harness.fixtures)/\(name).safetensors", "--precision", "bf16"], timeout: 120)
             Harness.assertSuccess(r, "verify --precision bf16 \(name)")
@@ -23,7 +23,7 @@ final class PrecisionTests: XCTestCase {
     }
 
     func testABrokenBF16PathFailsVerify() throws {
-        try Harness.requireNativeBF16()
+        try Harness.requireBF16Products()
         for (name, _) in Harness.fixtureQuantities {
             let r = Harness.goml(["verify", "--reference", "\(Harness.fixtures)/\(name).safetensors", "--precision", "bf16",
                                   "--fault-bf16", "wrong-leading-dimension"], timeout: 120)
@@ -33,7 +33,7 @@ final class PrecisionTests: XCTestCase {
     }
 
     func testBF16StepsDoNotAllocate() throws {
-        try Harness.requireNativeBF16()
+        try Harness.requireBF16Products()
         let shim = try AllocationTests.compileShim()
         for threads in ["1", "2"] {
             let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20",
@@ -48,7 +48,7 @@ final class PrecisionTests: XCTestCase {
     /// bf16 products are computed per output element in a fixed order whatever the batch split,
     /// so world sizes differ only by the float32 gradient sums, as at fp32: same tolerance.
     func testSingleAndTwoRanksAgreeInBF16() throws {
-        try Harness.requireNativeBF16()
+        try Harness.requireBF16Products()
         let single = Harness.temporaryDirectory("bf16-single")
         Harness.assertSuccess(Harness.goml(tinyRun(single) + ["--single"]), "--single")
         let two = Harness.temporaryDirectory("bf16-np2")
@@ -60,7 +60,7 @@ final class PrecisionTests: XCTestCase {
     }
 
     func testBF16ResumeIsBitwiseAtTheSameWorldSize() throws {
-        try Harness.requireNativeBF16()
+        try Harness.requireBF16Products()
         let a = Harness.temporaryDirectory("bf16-runA")
         Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(a)), "run A")
         let b = Harness.temporaryDirectory("bf16-runB")
@@ -71,7 +71,7 @@ final class PrecisionTests: XCTestCase {
     }
 
     func testResumingWithAnotherPrecisionIsRefused() throws {
-        try Harness.requireNativeBF16()
+        try Harness.requireBF16Products()
         let out = Harness.temporaryDirectory("bf16-to-fp32")
         Harness.assertSuccess(Harness.goml(tinyRun(out, steps: 4, extra: ["--single", "--stop-after", "2"])), "bf16 to step 2")
         let r = Harness.goml(tinyRun(out, steps: 4, precision: "fp32", extra: ["--single", "--resume", out]))
@@ -90,14 +90,30 @@ final class PrecisionTests: XCTestCase {
                         ["verify", "--reference", "\(Harness.fixtures)/tiny_step.safetensors"]] {
             let r = Harness.run(Harness.binary, command + ["--precision", "bf16"], timeout: 120, environment: withoutBF16)
             XCTAssertEqual(r.status, command[0] == "verify" ? 1 : 2, r.output)   // README: 2 from train and bench, 1 from verify
-            XCTAssertTrue(r.stderr.contains("--precision bf16 needs native bfloat16 dot products") && r.stderr.contains("avx2"), r.output)
+            XCTAssertTrue(r.stderr.contains("--precision bf16 needs AVX-512") && r.stderr.contains("avx2"), r.output)
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "one-line error expected: \(r.stderr)")
             XCTAssertFalse(r.stdout.contains("step "), "nothing should run: \(r.stdout)")
         }
     }
 
+    /// An AVX-512 CPU without bf16 units (oneDNN capped at avx512_core_vnni simulates one where
+    /// there are bf16 units) runs bf16 emulated, says so, and trains alike at each world size.
+    func testWithoutBF16UnitsButWithAVX512BF16IsEmulated() throws {
+        try Harness.requireBF16Products()
+        let cappedISA = ["ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"]
+        let single = Harness.temporaryDirectory("emulated-single"), two = Harness.temporaryDirectory("emulated-np2")
+        let r = Harness.run(Harness.binary, tinyRun(single) + ["--single"], timeout: 300, environment: cappedISA)
+        Harness.assertSuccess(r, "bf16 emulated, --single")
+        XCTAssertTrue(r.stdout.contains("precision bf16 (requested; emulated: oneDNN reports avx512_core_vnni, no native bf16 dot products, so slower than fp32)"), r.stdout)
+        let m = Harness.mpirun(np: 2, tinyRun(two), mpiOptions: ["-x", "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI"])
+        Harness.assertSuccess(m, "bf16 emulated, np 2")
+        XCTAssertTrue(m.stdout.contains("precision bf16 (requested; emulated"), m.stdout)
+        XCTAssertEqual(Harness.losses(single).count, 12)
+        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.losses(two), Harness.losses(single)), 1e-5, "losses")
+    }
+
     func testExactReductionRefusesBF16() throws {
-        try Harness.requireNativeBF16()   // without bf16 units, bf16 is refused for that reason first
+        try Harness.requireBF16Products()   // without bf16 units, bf16 is refused for that reason first
         let refused = Harness.goml(["train", "--single", "--config", "tiny", "--steps", "2", "--data", Harness.corpus,
                                     "--out", Harness.temporaryDirectory("exact-bf16"), "--reduction", "exact", "--precision", "bf16"])
         XCTAssertEqual(refused.status, 2, refused.output)

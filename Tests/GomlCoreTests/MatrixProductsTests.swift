@@ -1,16 +1,83 @@
 // The bf16 product against its definition: operands rounded to bfloat16 (nearest even), exact
 // products summed in double, then alpha·sum + beta·C. Every transposition, padded leading
-// dimensions, edges that fill no register tile, beta 0 and 1, and operands packed once.
+// dimensions, edges that fill no register tile, beta 0 and 1, and operands packed once; the
+// emulation (CPUs without AVX512_BF16) against vdpbf16ps's definition bit for bit, and against
+// the native instruction where there is one.
 
 import Foundation
 import GomlCore
 import XCTest
 
 final class MatrixProductsTests: XCTestCase {
-    /// BF16Products cannot be made without bf16 units: skip, naming what this CPU lacks.
-    func requireNativeBF16() throws {
+    /// BF16Products cannot be made without AVX-512: skip, naming what this CPU lacks.
+    func requireBF16Products() throws {
+        guard OneDNN.hasBF16Products else {
+            throw XCTSkip("needs AVX-512 for bf16 products (native or emulated); oneDNN reports \(OneDNN.isaName) on this CPU")
+        }
+    }
+
+    /// Native products where the CPU has them, and always the emulation.
+    func everyKind() -> [BF16Products] {
+        (OneDNN.hasNativeBF16 ? [BF16Products()] : []) + [BF16Products(emulated: true)]
+    }
+
+    func bfloat16Bits(_ x: Float) -> UInt32 { (x.bitPattern &+ 0x7FFF &+ ((x.bitPattern >> 16) & 1)) & 0xFFFF_0000 }
+
+    /// c = a·bᵀ (a m×k, b n×k, row-major) through `products`.
+    func product(_ products: BF16Products, _ a: [Float], _ b: [Float], m: Int, n: Int, k: Int) -> [Float] {
+        var c = [Float](repeating: 0, count: m * n)
+        a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+            products.product(false, true, m: m, n: n, k: k, alpha: 1, ap.baseAddress!, lda: k, bp.baseAddress!, ldb: k,
+                             beta: 0, cp.baseAddress!, ldc: n)
+        } } }
+        return c
+    }
+
+    /// Operands of mixed signs and magnitudes, so that the order of additions shows in the last bits.
+    func operands(_ count: Int, seed: Double) -> [Float] {
+        (0..<count).map { Float(sin(Double($0) * seed) * exp(2 * cos(Double($0) * 0.7 * seed))) }
+    }
+
+    func testEmulatedDotProductsFollowTheDefinitionOfVdpbf16ps() throws {
+        try requireBF16Products()
+        let (m, n, k) = (9, 40, 37)
+        let a = operands(m * k, seed: 0.37), b = operands(n * k, seed: 0.11)
+        let c = product(BF16Products(emulated: true), a, b, m: m, n: n, k: k)
+        // Intel SDM, VDPBF16PS: per pair, acc += odd·odd then acc += even·even, each one fused
+        // multiply-add (the bf16 products are exact in float32); k odd pads the last pair with 0.
+        for i in 0..<m {
+            for j in 0..<n {
+                var acc: Float = 0
+                for p in stride(from: 0, to: k, by: 2) {
+                    let value = { (x: [Float], row: Int, q: Int) -> Float in q < k ? Float(bitPattern: self.bfloat16Bits(x[row * k + q])) : 0 }
+                    acc.addProduct(value(a, i, p + 1), value(b, j, p + 1))
+                    acc.addProduct(value(a, i, p), value(b, j, p))
+                }
+                XCTAssertEqual(c[i * n + j].bitPattern, acc.bitPattern, "c[\(i)][\(j)]: \(c[i * n + j]) against \(acc)")
+            }
+        }
+        // The order matters: summed even first, some element would differ.
+        var evenFirst = c
+        for i in 0..<m { for j in 0..<n {
+            var acc: Float = 0
+            for p in stride(from: 0, to: k - 1, by: 2) {
+                acc.addProduct(Float(bitPattern: bfloat16Bits(a[i * k + p])), Float(bitPattern: bfloat16Bits(b[j * k + p])))
+                acc.addProduct(Float(bitPattern: bfloat16Bits(a[i * k + p + 1])), Float(bitPattern: bfloat16Bits(b[j * k + p + 1])))
+            }
+            acc.addProduct(Float(bitPattern: bfloat16Bits(a[i * k + k - 1])), Float(bitPattern: bfloat16Bits(b[j * k + k - 1])))
+            evenFirst[i * n + j] = acc
+        } }
+        XCTAssertNotEqual(evenFirst, c, "these operands do not tell the order of additions apart")
+    }
+
+    func testEmulatedProductsEqualTheNativeOnesBitForBit() throws {
         guard OneDNN.hasNativeBF16 else {
-            throw XCTSkip("needs AVX512_BF16 (native bf16 dot products); oneDNN reports \(OneDNN.isaName) on this CPU")
+            throw XCTSkip("needs AVX512_BF16 to compare the emulation with; oneDNN reports \(OneDNN.isaName) on this CPU")
+        }
+        for (m, n, k) in [(9, 40, 37), (64, 96, 256), (100, 130, 250)] {
+            let a = operands(m * k, seed: 0.37), b = operands(n * k, seed: 0.11)
+            XCTAssertEqual(product(BF16Products(), a, b, m: m, n: n, k: k).map(\.bitPattern),
+                           product(BF16Products(emulated: true), a, b, m: m, n: n, k: k).map(\.bitPattern), "m \(m) n \(n) k \(k)")
         }
     }
 
@@ -20,8 +87,11 @@ final class MatrixProductsTests: XCTestCase {
     }
 
     func testBF16ProductsEqualRoundedOperandsSummedExactly() throws {
-        try requireNativeBF16()
-        let products = BF16Products()
+        try requireBF16Products()
+        for products in everyKind() { try check(products) }
+    }
+
+    func check(_ products: BF16Products) throws {
         let shapes = [(37, 45, 19), (1, 70, 33), (16, 32, 16), (64, 96, 80), (9, 33, 2), (100, 130, 250)]
         for (m, n, k) in shapes {
             for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -50,18 +120,22 @@ final class MatrixProductsTests: XCTestCase {
                         for j in n..<ldc { XCTAssertEqual(c[i * ldc + j], start[i * ldc + j]) }
                     }
                     // float32 accumulation of k exact bf16 products: a few float32 ulps.
-                    XCTAssertLessThan(worst, 1e-5, "m \(m) n \(n) k \(k) transA \(transA) transB \(transB) beta \(beta)")
+                    XCTAssertLessThan(worst, 1e-5, "native \(products.native) m \(m) n \(n) k \(k) transA \(transA) transB \(transB) beta \(beta)")
                 }
             }
         }
     }
 
     func testOperandsHeldConstantGiveTheSameProducts() throws {
-        try requireNativeBF16()
+        try requireBF16Products()
+        for emulated in [false, true] where emulated || OneDNN.hasNativeBF16 { check(emulated: emulated) }
+    }
+
+    func check(emulated: Bool) {
         let (m, n, k) = (3, 70, 45)
         let a = (0..<(m * k)).map { Float(sin(Double($0))) }, w = (0..<(n * k)).map { Float(cos(Double($0) * 0.3)) }
         var fresh = [Float](repeating: 0, count: m * n), held = fresh
-        let plain = BF16Products(), prepared = BF16Products()
+        let plain = BF16Products(emulated: emulated), prepared = BF16Products(emulated: emulated)
         a.withUnsafeBufferPointer { ap in w.withUnsafeBufferPointer { wp in
             prepared.holdConstant(true, k: k, n: n, wp.baseAddress!, ldb: k)
             fresh.withUnsafeMutableBufferPointer {

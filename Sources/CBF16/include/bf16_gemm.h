@@ -1,7 +1,8 @@
 // bf16_gemm: C = alpha·op(A)·op(B) + beta·C (row-major float32 in and out) with bfloat16
 // operands and float32 accumulation on AVX512_BF16 dot products. Operands are rounded to
 // bfloat16 while they are packed (the pass every GEMM makes), into caller-owned workspaces:
-// no allocation. Call only where the CPU has AVX512_BF16.
+// no allocation. `native` 1 only where the CPU has AVX512_BF16; 0 emulates its dot product on
+// any AVX-512 CPU (same results, slower than float32).
 #include <stddef.h>
 #include <stdint.h>
 
@@ -9,7 +10,7 @@
 size_t goml_bf16_packed_a_count(long m, long k);
 size_t goml_bf16_packed_b_count(long k, long n);
 
-void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alpha,
+void goml_bf16_gemm(int native, int trans_a, int trans_b, long m, long n, long k, float alpha,
                     const float *a, long lda, const float *b, long ldb,
                     float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b);
 
@@ -17,7 +18,7 @@ void goml_bf16_gemm(int trans_a, int trans_b, long m, long n, long k, float alph
 void goml_bf16_pack_b(uint16_t *packed_b, int trans_b, const float *b, long ldb, long k, long n);
 
 /// goml_bf16_gemm with op(B) packed by goml_bf16_pack_b.
-void goml_bf16_gemm_packed_b(int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
+void goml_bf16_gemm_packed_b(int native, int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
                              const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a);
 
 /// out[i] = bf16(x[i]), rounded to nearest even.
