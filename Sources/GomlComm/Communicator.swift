@@ -74,11 +74,18 @@ public struct ShardedBucket {
     public let gradient: UnsafeMutableBufferPointer<Float>
     public let parameters: UnsafeMutableBufferPointer<Float>
     public let counts: [Int]
-    public init(gradient: UnsafeMutableBufferPointer<Float>, parameters: UnsafeMutableBufferPointer<Float>, counts: [Int]) {
+    /// Ranges of `parameters` (from its start, ascending) whose values are bfloat16-exact: they
+    /// are all-gathered as bfloat16, half the bytes, without loss; the rest as float32.
+    public let bf16Parameters: [Range<Int>]
+    public init(gradient: UnsafeMutableBufferPointer<Float>, parameters: UnsafeMutableBufferPointer<Float>, counts: [Int],
+                bf16Parameters: [Range<Int>] = []) {
         precondition(gradient.count == parameters.count && counts.reduce(0, +) == gradient.count)
+        precondition(zip(bf16Parameters, bf16Parameters.dropFirst()).allSatisfy { $0.upperBound <= $1.lowerBound }
+                     && bf16Parameters.allSatisfy { $0.lowerBound >= 0 && $0.upperBound <= parameters.count })
         self.gradient = gradient
         self.parameters = parameters
         self.counts = counts
+        self.bf16Parameters = bf16Parameters
     }
 }
 

@@ -63,6 +63,10 @@ public struct ParameterLayout: Sendable {
 
     public func view(named name: String) -> TensorView? { tensors.first { $0.name == name } }
 
+    /// The tensors read only as operands of matrix products: every 2-D tensor but the embedding,
+    /// which is looked up. At bf16 the products round them to bfloat16 whenever they read them.
+    public var productOperands: [TensorView] { tensors.filter { $0.isMatrix && $0.offset != embedding.offset } }
+
     /// SPEC default initialisation, drawn in flat order from `rng`: matrices and embedding
     /// ~ N(0, 0.02), wo and w2 ~ N(0, 0.02/sqrt(2L)), LayerNorm weights 1, biases 0.
     public func initialise(_ params: UnsafeMutableBufferPointer<Float>, rng: inout Xoshiro256, std: Double = 0.02) {

@@ -94,3 +94,16 @@ public typealias Vec = SIMD8<Float>
     }
     return acc.max()
 }
+
+/// The bfloat16 nearest to each value (ties to even), as a float32: the rounding the bf16
+/// products apply when they pack an operand (CBF16's round_bf16).
+@inline(__always) func roundedToBFloat16(_ v: Vec) -> Vec {
+    let bits = unsafeBitCast(v, to: SIMD8<UInt32>.self)
+    return unsafeBitCast((bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) & 0xFFFF_0000, to: Vec.self)
+}
+
+/// Rounds `values` in place to the nearest bfloat16 (see roundedToBFloat16(_:)).
+public func roundToBFloat16(_ values: UnsafeMutableBufferPointer<Float>) {
+    guard let base = values.baseAddress else { return }
+    forEachChunk(values.count) { i, w in store(roundedToBFloat16(load(base + i, w)), base + i, w) }
+}

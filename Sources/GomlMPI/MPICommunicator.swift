@@ -252,7 +252,7 @@ public final class MPICommunicator: Communicator {
                                         buckets: parts, compression: compression, owners: owners, pollMicroseconds: pollMicroseconds)
         allGathers = ProgressThread(owner: self, world: gatherWorld, node: nil, nodeBroadcast: nil, phases: [.allGather],
                                     buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts, pollMicroseconds: pollMicroseconds,
-                                    maxBytesInFlight: gatherBytesInFlight)
+                                    maxBytesInFlight: gatherBytesInFlight, bf16Parameters: buckets.map(\.bf16Parameters))
     }
 
     public func startReduceScatter(bucket: Int) {
@@ -372,6 +372,9 @@ final class ProgressThread: @unchecked Sendable {
     /// bf16: each bucket's wire copy across hosts (nil without compression).
     private let staged: [UnsafeMutableBufferPointer<UInt16>?]
     private let requests: UnsafeMutablePointer<MPI_Request?>   // [phase kind × bucket]
+    /// All-gather with bfloat16-exact ranges: per bucket, how each rank's slice travels (nil:
+    /// float32 in place).
+    private let gatherWires: [GatherWire?]
     /// All-gather: per bucket, each rank's element count and offset (MPI reads them for as long
     /// as the persistent request lives). Reduce to owner: per bucket, the rank that owns it.
     private let shardCounts: [UnsafeMutableBufferPointer<Int32>], shardOffsets: [UnsafeMutableBufferPointer<Int32>]
@@ -400,8 +403,12 @@ final class ProgressThread: @unchecked Sendable {
     private let pollWhileWaited: Bool
 
     init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
-         compression: GradientCompression, shardCounts: [[Int]] = [], owners: [Int32] = [], pollMicroseconds: UInt32, maxBytesInFlight: Int = .max) {
+         compression: GradientCompression, shardCounts: [[Int]] = [], owners: [Int32] = [], pollMicroseconds: UInt32, maxBytesInFlight: Int = .max,
+         bf16Parameters: [[Range<Int>]] = []) {
         self.owner = owner
+        gatherWires = bf16Parameters.indices.map { b in
+            bf16Parameters[b].isEmpty ? nil : GatherWire(counts: shardCounts[b], bf16: bf16Parameters[b])
+        }
         self.maxBytesInFlight = maxBytesInFlight
         pollWhileWaited = owner.ranksHaveOwnCores
         self.pollMicroseconds = pollMicroseconds
@@ -545,7 +552,9 @@ final class ProgressThread: @unchecked Sendable {
         }
     }
 
-    private func bytes(_ bucket: Int) -> Int { buckets[bucket].count * MemoryLayout<Float>.stride }
+    private func bytes(_ bucket: Int) -> Int {
+        phases == [.allGather] ? gatherWires[bucket].map { $0.wire.count * 2 } ?? buckets[bucket].count * 4 : buckets[bucket].count * 4
+    }
 
     private func start(_ phase: Phase, _ bucket: Int) {
         let slot = phase.rawValue * buckets.count + bucket, request = requests + slot
@@ -553,6 +562,7 @@ final class ProgressThread: @unchecked Sendable {
         if phase.sumsOverRanks, let wire = staged[bucket] {
             for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
         }
+        if phase == .allGather, let gather = gatherWires[bucket] { gather.encode(values, rank: owner.rank) }
         if !made[slot] {
             made[slot] = true
             let count = Int32(values.count)
@@ -595,6 +605,13 @@ final class ProgressThread: @unchecked Sendable {
                     }
                 }
             case .allGather:
+                if let gather = gatherWires[bucket] {
+                    owner.check("MPIX_Allgatherv_init", watched: false) {
+                        MPIX_Allgatherv_init(goml_mpi_in_place(), 0, goml_mpi_uint16(), gather.wire.baseAddress, gather.counts.baseAddress,
+                                             gather.offsets.baseAddress, goml_mpi_uint16(), world, goml_mpi_info_null(), request)
+                    }
+                    break
+                }
                 owner.check("MPIX_Allgatherv_init", watched: false) {
                     MPIX_Allgatherv_init(goml_mpi_in_place(), 0, goml_mpi_float(), values.baseAddress, shardCounts[bucket].baseAddress,
                                          shardOffsets[bucket].baseAddress, goml_mpi_float(), world, goml_mpi_info_null(), request)
@@ -612,9 +629,80 @@ final class ProgressThread: @unchecked Sendable {
     }
 
     private func finish(_ phase: Phase, _ bucket: Int) {
+        if phase == .allGather, let gather = gatherWires[bucket] { return gather.decode(into: buckets[bucket], except: owner.rank) }
         // Widened where the sum arrived: every rank of an all-reduce, the owner of a reduce.
         guard phase == .allReduce || (phase == .reduceToOwner && Int(owners[bucket]) == owner.rank), let wire = staged[bucket] else { return }
         let values = buckets[bucket]
         for i in 0..<values.count { values[i] = goml_bf16_to_float(wire[i]) }
+    }
+}
+
+/// How one bucket's parameters travel when parts of them are bfloat16-exact: each rank's slice,
+/// piece by piece in element order, bf16 pieces as one 16-bit word per value and float32 pieces
+/// as two, so every rank knows every slice's place on the wire.
+struct GatherWire {
+    struct Piece { let elements: Range<Int>; let bf16: Bool; let wire: Int }
+    /// Per rank, its slice's pieces.
+    let pieces: [[Piece]]
+    let wire: UnsafeMutableBufferPointer<UInt16>
+    /// Per rank: its slice's 16-bit words on the wire, and where they start (MPI reads them while the request lives).
+    let counts: UnsafeMutableBufferPointer<Int32>, offsets: UnsafeMutableBufferPointer<Int32>
+
+    init(counts elementCounts: [Int], bf16: [Range<Int>]) {
+        var pieces: [[Piece]] = [], words: [Int32] = [], start = 0, position = 0
+        for count in elementCounts {
+            let slice = start..<(start + count), first = position
+            var mine: [Piece] = [], at = slice.lowerBound
+            for range in bf16 {
+                let part = range.clamped(to: slice)
+                guard !part.isEmpty else { continue }
+                if at < part.lowerBound { mine.append(Piece(elements: at..<part.lowerBound, bf16: false, wire: position)); position += 2 * (part.lowerBound - at) }
+                mine.append(Piece(elements: part, bf16: true, wire: position))
+                position += part.count
+                at = part.upperBound
+            }
+            if at < slice.upperBound { mine.append(Piece(elements: at..<slice.upperBound, bf16: false, wire: position)); position += 2 * (slice.upperBound - at) }
+            words.append(Int32(position - first))
+            pieces.append(mine)
+            start += count
+        }
+        self.pieces = pieces
+        wire = .allocate(capacity: max(1, position))
+        wire.initialize(repeating: 0)
+        counts = .allocate(capacity: words.count)
+        _ = counts.initialize(from: words)
+        offsets = .allocate(capacity: words.count)
+        _ = offsets.initialize(from: words.indices.map { Int32(words[..<$0].reduce(0, +)) })
+    }
+
+    /// Writes `rank`'s slice of `values` to its place on the wire.
+    func encode(_ values: UnsafeMutableBufferPointer<Float>, rank: Int) {
+        for piece in pieces[rank] {
+            var w = piece.wire
+            for i in piece.elements {
+                if piece.bf16 {
+                    wire[w] = goml_bf16_from_float(values[i]); w += 1
+                } else {
+                    let bits = values[i].bitPattern
+                    wire[w] = UInt16(truncatingIfNeeded: bits); wire[w + 1] = UInt16(truncatingIfNeeded: bits >> 16); w += 2
+                }
+            }
+        }
+    }
+
+    /// Reads every slice but `rank`'s from the wire into `values`.
+    func decode(into values: UnsafeMutableBufferPointer<Float>, except rank: Int) {
+        for (r, slice) in pieces.enumerated() where r != rank {
+            for piece in slice {
+                var w = piece.wire
+                for i in piece.elements {
+                    if piece.bf16 {
+                        values[i] = goml_bf16_to_float(wire[w]); w += 1
+                    } else {
+                        values[i] = Float(bitPattern: UInt32(wire[w]) | UInt32(wire[w + 1]) << 16); w += 2
+                    }
+                }
+            }
+        }
     }
 }

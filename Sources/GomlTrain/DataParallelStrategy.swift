@@ -56,8 +56,12 @@ public protocol DataParallelStrategy: AnyObject {
     /// What this rank holds, for the run header.
     var memory: RankMemory { get }
     /// Collective: calls `body` on each rank of `writers` (the checkpoint's replica writers) with
-    /// the moments of every parameter (m, v), in parameter layout, as checkpoints store them.
-    func withWholeOptimizerState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows
+    /// the float32 master weights and the moments of every parameter (params, m, v), in parameter
+    /// layout, as checkpoints store them. Call after `waitForParameters()`.
+    func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows
+    /// Collective: the parameters were just set whole, alike on every rank (initialisation, a
+    /// checkpoint); a strategy that keeps master weights apart takes its own from them.
+    func adoptParameters()
     /// Collective: sets every rank's moments from the whole ones `root` passes (nil elsewhere).
     func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int)
     /// How the shard is cut into forward/backward passes on worker threads.

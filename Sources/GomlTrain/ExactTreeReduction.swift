@@ -57,9 +57,11 @@ public final class ExactTreeReduction: DataParallelStrategy {
     public var optimizer: AdamW { replica.optimizer }
     public var memory: RankMemory { replica.memory(workers: 1) }
 
-    public func withWholeOptimizerState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        try replica.withWholeOptimizerState(at: writers, comm: comm, body)
+    public func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        try replica.withWholeState(at: writers, comm: comm, body)
     }
+
+    public func adoptParameters() {}
 
     public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
         replica.loadWholeOptimizerState(comm: comm, m: m, v: v, root: root)

@@ -217,7 +217,7 @@ public final class OuterSync {
         if pending == .inFlight { _ = peers.waitForAllReduces(); pending = .arrived }
         trainer.waitForParameters()
         var failure: Error?
-        trainer.strategy.withWholeOptimizerState(at: [0]) { m, v in
+        trainer.strategy.withWholeState(at: [0]) { _, m, v in
             // Only each worker's rank 0 is here: the peers at index 0 are exactly those ranks.
             let count = trainer.layout.count, counts = Array(repeating: count, count: peers.size)
             var params = [Float](), moments1 = [Float](), moments2 = [Float]()

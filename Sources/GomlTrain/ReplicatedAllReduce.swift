@@ -20,6 +20,9 @@ public struct CommunicationSettings: Sendable {
     /// per host crosses the network. Off by default: slower on the test cluster despite half
     /// the bytes (docs/multihost-bench.md).
     public var hierarchical = false
+    /// Sharded at bf16 precision (synchronous): the matrices, rounded to bf16 as the products
+    /// read them, are all-gathered as bf16 (float32 master weights of a rank's slices kept apart).
+    public var bf16Weights = true
     public init() {}
 }
 
@@ -90,9 +93,11 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
     public var optimizer: AdamW { replica.optimizer }
     public var memory: RankMemory { replica.memory(workers: gradients.buffers.count) }
 
-    public func withWholeOptimizerState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        try replica.withWholeOptimizerState(at: writers, comm: comm, body)
+    public func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        try replica.withWholeState(at: writers, comm: comm, body)
     }
+
+    public func adoptParameters() {}
 
     public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
         replica.loadWholeOptimizerState(comm: comm, m: m, v: v, root: root)

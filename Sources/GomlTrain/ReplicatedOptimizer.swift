@@ -18,9 +18,9 @@ final class ReplicatedOptimizer {
         update = ParallelAdamW(optimizer: optimizer, parameters: parameters.base, gradient: gradient.base)
     }
 
-    /// Whole moments on every rank: each writer has them already.
-    func withWholeOptimizerState(at writers: [Int], comm: Communicator, _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        if writers.contains(comm.rank) { try body(UnsafeBufferPointer(optimizer.m), UnsafeBufferPointer(optimizer.v)) }
+    /// Whole parameters and moments on every rank: each writer has them already.
+    func withWholeState(at writers: [Int], comm: Communicator, _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        if writers.contains(comm.rank) { try body(UnsafeBufferPointer(parameters.pointer), UnsafeBufferPointer(optimizer.m), UnsafeBufferPointer(optimizer.v)) }
     }
 
     /// `root`'s moments, broadcast to every rank.

@@ -6,7 +6,9 @@
 // alone (split over the rank's worker threads), with moments for them alone (1/N of the
 // optimizer state); each bucket's all-gather starts once every thread has updated its piece,
 // and the next step's forward waits for each bucket just before it first reads it (FSDP's
-// prefetch). Losses match the replicated all-reduce to float32 rounding.
+// prefetch). Losses match the replicated all-reduce to float32 rounding. At bf16 (synchronous
+// runs) a rank keeps float32 master weights of its slices apart and every rank's parameters
+// hold the matrices rounded to bfloat16, as the products read them: those travel as bf16.
 
 import Foundation
 import GomlComm
@@ -49,6 +51,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private let settings: CommunicationSettings
     /// Buckets in forward order: the order slices are updated and gathered.
     private let forwardOrder: [Int]
+    private let layout: ParameterLayout
+    /// Product operands travel as bfloat16, float32 master weights kept apart (see AdamW.master).
+    private let bf16Weights: Bool
     /// Per bucket: where this rank's moments of it start.
     private let momentOffsets: [Int]
     /// This rank's squared-norm share, and every rank's, in rank order. [1], [N]
@@ -77,14 +82,19 @@ public final class ShardedAllReduce: DataParallelStrategy {
         forwardOrder = shards.buckets.indices.reversed()
         // The reduce-scatter sums a rank's slices in place: gradient and parameters share offsets.
         let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.slice($0, rank: comm.rank).lowerBound) }
-        optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned)
+        bf16Weights = communication.bf16Weights && options.precision == .bf16 && options.outer == nil
+        self.layout = layout
+        optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned, bf16Operands: bf16Weights)
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
         momentOffsets = offsets
-        let parameters = parameters
+        let parameters = parameters, operands = bf16Weights ? layout.productOperands.map(\.range) : []
         comm.prepareShardedBuckets(shards.buckets.indices.map { b in
-            ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradients.sum.pointer[shards.buckets[b]]),
-                          parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[shards.buckets[b]]), counts: shards.counts(b))
+            let bucket = shards.buckets[b]
+            return ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradients.sum.pointer[bucket]),
+                                 parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[bucket]), counts: shards.counts(b),
+                                 bf16Parameters: operands.map { $0.clamped(to: bucket) }.filter { !$0.isEmpty }
+                                    .map { ($0.lowerBound - bucket.lowerBound)..<($0.upperBound - bucket.lowerBound) })
         }, compression: communication.compression)
         reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, start: { comm.startReduceScatter(bucket: $0) },
                                       waitAll: { comm.waitForReduceScatters() })
@@ -102,15 +112,17 @@ public final class ShardedAllReduce: DataParallelStrategy {
 
     public var memory: RankMemory {
         let float = MemoryLayout<Float>.stride, whole = parameters.count * float
-        return RankMemory(parameters: whole, gradients: gradients.buffers.count * whole, optimizerState: 2 * optimizer.m.count * float,
-                          savedBySharding: 2 * whole - 2 * optimizer.m.count * float)
+        let state = (optimizer.master == nil ? 2 : 3) * optimizer.m.count * float
+        return RankMemory(parameters: whole, gradients: gradients.buffers.count * whole, optimizerState: state,
+                          savedBySharding: 2 * whole - state)
     }
 
     public var summary: String {
         let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
             : "reduce-scatter after backward"
         let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
-        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters awaited per bucket by the next forward; --no-shard replicates)"
+        let weights = bf16Weights ? ", matrices gathered as bf16 (float32 master weights of the slice kept apart)" : ""
+        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters\(weights) awaited per bucket by the next forward; --no-shard replicates)"
     }
 
     public func beginStep() { reduction.beginStep() }
@@ -189,23 +201,31 @@ public final class ShardedAllReduce: DataParallelStrategy {
         comm.startAllGather(bucket: forwardOrder[forwardIndex])
     }
 
-    /// Rank 0 gathers m into the gradient buffer (free between steps: its next pass overwrites
-    /// it) and v into a buffer of its own, so that only it briefly holds the whole state.
-    /// The slices are gathered to each writer in turn (into the gradient buffer, unused between
-    /// steps, and a temporary one), which then holds the whole state while it writes.
-    public func withWholeOptimizerState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+    /// The slices are gathered to each writer in turn (m into the gradient buffer, unused between
+    /// steps, v and any master weights into temporary ones), which then holds the whole state
+    /// while it writes. Without master weights, the parameters are whole on every rank already.
+    public func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
         let m = gradients.sum.pointer, writes = writers.contains(comm.rank)
         let v = UnsafeMutableBufferPointer<Float>.allocate(capacity: writes ? m.count : 0)
-        defer { v.deallocate() }
+        let master = UnsafeMutableBufferPointer<Float>.allocate(capacity: writes && optimizer.master != nil ? m.count : 0)
+        defer { v.deallocate(); master.deallocate() }
         for writer in writers {
-            for (moments, whole) in [(optimizer.m, m), (optimizer.v, v)] {
+            for (slices, whole) in [(optimizer.m, m), (optimizer.v, v)] + (optimizer.master.map { [($0, master)] } ?? []) {
                 for bucket in forwardOrder {
-                    comm.gather(mine(moments, bucket), into: UnsafeMutableBufferPointer(rebasing: whole[comm.rank == writer ? shards.buckets[bucket] : 0..<0]),
+                    comm.gather(mine(slices, bucket), into: UnsafeMutableBufferPointer(rebasing: whole[comm.rank == writer ? shards.buckets[bucket] : 0..<0]),
                                 counts: shards.counts(bucket), root: writer)
                 }
             }
         }
-        if writes { try body(UnsafeBufferPointer(m), UnsafeBufferPointer(v)) }
+        if writes { try body(UnsafeBufferPointer(optimizer.master == nil ? parameters.pointer : master), UnsafeBufferPointer(m), UnsafeBufferPointer(v)) }
+    }
+
+    /// With master weights: this rank's slices become its masters, and every rank rounds the
+    /// matrices alike, as each update leaves them.
+    public func adoptParameters() {
+        guard bf16Weights else { return }
+        optimizer.takeMasterWeights(from: parameters.base)
+        for tensor in layout.productOperands { roundToBFloat16(UnsafeMutableBufferPointer(rebasing: parameters.pointer[tensor.range])) }
     }
 
     public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
@@ -218,9 +238,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
         }
     }
 
-    /// This rank's moments of `bucket`.
-    private func mine(_ moments: UnsafeMutableBufferPointer<Float>, _ bucket: Int) -> UnsafeBufferPointer<Float> {
+    /// This rank's moments (or master weights) of `bucket`.
+    private func mine(_ slices: UnsafeMutableBufferPointer<Float>, _ bucket: Int) -> UnsafeBufferPointer<Float> {
         let start = momentOffsets[bucket]
-        return UnsafeBufferPointer(rebasing: moments[start..<(start + shards.slice(bucket, rank: comm.rank).count)])
+        return UnsafeBufferPointer(rebasing: slices[start..<(start + shards.slice(bucket, rank: comm.rank).count)])
     }
 }

@@ -164,6 +164,7 @@ public final class Trainer {
             layout.initialise(params.pointer, rng: &rng)
         }
         comm.broadcast(UnsafeMutableRawBufferPointer(params.pointer), root: 0)
+        strategy.adoptParameters()
     }
 
     /// Loads sequences `range` of a batch (their start offsets) into the model's rows.

@@ -114,6 +114,7 @@ public final class TrainingRun {
         }
         if outer == nil {
             comm.broadcast(UnsafeMutableRawBufferPointer(trainer.params.pointer), root: root)
+            trainer.strategy.adoptParameters()
             // The strategy keeps the moments whole or a slice of them, whatever the saving run's world size.
             if let ckpt = settings.resumeFrom {
                 ckpt.m.withUnsafeBufferPointer { m in ckpt.v.withUnsafeBufferPointer { v in trainer.strategy.loadWholeOptimizerState(m: m, v: v, root: root) } }
@@ -282,11 +283,11 @@ public final class TrainingRun {
         if let outer { return try outerCheckpoint(outer) }
         var ok = true, message = ""
         // Collective: the strategy gathers the moments (when sharded) to each replica writer.
-        trainer.strategy.withWholeOptimizerState(at: settings.replicaWriters) { m, v in
+        trainer.strategy.withWholeState(at: settings.replicaWriters) { params, m, v in
             do {
                 let path = try Checkpoint.save(
                     directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
-                    params: UnsafeBufferPointer(trainer.params.pointer), m: m, v: v, adamStep: trainer.optimizer.step,
+                    params: params, m: m, v: v, adamStep: trainer.optimizer.step,
                     generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
                     dataFingerprint: settings.dataFingerprint)
                 let others = settings.replicaWriters.dropFirst().map { settings.hosts.names[$0] }

@@ -89,6 +89,8 @@ struct ParallelOptions: ParsableArguments {
     var progressPollMicroseconds: UInt32 = MPICommunicator.defaultPollMicroseconds
     @Option(name: .customLong("gather-mb-in-flight"), help: ArgumentHelp("Sharded: MB of parameter all-gathers in flight at once, in forward order (the first bucket at least); for link-efficiency measurements.", visibility: .hidden))
     var gatherMBInFlight: Double = Double(MPICommunicator.defaultGatherBytesInFlight) / 1e6
+    @Flag(name: .customLong("gather-fp32-weights"), help: ArgumentHelp("Sharded at bf16: all-gather the matrices as float32, not bf16 (the same bits, twice the bytes); for measurements and the test that they agree.", visibility: .hidden))
+    var gatherFP32Weights = false
     @Flag(help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).")
     var hierarchical = false
 
@@ -109,6 +111,7 @@ struct ParallelOptions: ParsableArguments {
         }
         c.compression = compression
         c.hierarchical = hierarchical
+        c.bf16Weights = !gatherFP32Weights
         return c
     }
 }

@@ -9,8 +9,7 @@ final class BenchTests: XCTestCase {
     func benchJSON(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
         let r = Harness.goml(["bench", "--single", "--warmup", "1", "--steps", "3"] + arguments, timeout: 300)
         Harness.assertSuccess(r, "bench \(arguments.joined(separator: " "))", file: file, line: line)
-        let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
-        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], "no JSON last line:\n\(r.stdout)")
+        return try Harness.lastJSON(r.stdout, file: file, line: line)
     }
 
     func assertMFUQuotedAgainstPeak(of precision: String, file: StaticString = #filePath, line: UInt = #line) throws {

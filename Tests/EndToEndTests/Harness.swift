@@ -167,6 +167,12 @@ enum Harness {
         return try file.names.flatMap { Array(try file.rawBytes($0)) }
     }
 
+    /// The last JSON line `bench` printed.
+    static func lastJSON(_ output: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        let last = try XCTUnwrap(output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line:\n\(output.suffix(3000))", file: file, line: line)
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last), file: file, line: line)
+    }
+
     /// Asserts the run succeeded, showing its output otherwise.
     static func assertSuccess(_ r: Result, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertFalse(r.timedOut, "\(what) timed out after \(Int(r.seconds)) s\n\(r.output.suffix(3000))", file: file, line: line)

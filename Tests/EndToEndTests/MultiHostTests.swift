@@ -512,9 +512,8 @@ private struct MultiHostCluster {
     func benchJSON(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
         let r = rawMpirun(hostfile: "hostfiles/netns-2hosts", ranks: 2, gomlArguments: ["bench"] + arguments, timeout: 240)
         XCTAssertEqual(r.status, 0, "bench \(arguments) failed\n\(r.tail)", file: file, line: line)
-        let last = try XCTUnwrap(r.output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line\n\(r.tail)", file: file, line: line)
-        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last), file: file, line: line)
-        XCTAssertEqual(json["ranks"] as? Int, 2, String(last), file: file, line: line)
+        let json = try Harness.lastJSON(r.output, file: file, line: line)
+        XCTAssertEqual(json["ranks"] as? Int, 2, "\(json)", file: file, line: line)
         return json
     }
 
