@@ -74,8 +74,9 @@ public struct ShardedBucket {
     public let gradient: UnsafeMutableBufferPointer<Float>
     public let parameters: UnsafeMutableBufferPointer<Float>
     public let counts: [Int]
-    /// Ranges of `parameters` (from its start, ascending) whose values are bfloat16-exact: they
-    /// are all-gathered as bfloat16, half the bytes, without loss; the rest as float32.
+    /// Ranges of `parameters` (from its start, ascending) all-gathered as bfloat16, rounded to
+    /// nearest even (matrices that bf16 products read, which round them so anyway), through the
+    /// bucket's `gradient` memory; the rest as float32.
     public let bf16Parameters: [Range<Int>]
     public init(gradient: UnsafeMutableBufferPointer<Float>, parameters: UnsafeMutableBufferPointer<Float>, counts: [Int],
                 bf16Parameters: [Range<Int>] = []) {

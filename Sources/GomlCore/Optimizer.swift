@@ -60,8 +60,6 @@ public final class AdamW {
     struct Segment {
         let parameter: Int, gradient: Int, moment: Int, count: Int
         let decayed: Bool
-        /// With master weights: the parameters receive the update rounded to bfloat16.
-        let rounded: Bool
     }
 
     /// One owned parameter range and the indices of its segments.
@@ -77,11 +75,6 @@ public final class AdamW {
     /// First and second moments of the owned elements, in `owned` order (flat in parameter
     /// layout when one rank owns everything).
     public let m: UnsafeMutableBufferPointer<Float>, v: UnsafeMutableBufferPointer<Float>
-    /// Float32 master weights of the owned elements, laid out like the moments, or nil (the
-    /// parameters are the master weights). With them, an update reads and writes the master
-    /// and stores into the parameters its copy, rounded to bfloat16 for the product operands:
-    /// the values bf16 products read anyway, which then travel as bf16 without loss.
-    public let master: UnsafeMutableBufferPointer<Float>?
     /// Steps taken so far (t of the last update).
     public var step: Int = 0
     private let segments: [Segment]
@@ -97,11 +90,8 @@ public final class AdamW {
     /// Moments for the `owned` parameter ranges only (a rank's shard), packed in that order;
     /// each range's gradient starts at its `gradient` offset. AdamW is elementwise, so a range
     /// may cut through a tensor: decay follows the tensor each element lies in.
-    /// `bf16Operands`: keep float32 master weights apart and round the product operands'
-    /// parameters to bfloat16 (see `master`).
-    public init(layout: ParameterLayout, config: OptimizerConfig, owned: [(parameters: Range<Int>, gradient: Int)], bf16Operands: Bool = false) {
+    public init(layout: ParameterLayout, config: OptimizerConfig, owned: [(parameters: Range<Int>, gradient: Int)]) {
         self.config = config
-        let operands = Set(layout.productOperands.map(\.offset))
         var segments: [Segment] = [], ranges: [OwnedRange] = [], moment = 0
         for (range, gradient) in owned {
             let first = segments.count
@@ -110,7 +100,7 @@ public final class AdamW {
                 guard !part.isEmpty else { continue }
                 let shift = part.lowerBound - range.lowerBound
                 segments.append(Segment(parameter: part.lowerBound, gradient: gradient + shift, moment: moment + shift,
-                                        count: part.count, decayed: tensor.isMatrix, rounded: bf16Operands && operands.contains(tensor.offset)))
+                                        count: part.count, decayed: tensor.isMatrix))
             }
             ranges.append(OwnedRange(parameters: range, segments: first..<segments.count))
             moment += range.count
@@ -119,23 +109,9 @@ public final class AdamW {
         self.owned = ranges
         m = .allocate(capacity: moment); m.initialize(repeating: 0)
         v = .allocate(capacity: moment); v.initialize(repeating: 0)
-        if bf16Operands {
-            let master = UnsafeMutableBufferPointer<Float>.allocate(capacity: moment)
-            master.initialize(repeating: 0)
-            self.master = master
-        } else {
-            master = nil
-        }
     }
 
-    deinit { m.deallocate(); v.deallocate(); master?.deallocate() }
-
-    /// Takes the owned master weights from `params` (set whole: initialisation, a checkpoint).
-    /// No-op without master weights.
-    public func takeMasterWeights(from params: UnsafePointer<Float>) {
-        guard let master else { return }
-        for s in segments { (master.baseAddress! + s.moment).update(from: params + s.parameter, count: s.count) }
-    }
+    deinit { m.deallocate(); v.deallocate() }
 
     /// The number of owned ranges, in the order updates visit them.
     public var ownedRanges: Int { owned.count }
@@ -172,17 +148,10 @@ public final class AdamW {
                 let elements = (s.parameter..<(s.parameter + s.count)).clamped(to: piece)
                 guard !elements.isEmpty else { continue }
                 let shift = elements.lowerBound - s.parameter
-                let decay = s.decayed ? c.weightDecay : 0
-                if let master {
-                    adamWKernel(master.baseAddress! + s.moment + shift, moments + s.moment + shift, squares + s.moment + shift,
-                                grads + s.gradient + shift, count: elements.count, lr: lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps,
-                                weightDecay: decay, correction1: correction1, correction2: correction2, gradScale: gradScale,
-                                copy: params + s.parameter + shift, rounded: s.rounded)
-                } else {
-                    adamWKernel(params + s.parameter + shift, moments + s.moment + shift, squares + s.moment + shift, grads + s.gradient + shift,
-                                count: elements.count, lr: lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: decay,
-                                correction1: correction1, correction2: correction2, gradScale: gradScale)
-                }
+                adamWKernel(params + s.parameter + shift, moments + s.moment + shift, squares + s.moment + shift, grads + s.gradient + shift,
+                            count: elements.count, lr: lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps,
+                            weightDecay: s.decayed ? c.weightDecay : 0, correction1: correction1, correction2: correction2,
+                            gradScale: gradScale)
             }
             rangeUpdated(index)
         }
@@ -201,12 +170,10 @@ public final class AdamW {
     }
 }
 
-/// `copy`: where the updated weights are stored as well (rounded to bfloat16 when `rounded`):
-/// the parameters, when `p` are master weights.
 @inline(__always)
 private func adamWKernel(_ p: FloatPointer, _ m: FloatPointer, _ v: FloatPointer, _ g: ConstFloatPointer, count: Int,
                          lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
-                         correction1: Float, correction2: Float, gradScale: Float, copy: FloatPointer? = nil, rounded: Bool = false) {
+                         correction1: Float, correction2: Float, gradScale: Float) {
     forEachChunk(count) { i, w in
         let grad = load(g + i, w) * gradScale
         let mi = beta1 * load(m + i, w) + (1 - beta1) * grad
@@ -215,9 +182,7 @@ private func adamWKernel(_ p: FloatPointer, _ m: FloatPointer, _ v: FloatPointer
         let update = (mi / correction1) / ((vi / correction2).squareRoot() + eps) + weightDecay * pi
         store(mi, m + i, w)
         store(vi, v + i, w)
-        let updated = pi - lr * update
-        store(updated, p + i, w)
-        if let copy { store(rounded ? roundedToBFloat16(updated) : updated, copy + i, w) }
+        store(pi - lr * update, p + i, w)
     }
 }
 

@@ -252,7 +252,8 @@ public final class MPICommunicator: Communicator {
                                         buckets: parts, compression: compression, owners: owners, pollMicroseconds: pollMicroseconds)
         allGathers = ProgressThread(owner: self, world: gatherWorld, node: nil, nodeBroadcast: nil, phases: [.allGather],
                                     buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts, pollMicroseconds: pollMicroseconds,
-                                    maxBytesInFlight: gatherBytesInFlight, bf16Parameters: buckets.map(\.bf16Parameters))
+                                    maxBytesInFlight: gatherBytesInFlight,
+                                    gatherWires: buckets.map { $0.bf16Parameters.isEmpty ? nil : GatherWire($0) })
     }
 
     public func startReduceScatter(bucket: Int) {
@@ -404,11 +405,9 @@ final class ProgressThread: @unchecked Sendable {
 
     init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
          compression: GradientCompression, shardCounts: [[Int]] = [], owners: [Int32] = [], pollMicroseconds: UInt32, maxBytesInFlight: Int = .max,
-         bf16Parameters: [[Range<Int>]] = []) {
+         gatherWires: [GatherWire?] = []) {
         self.owner = owner
-        gatherWires = bf16Parameters.indices.map { b in
-            bf16Parameters[b].isEmpty ? nil : GatherWire(counts: shardCounts[b], bf16: bf16Parameters[b])
-        }
+        self.gatherWires = gatherWires
         self.maxBytesInFlight = maxBytesInFlight
         pollWhileWaited = owner.ranksHaveOwnCores
         self.pollMicroseconds = pollMicroseconds
@@ -553,7 +552,7 @@ final class ProgressThread: @unchecked Sendable {
     }
 
     private func bytes(_ bucket: Int) -> Int {
-        phases == [.allGather] ? gatherWires[bucket].map { $0.wire.count * 2 } ?? buckets[bucket].count * 4 : buckets[bucket].count * 4
+        phases == [.allGather] ? gatherWires[bucket].map { $0.bytes } ?? buckets[bucket].count * 4 : buckets[bucket].count * 4
     }
 
     private func start(_ phase: Phase, _ bucket: Int) {
@@ -607,7 +606,7 @@ final class ProgressThread: @unchecked Sendable {
             case .allGather:
                 if let gather = gatherWires[bucket] {
                     owner.check("MPIX_Allgatherv_init", watched: false) {
-                        MPIX_Allgatherv_init(goml_mpi_in_place(), 0, goml_mpi_uint16(), gather.wire.baseAddress, gather.counts.baseAddress,
+                        MPIX_Allgatherv_init(goml_mpi_in_place(), 0, goml_mpi_uint16(), gather.wire, gather.counts.baseAddress,
                                              gather.offsets.baseAddress, goml_mpi_uint16(), world, goml_mpi_info_null(), request)
                     }
                     break
@@ -637,54 +636,63 @@ final class ProgressThread: @unchecked Sendable {
     }
 }
 
-/// How one bucket's parameters travel when parts of them are bfloat16-exact: each rank's slice,
-/// piece by piece in element order, bf16 pieces as one 16-bit word per value and float32 pieces
-/// as two, so every rank knows every slice's place on the wire.
+/// How one bucket's parameters travel when parts of them are bfloat16 values (their holders
+/// round them so): each rank's slice, piece by piece in element order, bf16 pieces as one 16-bit
+/// word per value and float32 pieces as two, so every rank knows every slice's place on the
+/// wire. The wire is the bucket's gradient memory: dead from the update of the bucket's slice,
+/// which starts the gather, until the next backward, which the forward's wait for the gather
+/// precedes; so it costs no memory. At most as many bytes as the bucket's float32.
 struct GatherWire {
-    struct Piece { let elements: Range<Int>; let bf16: Bool; let wire: Int }
+    struct Piece { let elements: Range<Int>; let bf16: Bool; let word: Int }
     /// Per rank, its slice's pieces.
     let pieces: [[Piece]]
-    let wire: UnsafeMutableBufferPointer<UInt16>
+    let wire: UnsafeMutableRawPointer
+    /// Bytes on the wire, all slices.
+    let bytes: Int
     /// Per rank: its slice's 16-bit words on the wire, and where they start (MPI reads them while the request lives).
     let counts: UnsafeMutableBufferPointer<Int32>, offsets: UnsafeMutableBufferPointer<Int32>
 
-    init(counts elementCounts: [Int], bf16: [Range<Int>]) {
+    init(_ bucket: ShardedBucket) {
         var pieces: [[Piece]] = [], words: [Int32] = [], start = 0, position = 0
-        for count in elementCounts {
+        for count in bucket.counts {
             let slice = start..<(start + count), first = position
             var mine: [Piece] = [], at = slice.lowerBound
-            for range in bf16 {
+            func add(_ elements: Range<Int>, bf16: Bool) {
+                guard !elements.isEmpty else { return }
+                mine.append(Piece(elements: elements, bf16: bf16, word: position))
+                position += (bf16 ? 1 : 2) * elements.count
+            }
+            for range in bucket.bf16Parameters {
                 let part = range.clamped(to: slice)
                 guard !part.isEmpty else { continue }
-                if at < part.lowerBound { mine.append(Piece(elements: at..<part.lowerBound, bf16: false, wire: position)); position += 2 * (part.lowerBound - at) }
-                mine.append(Piece(elements: part, bf16: true, wire: position))
-                position += part.count
+                add(at..<part.lowerBound, bf16: false)
+                add(part, bf16: true)
                 at = part.upperBound
             }
-            if at < slice.upperBound { mine.append(Piece(elements: at..<slice.upperBound, bf16: false, wire: position)); position += 2 * (slice.upperBound - at) }
+            add(at..<slice.upperBound, bf16: false)
             words.append(Int32(position - first))
             pieces.append(mine)
             start += count
         }
+        precondition(position * 2 <= bucket.gradient.count * 4)
         self.pieces = pieces
-        wire = .allocate(capacity: max(1, position))
-        wire.initialize(repeating: 0)
+        wire = UnsafeMutableRawPointer(bucket.gradient.baseAddress!)
+        bytes = position * 2
         counts = .allocate(capacity: words.count)
         _ = counts.initialize(from: words)
         offsets = .allocate(capacity: words.count)
         _ = offsets.initialize(from: words.indices.map { Int32(words[..<$0].reduce(0, +)) })
     }
 
-    /// Writes `rank`'s slice of `values` to its place on the wire.
+    /// Writes `rank`'s slice of `values` to its place on the wire, bf16 pieces rounded.
     func encode(_ values: UnsafeMutableBufferPointer<Float>, rank: Int) {
         for piece in pieces[rank] {
-            var w = piece.wire
+            var byte = 2 * piece.word
             for i in piece.elements {
                 if piece.bf16 {
-                    wire[w] = goml_bf16_from_float(values[i]); w += 1
+                    wire.storeBytes(of: goml_bf16_from_float(values[i]), toByteOffset: byte, as: UInt16.self); byte += 2
                 } else {
-                    let bits = values[i].bitPattern
-                    wire[w] = UInt16(truncatingIfNeeded: bits); wire[w + 1] = UInt16(truncatingIfNeeded: bits >> 16); w += 2
+                    wire.storeBytes(of: values[i].bitPattern, toByteOffset: byte, as: UInt32.self); byte += 4
                 }
             }
         }
@@ -694,12 +702,12 @@ struct GatherWire {
     func decode(into values: UnsafeMutableBufferPointer<Float>, except rank: Int) {
         for (r, slice) in pieces.enumerated() where r != rank {
             for piece in slice {
-                var w = piece.wire
+                var byte = 2 * piece.word
                 for i in piece.elements {
                     if piece.bf16 {
-                        values[i] = goml_bf16_to_float(wire[w]); w += 1
+                        values[i] = goml_bf16_to_float(wire.loadUnaligned(fromByteOffset: byte, as: UInt16.self)); byte += 2
                     } else {
-                        values[i] = Float(bitPattern: UInt32(wire[w]) | UInt32(wire[w + 1]) << 16); w += 2
+                        values[i] = Float(bitPattern: wire.loadUnaligned(fromByteOffset: byte, as: UInt32.self)); byte += 4
                     }
                 }
             }

@@ -59,9 +59,9 @@ public protocol DataParallelStrategy: AnyObject {
     /// the float32 master weights and the moments of every parameter (params, m, v), in parameter
     /// layout, as checkpoints store them. Call after `waitForParameters()`.
     func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows
-    /// Collective: the parameters were just set whole, alike on every rank (initialisation, a
-    /// checkpoint); a strategy that keeps master weights apart takes its own from them.
-    func adoptParameters()
+    /// A checksum of the parameters as every rank's forward reads them, the same on every rank
+    /// unless a replica drifted. Call after `waitForParameters()`, between steps.
+    func parameterChecksum() -> UInt64
     /// Collective: sets every rank's moments from the whole ones `root` passes (nil elsewhere).
     func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int)
     /// How the shard is cut into forward/backward passes on worker threads.

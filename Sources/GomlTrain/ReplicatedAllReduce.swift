@@ -97,7 +97,7 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
         try replica.withWholeState(at: writers, comm: comm, body)
     }
 
-    public func adoptParameters() {}
+    public func parameterChecksum() -> UInt64 { contentChecksum(UnsafeBufferPointer(parameters.pointer)) }
 
     public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
         replica.loadWholeOptimizerState(comm: comm, m: m, v: v, root: root)

@@ -7,8 +7,8 @@
 // optimizer state); each bucket's all-gather starts once every thread has updated its piece,
 // and the next step's forward waits for each bucket just before it first reads it (FSDP's
 // prefetch). Losses match the replicated all-reduce to float32 rounding. At bf16 (synchronous
-// runs) a rank keeps float32 master weights of its slices apart and every rank's parameters
-// hold the matrices rounded to bfloat16, as the products read them: those travel as bf16.
+// runs) the matrices travel as bfloat16, rounded as the products round them when they read
+// them: a rank holds its own slices as float32 master weights, the others' as bf16 values.
 
 import Foundation
 import GomlComm
@@ -52,7 +52,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// Buckets in forward order: the order slices are updated and gathered.
     private let forwardOrder: [Int]
     private let layout: ParameterLayout
-    /// Product operands travel as bfloat16, float32 master weights kept apart (see AdamW.master).
+    /// Product operands travel as bfloat16: another rank's slices of them hold bf16 values.
     private let bf16Weights: Bool
     /// Per bucket: where this rank's moments of it start.
     private let momentOffsets: [Int]
@@ -84,7 +84,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.slice($0, rank: comm.rank).lowerBound) }
         bf16Weights = communication.bf16Weights && options.precision == .bf16 && options.outer == nil
         self.layout = layout
-        optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned, bf16Operands: bf16Weights)
+        optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned)
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
         momentOffsets = offsets
@@ -112,16 +112,15 @@ public final class ShardedAllReduce: DataParallelStrategy {
 
     public var memory: RankMemory {
         let float = MemoryLayout<Float>.stride, whole = parameters.count * float
-        let state = (optimizer.master == nil ? 2 : 3) * optimizer.m.count * float
-        return RankMemory(parameters: whole, gradients: gradients.buffers.count * whole, optimizerState: state,
-                          savedBySharding: 2 * whole - state)
+        return RankMemory(parameters: whole, gradients: gradients.buffers.count * whole, optimizerState: 2 * optimizer.m.count * float,
+                          savedBySharding: 2 * whole - 2 * optimizer.m.count * float)
     }
 
     public var summary: String {
         let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
             : "reduce-scatter after backward"
         let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
-        let weights = bf16Weights ? ", matrices gathered as bf16 (float32 master weights of the slice kept apart)" : ""
+        let weights = bf16Weights ? ", matrices gathered as bf16" : ""
         return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters\(weights) awaited per bucket by the next forward; --no-shard replicates)"
     }
 
@@ -202,30 +201,34 @@ public final class ShardedAllReduce: DataParallelStrategy {
     }
 
     /// The slices are gathered to each writer in turn (m into the gradient buffer, unused between
-    /// steps, v and any master weights into temporary ones), which then holds the whole state
-    /// while it writes. Without master weights, the parameters are whole on every rank already.
+    /// steps, v into a temporary one, and at bf16 the master weights, each rank's own slices,
+    /// into another), which then holds the whole state while it writes.
     public func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
         let m = gradients.sum.pointer, writes = writers.contains(comm.rank)
         let v = UnsafeMutableBufferPointer<Float>.allocate(capacity: writes ? m.count : 0)
-        let master = UnsafeMutableBufferPointer<Float>.allocate(capacity: writes && optimizer.master != nil ? m.count : 0)
-        defer { v.deallocate(); master.deallocate() }
+        let masters = UnsafeMutableBufferPointer<Float>.allocate(capacity: writes && bf16Weights ? m.count : 0)
+        defer { v.deallocate(); masters.deallocate() }
         for writer in writers {
-            for (slices, whole) in [(optimizer.m, m), (optimizer.v, v)] + (optimizer.master.map { [($0, master)] } ?? []) {
+            for (whole, slice) in [(m, { self.mine(self.optimizer.m, $0) }), (v, { self.mine(self.optimizer.v, $0) })]
+                + (bf16Weights ? [(masters, { UnsafeBufferPointer(rebasing: self.parameters.pointer[self.shards.slice($0, rank: self.comm.rank)]) })] : []) {
                 for bucket in forwardOrder {
-                    comm.gather(mine(slices, bucket), into: UnsafeMutableBufferPointer(rebasing: whole[comm.rank == writer ? shards.buckets[bucket] : 0..<0]),
+                    comm.gather(slice(bucket), into: UnsafeMutableBufferPointer(rebasing: whole[comm.rank == writer ? shards.buckets[bucket] : 0..<0]),
                                 counts: shards.counts(bucket), root: writer)
                 }
             }
         }
-        if writes { try body(UnsafeBufferPointer(optimizer.master == nil ? parameters.pointer : master), UnsafeBufferPointer(m), UnsafeBufferPointer(v)) }
+        if writes { try body(UnsafeBufferPointer(bf16Weights ? masters : parameters.pointer), UnsafeBufferPointer(m), UnsafeBufferPointer(v)) }
     }
 
-    /// With master weights: this rank's slices become its masters, and every rank rounds the
-    /// matrices alike, as each update leaves them.
-    public func adoptParameters() {
-        guard bf16Weights else { return }
-        optimizer.takeMasterWeights(from: parameters.base)
-        for tensor in layout.productOperands { roundToBFloat16(UnsafeMutableBufferPointer(rebasing: parameters.pointer[tensor.range])) }
+    /// At bf16 a rank's own slices of the matrices are float32, the others' bf16: the checksum
+    /// reads the matrices rounded to bf16, as the products read them (copied into the gradient
+    /// buffer, unused between steps).
+    public func parameterChecksum() -> UInt64 {
+        guard bf16Weights else { return contentChecksum(UnsafeBufferPointer(parameters.pointer)) }
+        let view = gradients.sum.pointer
+        _ = view.update(fromContentsOf: parameters.pointer)
+        for tensor in layout.productOperands { roundToBFloat16(UnsafeMutableBufferPointer(rebasing: view[tensor.range])) }
+        return contentChecksum(UnsafeBufferPointer(view))
     }
 
     public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {

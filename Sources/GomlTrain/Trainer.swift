@@ -164,7 +164,6 @@ public final class Trainer {
             layout.initialise(params.pointer, rng: &rng)
         }
         comm.broadcast(UnsafeMutableRawBufferPointer(params.pointer), root: 0)
-        strategy.adoptParameters()
     }
 
     /// Loads sequences `range` of a batch (their start offsets) into the model's rows.
@@ -273,6 +272,6 @@ public final class Trainer {
     /// Replicas that drifted apart by one bit disagree on this.
     public func parameterChecksum() -> UInt64 {
         waitForParameters()
-        return contentChecksum(UnsafeBufferPointer(params.pointer))
+        return strategy.parameterChecksum()
     }
 }

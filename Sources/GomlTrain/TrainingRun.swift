@@ -114,7 +114,6 @@ public final class TrainingRun {
         }
         if outer == nil {
             comm.broadcast(UnsafeMutableRawBufferPointer(trainer.params.pointer), root: root)
-            trainer.strategy.adoptParameters()
             // The strategy keeps the moments whole or a slice of them, whatever the saving run's world size.
             if let ckpt = settings.resumeFrom {
                 ckpt.m.withUnsafeBufferPointer { m in ckpt.v.withUnsafeBufferPointer { v in trainer.strategy.loadWholeOptimizerState(m: m, v: v, root: root) } }

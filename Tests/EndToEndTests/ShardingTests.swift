@@ -84,13 +84,15 @@ final class ShardingTests: XCTestCase {
     }
 
     /// At bf16 the matrices travel as bf16: the values the products read, so not one bit of
-    /// the run changes against gathering them as float32, the checkpoint (float32 master weights)
-    /// included, at np 2 and at np 4 (slices cut through tensors) — and fewer bytes travel.
+    /// the run changes against gathering them as float32, the checkpoint (each rank's float32
+    /// slices) included, at np 2 and at np 4 (slices cut through tensors) — and fewer bytes travel.
     func testBF16WeightsOnTheWireChangeNoBit() throws {
         try Harness.requireBF16Products()
         for np in [2, 4] {
             let bf16Wire = Harness.temporaryDirectory("bf16-weights-np\(np)"), fp32Wire = Harness.temporaryDirectory("fp32-weights-np\(np)")
-            let args = { (out: String) in self.tinyRun(out, steps: 20, extra: ["--precision", "bf16", "--ckpt-every", "10"]) }
+            // Replicas compare checksums every 5 steps: a rank's own slices (float32) and the
+            // others' (bf16) must agree as the products read them.
+            let args = { (out: String) in self.tinyRun(out, steps: 20, extra: ["--precision", "bf16", "--ckpt-every", "10", "--checksum-every", "5"]) }
             Harness.assertSuccess(Harness.mpirun(np: np, args(bf16Wire)), "bf16 weights, np \(np)")
             Harness.assertSuccess(Harness.mpirun(np: np, args(fp32Wire) + ["--gather-fp32-weights"]), "fp32 weights, np \(np)")
             XCTAssertEqual(Harness.lossTexts(bf16Wire).count, 20)
