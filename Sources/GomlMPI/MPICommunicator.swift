@@ -238,7 +238,8 @@ public final class MPICommunicator: Communicator {
         // The reduce-scatter is one reduce per owner and bucket, each rank's part summed in place
         // on its owner. OpenMPI 4.1's persistent MPIX_Reduce_scatter_init (libnbc: a reduce to
         // rank 0, then a scatter) keeps a whole-bucket buffer per request on rank 0: a second
-        // gradient there, measured as 320 MB more peak memory on an 85 M model.
+        // gradient there, measured as 320 MB more peak memory on an 85 M model; each reduce is
+        // started anew every step for the same reason (ProgressThread.start: 128 MB less there).
         var parts: [UnsafeMutableBufferPointer<Float>] = [], owners: [Int32] = []
         for bucket in buckets {
             var start = 0
@@ -342,8 +343,8 @@ final class CollectiveWatchdog: @unchecked Sendable {
 /// a non-blocking collective only inside MPI calls, and backward is long stretches of BLAS with
 /// no MPI calls, so this thread starts each queued bucket and polls MPI_Test every
 /// `pollMicroseconds` until all are done, sleeping in between so that it takes little of the core
-/// the compute threads use. Every collective is persistent (MPIX_*_init, made on its first
-/// start), so a step builds no schedules. A bucket goes through `phases` — flat: one all-reduce
+/// the compute threads use. Every collective but the reduce to an owner is persistent
+/// (MPIX_*_init, made on its first start), so a step builds few schedules. A bucket goes through `phases` — flat: one all-reduce
 /// over every rank; hierarchical: reduce to the host's first rank through shared memory, that
 /// rank's all-reduce across hosts, broadcast back inside the host. Each phase starts in bucket
 /// order on every rank (a bucket waits until the one before it has started that phase), as
@@ -562,6 +563,20 @@ final class ProgressThread: @unchecked Sendable {
             for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
         }
         if phase == .allGather, let gather = gatherWires[bucket] { gather.encode(values, rank: owner.rank) }
+        if phase == .reduceToOwner {
+            // Not persistent: libnbc's reduce keeps a slice-sized buffer on the owner for as long
+            // as its request lives, for a persistent request the whole run: 1/N of the gradient
+            // more per rank. A started reduce frees it when it completes; building its schedule
+            // each step added ~2 ms to the last rank's wait on `small` (np 2, one host).
+            let root = owners[bucket], owns = Int(root) == owner.rank
+            let (buffer, type, op) = staged[bucket].map { (UnsafeMutableRawPointer($0.baseAddress!), goml_mpi_uint16(), bf16Sum) }
+                ?? (UnsafeMutableRawPointer(values.baseAddress!), goml_mpi_float(), goml_mpi_sum())
+            owner.check("MPI_Ireduce", watched: false) {
+                MPI_Ireduce(owns ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(buffer), owns ? buffer : nil,
+                            Int32(values.count), type, op, root, world, request)
+            }
+            return
+        }
         if !made[slot] {
             made[slot] = true
             let count = Int32(values.count)
@@ -590,19 +605,7 @@ final class ProgressThread: @unchecked Sendable {
                     MPIX_Bcast_init(values.baseAddress, count, goml_mpi_float(), 0, nodeBroadcast, goml_mpi_info_null(), request)
                 }
             case .reduceToOwner:
-                // The owner sums in place; the others send their values.
-                let root = owners[bucket], owns = Int(root) == owner.rank
-                if let wire = staged[bucket] {
-                    owner.check("MPIX_Reduce_init", watched: false) {
-                        MPIX_Reduce_init(owns ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(wire.baseAddress), owns ? wire.baseAddress : nil,
-                                         count, goml_mpi_uint16(), bf16Sum, root, world, goml_mpi_info_null(), request)
-                    }
-                } else {
-                    owner.check("MPIX_Reduce_init", watched: false) {
-                        MPIX_Reduce_init(owns ? UnsafeRawPointer(goml_mpi_in_place()) : UnsafeRawPointer(values.baseAddress), owns ? values.baseAddress : nil,
-                                         count, goml_mpi_float(), goml_mpi_sum(), root, world, goml_mpi_info_null(), request)
-                    }
-                }
+                preconditionFailure("reduces to owners are started, not persistent")
             case .allGather:
                 if let gather = gatherWires[bucket] {
                     owner.check("MPIX_Allgatherv_init", watched: false) {
