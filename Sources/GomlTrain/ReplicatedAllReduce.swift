@@ -21,7 +21,7 @@ public struct CommunicationSettings: Sendable {
     /// the bytes (docs/multihost-bench.md).
     public var hierarchical = false
     /// Sharded at bf16 precision (synchronous): the matrices, rounded to bf16 as the products
-    /// read them, are all-gathered as bf16 (float32 master weights of a rank's slices kept apart).
+    /// read them, are all-gathered as bf16 (a rank's own slices stay float32).
     public var bf16Weights = true
     public init() {}
 }

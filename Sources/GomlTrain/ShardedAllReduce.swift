@@ -241,9 +241,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
         }
     }
 
-    /// This rank's moments (or master weights) of `bucket`.
-    private func mine(_ slices: UnsafeMutableBufferPointer<Float>, _ bucket: Int) -> UnsafeBufferPointer<Float> {
+    /// This rank's moments of `bucket`.
+    private func mine(_ moments: UnsafeMutableBufferPointer<Float>, _ bucket: Int) -> UnsafeBufferPointer<Float> {
         let start = momentOffsets[bucket]
-        return UnsafeBufferPointer(rebasing: slices[start..<(start + shards.slice(bucket, rank: comm.rank).count)])
+        return UnsafeBufferPointer(rebasing: moments[start..<(start + shards.slice(bucket, rank: comm.rank).count)])
     }
 }
