@@ -687,15 +687,16 @@ struct GatherWire {
         _ = offsets.initialize(from: words.indices.map { Int32(words[..<$0].reduce(0, +)) })
     }
 
-    /// Writes `rank`'s slice of `values` to its place on the wire, bf16 pieces rounded.
+    /// Writes `rank`'s slice of `values` to its place on the wire, bf16 pieces rounded to nearest
+    /// even as CBF16 packs an operand.
     func encode(_ values: UnsafeMutableBufferPointer<Float>, rank: Int) {
         for piece in pieces[rank] {
-            var byte = 2 * piece.word
-            for i in piece.elements {
-                if piece.bf16 {
-                    wire.storeBytes(of: goml_bf16_from_float(values[i]), toByteOffset: byte, as: UInt16.self); byte += 2
-                } else {
-                    wire.storeBytes(of: values[i].bitPattern, toByteOffset: byte, as: UInt32.self); byte += 4
+            let at = wire + 2 * piece.word, source = values.baseAddress! + piece.elements.lowerBound, count = piece.elements.count
+            guard piece.bf16 else { at.copyMemory(from: source, byteCount: 4 * count); continue }
+            at.withMemoryRebound(to: UInt16.self, capacity: count) { words in
+                for j in 0..<count {
+                    let bits = source[j].bitPattern
+                    words[j] = UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
                 }
             }
         }
@@ -705,13 +706,10 @@ struct GatherWire {
     func decode(into values: UnsafeMutableBufferPointer<Float>, except rank: Int) {
         for (r, slice) in pieces.enumerated() where r != rank {
             for piece in slice {
-                var byte = 2 * piece.word
-                for i in piece.elements {
-                    if piece.bf16 {
-                        values[i] = goml_bf16_to_float(wire.loadUnaligned(fromByteOffset: byte, as: UInt16.self)); byte += 2
-                    } else {
-                        values[i] = Float(bitPattern: wire.loadUnaligned(fromByteOffset: byte, as: UInt32.self)); byte += 4
-                    }
+                let at = wire + 2 * piece.word, target = values.baseAddress! + piece.elements.lowerBound, count = piece.elements.count
+                guard piece.bf16 else { UnsafeMutableRawPointer(target).copyMemory(from: at, byteCount: 4 * count); continue }
+                at.withMemoryRebound(to: UInt16.self, capacity: count) { words in
+                    for j in 0..<count { target[j] = Float(bitPattern: UInt32(words[j]) << 16) }
                 }
             }
         }
