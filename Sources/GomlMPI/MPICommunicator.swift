@@ -374,8 +374,8 @@ final class ProgressThread: @unchecked Sendable {
     /// bf16: each bucket's wire copy across hosts (nil without compression).
     private let staged: [UnsafeMutableBufferPointer<UInt16>?]
     private let requests: UnsafeMutablePointer<MPI_Request?>   // [phase kind × bucket]
-    /// All-gather with bfloat16-exact ranges: per bucket, how each rank's slice travels (nil:
-    /// float32 in place).
+    /// All-gather with bf16 ranges: per bucket, how each rank's slice travels (nil: float32 in
+    /// place, and for every bucket of the other phases).
     private let gatherWires: [GatherWire?]
     /// All-gather: per bucket, each rank's element count and offset (MPI reads them for as long
     /// as the persistent request lives). Reduce to owner: per bucket, the rank that owns it.
@@ -408,7 +408,7 @@ final class ProgressThread: @unchecked Sendable {
          compression: GradientCompression, shardCounts: [[Int]] = [], owners: [Int32] = [], pollMicroseconds: UInt32, maxBytesInFlight: Int = .max,
          gatherWires: [GatherWire?] = []) {
         self.owner = owner
-        self.gatherWires = gatherWires
+        self.gatherWires = gatherWires.isEmpty ? Array(repeating: nil, count: buckets.count) : gatherWires
         self.maxBytesInFlight = maxBytesInFlight
         pollWhileWaited = owner.ranksHaveOwnCores
         self.pollMicroseconds = pollMicroseconds
@@ -552,9 +552,7 @@ final class ProgressThread: @unchecked Sendable {
         }
     }
 
-    private func bytes(_ bucket: Int) -> Int {
-        phases == [.allGather] ? gatherWires[bucket].map { $0.bytes } ?? buckets[bucket].count * 4 : buckets[bucket].count * 4
-    }
+    private func bytes(_ bucket: Int) -> Int { gatherWires[bucket]?.bytes ?? buckets[bucket].count * MemoryLayout<Float>.stride }
 
     private func start(_ phase: Phase, _ bucket: Int) {
         let slot = phase.rawValue * buckets.count + bucket, request = requests + slot
@@ -562,7 +560,7 @@ final class ProgressThread: @unchecked Sendable {
         if phase.sumsOverRanks, let wire = staged[bucket] {
             for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
         }
-        if phase == .allGather, let gather = gatherWires[bucket] { gather.encode(values, rank: owner.rank) }
+        if let gather = gatherWires[bucket] { gather.encode(values, rank: owner.rank) }
         if phase == .reduceToOwner {
             // Not persistent: libnbc's reduce keeps a slice-sized buffer on the owner for as long
             // as its request lives, for a persistent request the whole run: 1/N of the gradient
@@ -631,7 +629,7 @@ final class ProgressThread: @unchecked Sendable {
     }
 
     private func finish(_ phase: Phase, _ bucket: Int) {
-        if phase == .allGather, let gather = gatherWires[bucket] { return gather.decode(into: buckets[bucket], except: owner.rank) }
+        if let gather = gatherWires[bucket] { return gather.decode(into: buckets[bucket], except: owner.rank) }
         // Widened where the sum arrived: every rank of an all-reduce, the owner of a reduce.
         guard phase == .allReduce || (phase == .reduceToOwner && Int(owners[bucket]) == owner.rank), let wire = staged[bucket] else { return }
         let values = buckets[bucket]
