@@ -1,7 +1,8 @@
 // BF16Products: bfloat16 matrix products with float32 accumulation on the CPU's AVX512_BF16
 // dot products (CBF16's packed microkernel), or on their emulation where an AVX-512 CPU has
 // none (same results, slower than float32: for runs that must match a bf16 run, never chosen
-// by `auto`). Operands are rounded to bf16 as they are packed, so no pass converts them
+// by `auto`). With `threads` > 1 each product is split among that many cores (CBF16's team),
+// as OpenBLAS splits sgemm: the bits do not depend on the count. Operands are rounded to bf16 as they are packed, so no pass converts them
 // separately; the packing workspaces grow on a shape's first call (the first step) and are
 // reused, so a step allocates nothing. oneDNN tells whether this CPU has bf16 units or
 // AVX-512 (and ONEDNN_MAX_CPU_ISA can deny them, as on an older CPU).
@@ -54,19 +55,30 @@ public final class BF16Products: MatrixProducts {
         let packed: UnsafeMutableBufferPointer<UInt16>
     }
     private var held: [HeldOperand] = []
+    /// The helper threads (nil: the caller alone).
+    private let team: OpaquePointer?
 
     /// `emulated`: emulate the bf16 dot products even where the CPU has them (tests compare the two).
-    public init(fault: BF16Fault? = nil, emulated: Bool = false) {
+    /// `threads`: cores each product is split among (the caller and threads − 1 helpers).
+    public init(fault: BF16Fault? = nil, emulated: Bool = false, threads: Int = 1) {
         // fatalError, not precondition: -Ounchecked neither evaluates nor checks the latter.
         if !OneDNN.hasBF16Products { fatalError("bf16 products need AVX-512; oneDNN reports \(OneDNN.isaName)") }
         self.fault = fault
         native = OneDNN.hasNativeBF16 && !emulated
+        team = threads > 1 ? goml_bf16_team_create(Int32(threads)) : nil
     }
 
     deinit {
+        goml_bf16_team_destroy(team)
         packedA.deallocate(); packedB.deallocate()
         for h in held { h.packed.deallocate() }
     }
+
+    /// Cores each product is split among.
+    public var threads: Int { Int(goml_bf16_team_threads(team)) }
+
+    /// Units of work each helper thread has taken so far (threads − 1 counts).
+    public var helperUnits: [Int] { (0..<threads - 1).map { Int(goml_bf16_team_helped(team, Int32($0))) } }
 
     public func holdConstant(_ transB: Bool, k: Int, n: Int, _ b: ConstFloatPointer, ldb: Int) {
         let packed = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: goml_bf16_packed_b_count(k, n))
@@ -87,12 +99,12 @@ public final class BF16Products: MatrixProducts {
         Self.ensure(&packedA, goml_bf16_packed_a_count(m, k))
         let leadingA = fault == .wrongLeadingDimension ? lda - 1 : lda
         for h in held where h.b == b && h.transB == transB && h.k == k && h.n == n && h.ldb == ldb {
-            goml_bf16_gemm_packed_b(native ? 1 : 0, transA ? 1 : 0, m, n, k, alpha, a, leadingA, h.packed.baseAddress!, beta, c, ldc,
+            goml_bf16_gemm_packed_b(team, native ? 1 : 0, transA ? 1 : 0, m, n, k, alpha, a, leadingA, h.packed.baseAddress!, beta, c, ldc,
                                     packedA.baseAddress!)
             return
         }
         Self.ensure(&packedB, goml_bf16_packed_b_count(k, n))
-        goml_bf16_gemm(native ? 1 : 0, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, leadingA,
+        goml_bf16_gemm(team, native ? 1 : 0, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, leadingA,
                        b, ldb, beta, c, ldc, packedA.baseAddress!, packedB.baseAddress!)
     }
 }

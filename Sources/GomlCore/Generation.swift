@@ -38,13 +38,13 @@ public final class KVCacheDecoder {
     private let attentionScratch: AttentionScratch
     private let logits: FloatPointer                                   // [V]
 
-    public init(config: ModelConfig, parameters: [Float], precision: Precision = .fp32) {
+    public init(config: ModelConfig, parameters: [Float], precision: Precision = .fp32, threads: Int = 1) {
         let layout = ParameterLayout(config)
         precondition(parameters.count == layout.count, "expected \(layout.count) parameters, got \(parameters.count)")
         self.config = config
         self.layout = layout
         self.parameters = parameters
-        let made = makeProducts(precision)
+        let made = makeProducts(precision, threads: threads)
         products = made
         // Weights never change while decoding: bf16 products pack them once (a lookup by
         // address and shape, so a moved array would only be packed again per token).
@@ -215,9 +215,11 @@ public final class TextGenerator {
     private var scratch: SamplingScratch
 
     public let precision: Precision
+    /// Cores the bf16 products are split among (float32 takes OpenBLAS's thread count).
+    private let threads: Int
 
     /// Throws if the config is invalid or `parameters` does not match its layout.
-    public init(config: ModelConfig, parameters: [Float], precision: Precision = .fp32) throws {
+    public init(config: ModelConfig, parameters: [Float], precision: Precision = .fp32, threads: Int = 1) throws {
         try config.validate()
         let expected = ParameterLayout(config).count
         guard parameters.count == expected else {
@@ -226,7 +228,8 @@ public final class TextGenerator {
         self.config = config
         self.parameters = parameters
         self.precision = precision
-        decoder = KVCacheDecoder(config: config, parameters: parameters, precision: precision)
+        self.threads = threads
+        decoder = KVCacheDecoder(config: config, parameters: parameters, precision: precision, threads: threads)
         scratch = SamplingScratch(vocab: config.vocab)
     }
 
@@ -244,7 +247,7 @@ public final class TextGenerator {
             throw GenerationError("prompt byte \(bad) is outside the model's vocabulary of \(config.vocab) tokens")
         }
         context.reserveCapacity(T + 1)
-        let reference = useCache ? nil : Transformer(config: config, batch: 1, products: makeProducts(precision))
+        let reference = useCache ? nil : Transformer(config: config, batch: 1, products: makeProducts(precision, threads: threads))
         // Logits [V] for the token after `context`: the full forward's row context.count−1
         // (causal attention: the zero-filled tail is unseen), or the decoder's last step.
         func fullForward(_ model: Transformer) -> UnsafeBufferPointer<Float> {

@@ -12,6 +12,9 @@ public protocol MatrixProducts: AnyObject {
     /// Declares op(b) (k×n) constant while this object lives (inference weights), so products
     /// that read it may prepare it once.
     func holdConstant(_ transB: Bool, k: Int, n: Int, _ b: ConstFloatPointer, ldb: Int)
+
+    /// Cores each product is split among.
+    var threads: Int { get }
 }
 
 /// OpenBLAS sgemm: the float32 reference path.
@@ -27,6 +30,9 @@ public final class OpenBLASProducts: MatrixProducts {
     }
 
     public func holdConstant(_ transB: Bool, k: Int, n: Int, _ b: ConstFloatPointer, ldb: Int) {}
+
+    /// OpenBLAS's thread count: one setting for the whole process.
+    public var threads: Int { BLAS.threads }
 }
 
 /// Which arithmetic the matrix products use.
@@ -43,14 +49,15 @@ public typealias ModelProducts = (linear: MatrixProducts, attention: MatrixProdu
 
 /// The products of a model at `precision`. At bf16 the scores stay float32: rounded to bf16,
 /// large scores (the clip fixture's weights) quadrupled the gradient-norm error; every other
-/// product, attention's included, is bf16 (BENCHMARKS.md).
-public func makeProducts(_ precision: Precision, fault: BF16Fault? = nil) -> ModelProducts {
+/// product, attention's included, is bf16 (BENCHMARKS.md), split among `threads` cores
+/// (float32 products take OpenBLAS's thread count instead).
+public func makeProducts(_ precision: Precision, fault: BF16Fault? = nil, threads: Int = 1) -> ModelProducts {
     switch precision {
     case .fp32:
         let fp32 = OpenBLASProducts()
         return (fp32, fp32, fp32)
     case .bf16:
-        let bf16 = BF16Products(fault: fault)
+        let bf16 = BF16Products(fault: fault, threads: threads)
         return (bf16, bf16, OpenBLASProducts())
     }
 }

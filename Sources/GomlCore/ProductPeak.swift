@@ -7,7 +7,7 @@ import Dispatch
 public enum ProductPeak {
     /// GFLOP/s of square n×n×n products at `precision` on `threads` cores, best of `repeats`:
     /// OpenBLAS sgemm on `threads` BLAS threads (fp32), or one bf16 product per core at once
-    /// (each bf16 product runs on one thread, as each worker's do).
+    /// (the kernel's rate on every core: products split among cores share it, never exceed it).
     public static func measure(_ precision: Precision, threads: Int, size n: Int = 1024, repeats: Int = 6) -> Double {
         switch precision {
         case .fp32:

@@ -59,8 +59,8 @@ public final class Trainer {
     private var evalLosses: [Double]         // [evalBatches·B]
     private let tokensPerStep: Int
 
-    /// `workers` threads may split this rank's sequences (each should then use one BLAS
-    /// thread); the strategy decides how many do.
+    /// `workers`: the rank's cores. Up to that many threads split its sequences (the strategy
+    /// decides how many); cores left over split each worker's products.
     /// In a low-communication run `comm` spans this rank's worker (`group`), which trains on its
     /// share of the global batch from its own stream of sequences; evaluation keeps the global batch.
     public init(options: TrainingOptions, comm: Communicator, split: TextSplit, workers requested: Int = 1,
@@ -83,14 +83,21 @@ public final class Trainer {
         strategy = strategyType.init(options: workerOptions, layout: layout, comm: comm, shard: myShard, workers: requested,
                                      communication: communication)
         let passes = strategy.passes
+        // Cores beyond one per worker go to each worker's products: bf16 products split among a
+        // worker's share (OpenBLAS then keeps one thread: its idle threads spin on the helpers'
+        // cores); OpenBLAS's thread count is process-wide, so float32 gets them only when one
+        // worker runs.
+        let bf16Threads = max(1, requested / passes.workers)
+        blasThreads = options.precision == .bf16 || passes.workers > 1 ? 1 : max(1, requested)
         models = (0..<passes.workers).map { _ in
-            Transformer(config: options.model, batch: passes.microBatch, products: makeProducts(options.precision))
+            Transformer(config: options.model, batch: passes.microBatch, products: makeProducts(options.precision, threads: bf16Threads))
         }
         finalPass = .allocate(capacity: models.count)
         finalPass.initialize(repeating: false)
         parameterWaits = .allocate(capacity: models.count)
         parameterWaits.initialize(repeating: 0)
-        pool = WorkerPool(count: models.count)
+        // The optimizer's update runs on every core of the rank; the passes on the workers' threads.
+        pool = WorkerPool(count: max(models.count, requested))
         offsets = Array(repeating: 0, count: workerOptions.batch)
         sequenceLosses = .allocate(capacity: workerOptions.batch)
         sequenceLosses.initialize(repeating: 0)
@@ -124,11 +131,16 @@ public final class Trainer {
     deinit { sequenceLosses.deallocate(); finalPass.deallocate(); parameterWaits.deallocate() }
 
     public var workers: Int { models.count }
+    /// Cores each worker's matrix products are split among (at fp32 once configureBLAS has run).
+    public var productThreads: Int { model.products.threads }
+    /// OpenBLAS threads for this run (float32 products, and bf16 runs' float32 attention scores).
+    public let blasThreads: Int
 
     /// Forward and backward of one worker's passes, into the buffers the strategy gives; the
     /// time of forward (its waits for parameters apart) and of the strategy's work after each
     /// pass is recorded for worker 0.
     private func forwardBackward(worker: Int) {
+        guard worker < models.count else { return }   // a core kept for the optimizer and the products
         let model = models[worker], passes = strategy.passes, params = strategy.parameters
         var forward: UInt64 = 0, afterPasses: UInt64 = 0
         parameterWaits[worker] = 0

@@ -334,7 +334,7 @@ public final class TrainingRun {
     private func sample(seed: UInt64) {
         do {
             let generator = try TextGenerator(config: trainer.options.model, parameters: (outer?.global ?? trainer.params).array,
-                                          precision: trainer.options.precision)
+                                          precision: trainer.options.precision, threads: settings.threads)
             var text: [UInt8] = []
             try generator.generate(prompt: [10], count: trainer.options.sampleTokens,
                                    options: SamplingOptions(temperature: 0.8, topK: 40), seed: seed) { text.append($0) }
@@ -385,7 +385,7 @@ public final class TrainingRun {
         let o = trainer.options
         let resume = settings.resumeSource.map { " resumed from \($0.description) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
-        log.line("world \(comm.size) rank(s), \(settings.threads) BLAS thread(s) per rank, reduction \(trainer.strategy.summary)")
+        log.line("world \(comm.size) rank(s), \(settings.threads) thread(s) per rank, reduction \(trainer.strategy.summary)")
         if let allocation = settings.allocation { log.line(allocation) }
         if let outer {
             let x = outer.options
@@ -399,8 +399,8 @@ public final class TrainingRun {
         if settings.replicaWriters.count > 1 {
             log.line("checkpoint replicas on \(settings.replicaWriters.count) hosts: \(settings.replicaWriters.map { settings.hosts.names[$0] }.joined(separator: ", "))")
         }
-        log.line(String(format: "micro-batch %d sequence(s) × %d worker(s): activations %.1f MB per rank", trainer.microBatch, trainer.workers,
-                        Double(trainer.activationBytes) / 1e6))
+        log.line(String(format: "micro-batch %d sequence(s) × %d worker(s), each worker's products on %d thread(s): activations %.1f MB per rank",
+                        trainer.microBatch, trainer.workers, trainer.productThreads, Double(trainer.activationBytes) / 1e6))
         let memory = trainer.strategy.memory
         let saved = memory.savedBySharding > 0 ? String(format: "; sharding saved %.1f MB", Double(memory.savedBySharding) / 1e6) : "; nothing sharded"
         log.line(String(format: "memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB, activations %.1f MB",

@@ -63,7 +63,7 @@ struct BenchCommand: ParsableCommand {
         if let corpus { agreeOnData(comm, corpus) }
         // The ceiling MFU is quoted against: products at the run's precision on all of this rank's cores.
         let peak = sampling ? 0 : ProductPeak.measure(trainer.options.precision, threads: threads)
-        configureBLAS(cores: threads, trainer: trainer)
+        configureBLAS(trainer)
         if sampling {
             if comm.isRoot { benchSampling(trainer, threads: threads) }
             comm.finalize()
@@ -112,7 +112,7 @@ struct BenchCommand: ParsableCommand {
                      ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
             .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
         let forwardMS = split[0].1, forwardWaitMS = split[1].1, backwardMS = split[2].1, reduceMS = split[3].1, optimizerMS = split[4].1
-        print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
+        print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(trainer.productThreads) product thread(s), \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
         print("precision \(o.precision.rawValue) (\(precisionReason))")
         print(String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, threads, peak))
         print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
@@ -193,7 +193,7 @@ struct BenchCommand: ParsableCommand {
         let config = trainer.options.model
         var results: [String: Double] = [:]
         for cached in [true, false] {
-            let generator = try! TextGenerator(config: config, parameters: trainer.params.array, precision: trainer.options.precision)
+            let generator = try! TextGenerator(config: config, parameters: trainer.params.array, precision: trainer.options.precision, threads: threads)
             let start = Date()
             // A full-context prompt minus the bytes generated keeps the context ≤ seqLen throughout.
             let prompt = [UInt8](repeating: 65, count: max(1, config.seqLen - sampleTokens))

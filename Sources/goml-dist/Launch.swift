@@ -40,9 +40,9 @@ func slurmAllocation() -> String? {
     return "slurm job \(job): \(nodes) node(s) \(env["SLURM_JOB_NODELIST"] ?? "")\(tasks)\(cpus)"
 }
 
-/// Worker threads that split the batch each run one BLAS thread; a single worker gets them all.
-func configureBLAS(cores: Int, trainer: Trainer) {
-    BLAS.setThreads(trainer.workers > 1 ? 1 : cores)
+/// OpenBLAS's process-wide thread count, as the trainer divided the rank's cores.
+func configureBLAS(_ trainer: Trainer) {
+    BLAS.setThreads(trainer.blasThreads)
 }
 
 /// Bytes of memory this host can still give processes (/proc/meminfo's MemAvailable), nil

@@ -17,7 +17,7 @@ struct SampleCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), help: "Keep the K most likely bytes (0: all).") var topK: Int = 40
     @Option(name: .customLong("top-p"), help: "Nucleus: keep the most likely bytes up to this mass (1: all).") var topP: Float = 1
     @Option(help: "Seed of the sampler.") var seed: UInt64 = 42
-    @Option(help: "BLAS threads.") var threads: Int = 1
+    @Option(help: "Cores the matrix products use (OpenBLAS's threads, or bf16 products split among them).") var threads: Int = 1
     @OptionGroup var precision: PrecisionOptions
     @Flag(name: .customLong("no-cache"), help: "Recompute the whole context for every token (slow; for comparison).") var noCache = false
 
@@ -32,7 +32,7 @@ struct SampleCommand: ParsableCommand {
         let model: (config: ModelConfig, step: Int, metadata: [String: String], params: [Float])
         do { model = try Checkpoint.loadModel(try Checkpoint.resolve(ckpt)) } catch { fail("\(error)") }
         let generator: TextGenerator
-        do { generator = try TextGenerator(config: model.config, parameters: model.params, precision: chosen.precision) } catch { fail("\(error)") }
+        do { generator = try TextGenerator(config: model.config, parameters: model.params, precision: chosen.precision, threads: threads) } catch { fail("\(error)") }
         let promptBytes = Array(prompt.utf8)
         if promptBytes.count > model.config.seqLen {
             FileHandle.standardError.write(Data("goml-dist: note: the prompt is \(promptBytes.count) bytes; the model sees only the last \(model.config.seqLen)\n".utf8))

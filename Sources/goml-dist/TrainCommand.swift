@@ -154,7 +154,7 @@ struct TrainCommand: ParsableCommand {
         // The ceiling MFU is quoted against: products at the run's precision on all of this
         // rank's cores (rank 0 measures).
         if comm.isRoot { run.peakGFLOPS = ProductPeak.measure(trainer.options.precision, threads: threads, size: 512, repeats: 4) }
-        configureBLAS(cores: threads, trainer: trainer)
+        configureBLAS(trainer)
         let outer = trainer.options.outer.map { options in
             let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer)
             outer.faultNoRestart = lowCommunication.faultNoRestart

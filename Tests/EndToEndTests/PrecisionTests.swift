@@ -35,14 +35,35 @@ final class PrecisionTests: XCTestCase {
     func testBF16StepsDoNotAllocate() throws {
         try Harness.requireBF16Products()
         let shim = try AllocationTests.compileShim()
-        for threads in ["1", "2"] {
-            let r = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--warmup", "3", "--steps", "20",
+        // Two threads: two workers at tiny's batch 8; one worker whose products use both at batch 1 of nano.
+        for (config, batch, threads) in [("tiny", "8", "1"), ("tiny", "8", "2"), ("nano", "1", "2")] {
+            let r = Harness.run(Harness.binary, ["bench", "--single", "--config", config, "--batch", batch, "--warmup", "3", "--steps", "20",
                                                  "--threads", threads, "--precision", "bf16"],
                                 timeout: 300, environment: ["LD_PRELOAD": shim])
-            Harness.assertSuccess(r, "bf16 bench, \(threads) thread(s)")
+            Harness.assertSuccess(r, "bf16 bench, \(config) batch \(batch), \(threads) thread(s)")
             XCTAssertTrue(r.stdout.contains("precision bf16"), r.stdout)
-            XCTAssertTrue(r.stdout.contains("heap allocations during the 20 timed steps: 0"), "\(threads) thread(s):\n\(r.stdout)")
+            XCTAssertTrue(r.stdout.contains("heap allocations during the 20 timed steps: 0"), "\(config) batch \(batch), \(threads) thread(s):\n\(r.stdout)")
         }
+    }
+
+    /// With fewer sequences than cores, each product is split among the rank's cores (and AdamW
+    /// among its threads): the header says so, and not one bit changes against one thread.
+    func testBF16ProductsSplitAmongTheRanksCoresChangeNoBit() throws {
+        try Harness.requireBF16Products()
+        var outs: [String] = []
+        for threads in ["1", "2"] {
+            let out = Harness.temporaryDirectory("bf16-threads\(threads)")
+            // nano at batch 1: one worker, products of 2–3 M multiply-adds (large enough to split).
+            let r = Harness.goml(["train", "--single", "--config", "nano", "--batch", "1", "--threads", threads, "--steps", "10",
+                                  "--eval-every", "5", "--eval-batches", "2", "--log-every", "1", "--data", Harness.corpus,
+                                  "--out", out, "--precision", "bf16"])
+            Harness.assertSuccess(r, "bf16, \(threads) thread(s)")
+            XCTAssertTrue(r.stdout.contains("1 worker(s), each worker's products on \(threads) thread(s)"), r.stdout)
+            outs.append(out)
+        }
+        XCTAssertEqual(Harness.losses(outs[0]).count, 10)
+        XCTAssertEqual(Harness.lossTexts(outs[1]), Harness.lossTexts(outs[0]), "per-step losses, bit for bit")
+        XCTAssertEqual(try Harness.checkpointTensorBytes(outs[1]), try Harness.checkpointTensorBytes(outs[0]), "final parameter bytes")
     }
 
     /// bf16 products are computed per output element in a fixed order whatever the batch split,

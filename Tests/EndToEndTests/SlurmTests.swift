@@ -133,7 +133,7 @@ final class SlurmTests: XCTestCase {
         guard let job = submitted else { return XCTFail("sbatch failed\n\(sbatch.output)") }
         XCTAssertEqual(exitCode, "0:0", "the job failed\n\(text(log).suffix(3000))")
         let output = text(log)
-        XCTAssertTrue(output.contains("world 2 rank(s), 1 BLAS thread(s) per rank"), output.suffix(3000).description)
+        XCTAssertTrue(output.contains("world 2 rank(s), 1 thread(s) per rank"), output.suffix(3000).description)
         XCTAssertTrue(output.contains("slurm job \(job): 1 node(s) \(host), 2 task(s), 1 cpu(s) per task"), output.suffix(3000).description)
         XCTAssertTrue(output.contains("done: 20 steps"), output.suffix(3000).description)
         XCTAssertEqual(try Checkpoint.loadTraining(Checkpoint.resolve(out)).step, 20)
@@ -143,7 +143,7 @@ final class SlurmTests: XCTestCase {
         let (oneJob, oneExit, oneRun) = cluster.submitAndWait(["--ntasks-per-node=1", "--cpus-per-task=1"], trainingWithoutThreads(one, steps: 5), log: one + "/job.log")
         XCTAssertNotNil(oneJob, oneRun.output)
         XCTAssertEqual(oneExit, "0:0", text(one + "/job.log").suffix(3000).description)
-        XCTAssertTrue(text(one + "/job.log").contains("world 1 rank(s), 1 BLAS thread(s) per rank"), text(one + "/job.log").suffix(3000).description)
+        XCTAssertTrue(text(one + "/job.log").contains("world 1 rank(s), 1 thread(s) per rank"), text(one + "/job.log").suffix(3000).description)
     }
 
     /// `scancel --batch --signal=TERM` mid-run: the script has the ranks stop after the same step,

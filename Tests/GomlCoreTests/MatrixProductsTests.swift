@@ -2,7 +2,7 @@
 // products summed in double, then alpha·sum + beta·C. Every transposition, padded leading
 // dimensions, edges that fill no register tile, beta 0 and 1, and operands packed once; the
 // emulation (CPUs without AVX512_BF16) against vdpbf16ps's definition bit for bit, and against
-// the native instruction where there is one.
+// the native instruction where there is one; products split among threads against one thread.
 
 import Foundation
 import GomlCore
@@ -147,5 +147,46 @@ final class MatrixProductsTests: XCTestCase {
         } }
         XCTAssertEqual(fresh, held)
         XCTAssertNotEqual(fresh, [Float](repeating: 0, count: m * n))
+    }
+
+    /// op(A)·op(B) into a C with padded rows, beta 1 over a non-zero C, through `products`,
+    /// the B operand held constant when `held`.
+    func paddedProduct(_ products: BF16Products, m: Int, n: Int, k: Int, transA: Bool, transB: Bool, held: Bool) -> [Float] {
+        let lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 5, ldc = n + 2
+        let a = operands(lda * (transA ? k : m), seed: 0.37), b = operands(ldb * (transB ? n : k), seed: 0.11)
+        var c = (0..<(ldc * m)).map { Float($0 % 7) * 0.5 }
+        a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+            if held { products.holdConstant(transB, k: k, n: n, bp.baseAddress!, ldb: ldb) }
+            products.product(transA, transB, m: m, n: n, k: k, alpha: 0.7, ap.baseAddress!, lda: lda, bp.baseAddress!, ldb: ldb,
+                             beta: 1, cp.baseAddress!, ldc: ldc)
+        } } }
+        return c
+    }
+
+    func testProductsSplitAmongThreadsChangeNoBit() throws {
+        try requireBF16Products()
+        for emulated in [false, true] where emulated || OneDNN.hasNativeBF16 {
+            let split = BF16Products(emulated: emulated, threads: 3)
+            XCTAssertEqual(split.threads, 3)
+            // One row (decoding: single tiles as units), a few row panels (tiles), many (whole
+            // rows of tiles), edges in every dimension, and a held operand.
+            let shapes = [(1, 2304, 768, false), (37, 300, 90, false), (200, 130, 251, false), (1, 700, 777, true), (45, 1000, 64, true)]
+            for (m, n, k, held) in shapes {
+                for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let alone = paddedProduct(BF16Products(emulated: emulated), m: m, n: n, k: k, transA: transA, transB: transB, held: held)
+                    let shared = paddedProduct(split, m: m, n: n, k: k, transA: transA, transB: transB, held: held)
+                    XCTAssertEqual(shared.map(\.bitPattern), alone.map(\.bitPattern),
+                                   "native \(!emulated) m \(m) n \(n) k \(k) transA \(transA) transB \(transB) held \(held)")
+                }
+            }
+            // Every helper took part. How much each takes of one product depends on when it
+            // wakes (the caller never waits for a sleeping one), so this is counted over all
+            // of them: 40 products of 0.1–10 ms each, a helper waking in microseconds.
+            XCTAssertTrue(split.helperUnits.allSatisfy { $0 > 0 }, "units taken by each helper: \(split.helperUnits)")
+            // Too small to be worth waking a helper: the caller does it alone.
+            let before = split.helperUnits
+            _ = paddedProduct(split, m: 9, n: 40, k: 37, transA: false, transB: true, held: false)
+            XCTAssertEqual(split.helperUnits, before)
+        }
     }
 }

@@ -10,7 +10,16 @@
 size_t goml_bf16_packed_a_count(long m, long k);
 size_t goml_bf16_packed_b_count(long k, long n);
 
-void goml_bf16_gemm(int native, int trans_a, int trans_b, long m, long n, long k, float alpha,
+/// Helper threads that split each product with its caller (threads − 1 of them), or NULL for
+/// the caller alone. Results do not depend on the thread count. Not for concurrent callers.
+typedef struct goml_bf16_team goml_bf16_team;
+goml_bf16_team *goml_bf16_team_create(int threads);
+void goml_bf16_team_destroy(goml_bf16_team *team);
+int goml_bf16_team_threads(const goml_bf16_team *team);
+/// Units of work helper `helper` has taken so far (tests check the helpers work).
+long goml_bf16_team_helped(const goml_bf16_team *team, int helper);
+
+void goml_bf16_gemm(goml_bf16_team *team, int native, int trans_a, int trans_b, long m, long n, long k, float alpha,
                     const float *a, long lda, const float *b, long ldb,
                     float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b);
 
@@ -18,7 +27,7 @@ void goml_bf16_gemm(int native, int trans_a, int trans_b, long m, long n, long k
 void goml_bf16_pack_b(uint16_t *packed_b, int trans_b, const float *b, long ldb, long k, long n);
 
 /// goml_bf16_gemm with op(B) packed by goml_bf16_pack_b.
-void goml_bf16_gemm_packed_b(int native, int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
+void goml_bf16_gemm_packed_b(goml_bf16_team *team, int native, int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
                              const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a);
 
 /// out[i] = bf16(x[i]), rounded to nearest even.
