@@ -341,7 +341,10 @@ goml_bf16_team *goml_bf16_team_create(int threads) {
     for (int i = 0; i < team->helpers; i++) {
         struct helper_start *start = malloc(sizeof *start);
         *start = (struct helper_start){team, i};
-        pthread_create(&team->threads[i], NULL, helper_main, start);
+        if (pthread_create(&team->threads[i], NULL, helper_main, start) != 0) {   // fewer threads, same results
+            free(start);
+            team->helpers = i;
+        }
     }
     return team;
 }

@@ -10,8 +10,9 @@
 size_t goml_bf16_packed_a_count(long m, long k);
 size_t goml_bf16_packed_b_count(long k, long n);
 
-/// Helper threads that split each product with its caller (threads − 1 of them), or NULL for
-/// the caller alone. Results do not depend on the thread count. Not for concurrent callers.
+/// Helper threads that split each product with its caller (threads − 1 of them, at most 64;
+/// fewer if the system refuses more), or NULL for the caller alone. Results do not depend on
+/// the thread count. Not for concurrent callers.
 typedef struct goml_bf16_team goml_bf16_team;
 goml_bf16_team *goml_bf16_team_create(int threads);
 void goml_bf16_team_destroy(goml_bf16_team *team);
