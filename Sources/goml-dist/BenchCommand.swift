@@ -74,7 +74,7 @@ struct BenchCommand: ParsableCommand {
         var totals: [Double] = [], phases: [StepTimings] = []
         totals.reserveCapacity(steps)
         phases.reserveCapacity(steps)
-        var allocationsBefore = HeapAllocations(total: 0, inOpenMPI: 0)
+        var allocationsBefore = HeapAllocations(total: 0, elsewhere: 0)
         for i in 0..<(warmup + steps) {
             if i == warmup { allocationsBefore = HeapAllocations.count() ?? allocationsBefore }
             if faultSlowRank == comm.rank { usleep(300_000) }
@@ -86,9 +86,9 @@ struct BenchCommand: ParsableCommand {
         if let after = HeapAllocations.count() {
             let total = after.total - allocationsBefore.total
             var line = "\(comm.size > 1 ? "rank \(comm.rank): " : "")heap allocations during the \(steps) timed steps: \(total)"
-            if let afterMPI = after.inOpenMPI, let beforeMPI = allocationsBefore.inOpenMPI {
-                let elsewhere = total - (afterMPI - beforeMPI)
-                line += " (in OpenMPI's libraries \(afterMPI - beforeMPI), elsewhere \(elsewhere)"
+            if let afterElsewhere = after.elsewhere, let beforeElsewhere = allocationsBefore.elsewhere {
+                let elsewhere = afterElsewhere - beforeElsewhere
+                line += " (in OpenMPI's libraries \(total - elsewhere), elsewhere \(elsewhere)"
                     + (elsewhere > 0 ? ", the last from \(HeapAllocations.lastElsewhere() ?? "?"))" : ")")
             }
             print(line)
@@ -209,19 +209,20 @@ struct BenchCommand: ParsableCommand {
 }
 
 /// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations` is
-/// preloaded (see Tests/EndToEndTests/AllocationTests.swift); `inOpenMPI` counts those whose
-/// caller lies in OpenMPI's libraries, when the shim exports `goml_heap_allocations_in_openmpi`,
-/// and `lastElsewhere` names the library the last other allocation came from.
+/// preloaded (see Tests/EndToEndTests/AllocationTests.swift); `elsewhere` counts those whose
+/// caller lies outside OpenMPI's libraries, when the shim exports
+/// `goml_heap_allocations_elsewhere`, and `lastElsewhere` names the library the last of them
+/// came from.
 private struct HeapAllocations {
     let total: Int
-    let inOpenMPI: Int?
+    let elsewhere: Int?
 
     static func count() -> HeapAllocations? {
         func read(_ name: String) -> Int? {
             dlsym(nil, name).map { Int(unsafeBitCast($0, to: (@convention(c) () -> Int).self)()) }
         }
         guard let total = read("goml_heap_allocations") else { return nil }
-        return HeapAllocations(total: total, inOpenMPI: read("goml_heap_allocations_in_openmpi"))
+        return HeapAllocations(total: total, elsewhere: read("goml_heap_allocations_elsewhere"))
     }
 
     /// Allocates (a String): only once the counts are read.
