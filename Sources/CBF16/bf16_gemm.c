@@ -386,19 +386,23 @@ static void run(goml_bf16_team *team, struct product *p) {
     while (atomic_load(&team->inside) > 0) _mm_pause();   // a helper leaves after its last unit's writes
 }
 
+// One product's units built once, for both entry points (b NULL: op(B) is packed already).
+static void multiply(goml_bf16_team *team, int native, int trans_a, int trans_b, long m, long n, long k, float alpha,
+                     const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc,
+                     uint16_t *packed_a, uint16_t *packed_b) {
+    struct product p = {.kernel = native ? native_tile : emulated_tile, .row_kernel = native ? native_row : emulated_row,
+                        .trans_a = trans_a, .trans_b = trans_b, .m = m, .n = n, .k = k, .lda = lda, .ldb = ldb, .ldc = ldc,
+                        .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c, .packed_a = packed_a, .packed_b = packed_b};
+    run(team, &p);
+}
+
 void goml_bf16_gemm_packed_b(goml_bf16_team *team, int native, int trans_a, long m, long n, long k, float alpha, const float *a, long lda,
                              const uint16_t *packed_b, float beta, float *c, long ldc, uint16_t *packed_a) {
-    struct product p = {.kernel = native ? native_tile : emulated_tile, .row_kernel = native ? native_row : emulated_row, .trans_a = trans_a, .m = m, .n = n, .k = k, .lda = lda,
-                        .ldc = ldc, .alpha = alpha, .beta = beta, .a = a, .c = c, .packed_a = packed_a,
-                        .packed_b = (uint16_t *)packed_b};
-    run(team, &p);
+    multiply(team, native, trans_a, 0, m, n, k, alpha, a, lda, NULL, 0, beta, c, ldc, packed_a, (uint16_t *)packed_b);
 }
 
 void goml_bf16_gemm(goml_bf16_team *team, int native, int trans_a, int trans_b, long m, long n, long k, float alpha,
                     const float *a, long lda, const float *b, long ldb,
                     float beta, float *c, long ldc, uint16_t *packed_a, uint16_t *packed_b) {
-    struct product p = {.kernel = native ? native_tile : emulated_tile, .row_kernel = native ? native_row : emulated_row, .trans_a = trans_a, .trans_b = trans_b, .m = m, .n = n,
-                        .k = k, .lda = lda, .ldb = ldb, .ldc = ldc, .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c,
-                        .packed_a = packed_a, .packed_b = packed_b};
-    run(team, &p);
+    multiply(team, native, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, packed_a, packed_b);
 }

@@ -4,8 +4,9 @@
 // by `auto`). With `threads` > 1 each product is split among that many cores (CBF16's team),
 // as OpenBLAS splits sgemm: the bits do not depend on the count. Operands are rounded to bf16
 // as they are packed, so no pass converts them separately; the packing workspaces grow on a
-// shape's first call (the first step) and are reused, so a step allocates nothing. oneDNN tells whether this CPU has bf16 units or
-// AVX-512 (and ONEDNN_MAX_CPU_ISA can deny them, as on an older CPU).
+// shape's first call (the first step) and are reused, so a step allocates nothing. oneDNN
+// tells whether this CPU has bf16 units or AVX-512 (and ONEDNN_MAX_CPU_ISA can deny them, as
+// on an older CPU).
 
 import CBF16
 import CDNNL
