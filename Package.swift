@@ -17,13 +17,14 @@ let package = Package(
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .target(name: "CStopSignal"),
+        .target(name: "CBFloat16"),
         // AVX512_BF16 code: called only where oneDNN reports the CPU has it.
         .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"])]),
         .target(name: "GomlCore", dependencies: ["CBLAS", "CDNNL", "CBF16"], swiftSettings: optimise),
         .target(name: "CCorpusGuard"),
         .target(name: "GomlIO", dependencies: ["GomlCore", "CCorpusGuard"], swiftSettings: optimise),
         // The Communicator protocol alone, so the MPI side needs neither the maths nor the trainer.
-        .target(name: "GomlComm", swiftSettings: optimise),
+        .target(name: "GomlComm", dependencies: ["CBFloat16"], swiftSettings: optimise),
         .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO", "GomlComm"], swiftSettings: optimise),
         .target(name: "GomlMPI", dependencies: ["CMPI", "GomlComm"], swiftSettings: optimise),
         .executableTarget(

@@ -1,0 +1,1 @@
+// Header-only: see include/goml_bfloat16.h.
