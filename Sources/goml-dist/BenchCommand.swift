@@ -34,36 +34,30 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("fault-slow-rank"), help: ArgumentHelp("Fault injection for tests: this rank sleeps 300 ms before each step, a straggler.", visibility: .hidden))
     var faultSlowRank: Int?
 
+    /// The flags as `train` takes them: the same set-up times the same trainer.
+    func request() throws -> TrainingRequest {
+        var o = TrainingOptions(model: try model.model())
+        o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
+        o.steps = warmup + steps
+        guard let mode = ReductionMode(rawValue: reduction), mode != .sharded else { throw ValidationError("unknown --reduction '\(reduction)': use allreduce or exact") }
+        o.reduction = mode
+        o.microBatch = microBatch
+        var r = TrainingRequest(options: o)
+        r.precision = try precision.choice()
+        r.threads = parallel.threads
+        r.communication = try parallel.communication()
+        r.shard = !parallel.noShard
+        r.data = data
+        return r
+    }
+
     func run() throws {
         if optimizer { return try benchOptimizer() }
         let comm = makeCommunicator(parallel)
         if collectives { return try benchCollectives(comm) }
-        let threads = coresPerRank(parallel, comm, reduction: ReductionMode(rawValue: reduction))
-        var precisionReason = ""
-        let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
-            var o = TrainingOptions(model: try model.model())
-            o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
-            o.steps = warmup + steps
-            guard let requested = ReductionMode(rawValue: reduction), requested != .sharded else { throw ValidationError("unknown --reduction '\(reduction)'") }
-            let mode = parallel.reduction(requested, worldSize: comm.size)
-            o.reduction = mode
-            o.microBatch = microBatch
-            (o.precision, precisionReason) = try precision.resolve(float32Reason: mode.strategy.float32Reason)
-            let communication = try parallel.communication()
-            if !data.isEmpty {
-                let corpus = try openData(data, validation: [])
-                return (try Trainer(options: o, comm: comm, split: corpus.split, workers: threads,
-                                    communication: communication), corpus)
-            }
-            var rng = Xoshiro256(seed: 99)
-            let bytes = (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) }
-            return (try Trainer(options: o, comm: comm, split: TextSplit(bytes: bytes), workers: threads,
-                                communication: communication), nil)
-        }
-        if let corpus { agreeOnData(comm, corpus) }
+        let (trainer, threads, precisionReason) = TrainingSetup.benchTrainer(agreeOnSetup(comm) { try request() }, comm: comm)
         // The ceiling MFU is quoted against: products at the run's precision on all of this rank's cores.
         let peak = sampling ? 0 : ProductPeak.measure(trainer.options.precision, threads: threads)
-        configureBLAS(trainer)
         if sampling {
             if comm.isRoot { benchSampling(trainer, threads: threads) }
             comm.finalize()

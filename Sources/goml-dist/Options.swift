@@ -94,12 +94,6 @@ struct ParallelOptions: ParsableArguments {
     @Flag(help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).")
     var hierarchical = false
 
-    /// The strategy to run: allreduce on several ranks is sharded unless --no-shard (measured
-    /// faster: docs/multihost-bench.md), or unless an all-reduce-only option asks for it.
-    func reduction(_ requested: ReductionMode, worldSize: Int) -> ReductionMode {
-        requested == .allReduce && worldSize > 1 && !noShard && !hierarchical ? .sharded : requested
-    }
-
     /// The all-reduce settings, or a one-line error naming the flag.
     func communication() throws -> CommunicationSettings {
         var c = CommunicationSettings()
@@ -123,27 +117,13 @@ struct PrecisionOptions: ParsableArguments {
     init() {}
     init(precision: String) { self.precision = precision }
 
-    /// The precision to run and why (for the run header). Throws when bf16 cannot run here.
-    /// `float32Reason`: why the run's reduction needs float32 (a DataParallelStrategy's), if it does.
-    func resolve(float32Reason: String? = nil) throws -> (precision: Precision, reason: String) {
-        let isa = OneDNN.isaName
-        switch precision {
-        case "fp32": return (.fp32, "requested")
-        case "bf16":
-            guard OneDNN.hasBF16Products else {
-                throw ValidationError("--precision bf16 needs AVX-512 (native bfloat16 dot products, AVX512_BF16 or AMX, or their emulation), but oneDNN reports \(isa) on this CPU; use --precision fp32 or auto")
-            }
-            // bf16 under a float32-only reduction is refused by the strategy's validate, with the fix.
-            return OneDNN.hasNativeBF16 ? (.bf16, "requested; oneDNN on \(isa)")
-                : (.bf16, "requested; emulated: oneDNN reports \(isa), no native bf16 dot products, so slower than fp32")
-        case "auto":
-            if let float32Reason { return (.fp32, "auto: \(float32Reason)") }
-            return OneDNN.hasNativeBF16 ? (.bf16, "auto: oneDNN reports \(isa), native bf16 dot products")
-                : (.fp32, "auto: oneDNN reports \(isa), no native bf16 dot products")
-        default:
-            throw ValidationError("unknown --precision '\(precision)': use auto, bf16 or fp32")
-        }
+    func choice() throws -> PrecisionChoice {
+        guard let choice = PrecisionChoice(rawValue: precision) else { throw ValidationError("unknown --precision '\(precision)': use auto, bf16 or fp32") }
+        return choice
     }
+
+    /// The precision to run and why (for the header); throws when bf16 cannot run here.
+    func resolve() throws -> (precision: Precision, reason: String) { try choice().resolve() }
 }
 
 struct LowCommunicationOptions: ParsableArguments {
@@ -168,17 +148,20 @@ struct LowCommunicationOptions: ParsableArguments {
     @Flag(name: .customLong("fault-outer-same-data"), help: ArgumentHelp("Every worker samples the same sequences (tests that workers diverge).", visibility: .hidden))
     var faultSameData = false
 
-    /// Whether the run is a low-communication one (any of its options asks for it).
-    var active: Bool { syncEvery != 1 || workersPerHost != nil || workerSize != nil }
-
-    /// The outer settings for `workers` workers, or a one-line error naming the flag.
-    func outer(workers: Int) throws -> OuterSyncOptions {
-        if workersPerHost != nil && workerSize != nil { throw ValidationError("--workers-per-host and --worker-size both say how to group ranks; pass one") }
+    /// The DiLoCo settings, or a one-line error naming the flag.
+    func request() throws -> LowCommunicationRequest {
         guard let compression = GradientCompression(rawValue: outerCompression) else {
             throw ValidationError("unknown --outer-compression '\(outerCompression)': use none or bf16")
         }
-        var o = OuterSyncOptions(syncEvery: syncEvery, workers: workers)
-        o.lr = outerLR; o.momentum = outerMomentum; o.compression = compression; o.overlapped = overlapOuter
-        return o
+        var r = LowCommunicationRequest()
+        r.syncEvery = syncEvery; r.lr = outerLR; r.momentum = outerMomentum; r.compression = compression; r.overlapped = overlapOuter
+        r.workersPerHost = workersPerHost; r.workerSize = workerSize
+        return r
+    }
+
+    func addFaults(to faults: inout FaultInjection) {
+        faults.outerNoRestart = faultNoRestart
+        faults.lostOuterRank = faultLostRank
+        faults.outerSameData = faultSameData
     }
 }

@@ -1,6 +1,5 @@
-// `goml-dist train`: parses the options, checks them on every rank, and hands over to
-// GomlTrain's TrainingRun. Every rank runs this; on a resume the lowest rank on each host
-// looks for its newest intact checkpoint, and the newest of all is broadcast.
+// `goml-dist train`: parses the flags into a TrainingRequest; GomlTrain's TrainingSetup turns
+// it into the run on every rank.
 
 import ArgumentParser
 import CStopSignal
@@ -77,91 +76,34 @@ struct TrainCommand: ParsableCommand {
         return o
     }
 
+    func request() throws -> TrainingRequest {
+        var r = TrainingRequest(options: try options())
+        r.precision = try precision.choice()
+        r.threads = parallel.threads
+        r.communication = try parallel.communication()
+        r.shard = !parallel.noShard
+        r.lowCommunication = try lowCommunication.request()
+        r.data = data; r.validationData = valData; r.allowDataChange = allowDataChange
+        r.out = out; r.ckptReplicas = ckptReplicas; r.resume = resume; r.stopAfter = stopAfter
+        r.progress = progress; r.plotEvery = plotEvery; r.failedAt = failedAt; r.stepsRedone = stepsRedone
+        r.stopSignal = { goml_stop_signal_received() }
+        r.faults.divergeRank = faultDivergeRank
+        r.faults.header = faultHeaderRank.map { ($0, HeaderFault(rawValue: faultHeaderField)!) }
+        r.faults.gradientScale = faultGradientScale
+        r.faults.availableMemoryMB = faultAvailableMemoryMB
+        r.faults.lostGatherRank = faultLostGatherRank
+        lowCommunication.addFaults(to: &r.faults)
+        return r
+    }
+
     func run() throws {
         // Before MPI's set-up, so that a stop request during start-up does not kill the rank
         // (SIGUSR1's default), and again after it, so that ours stays the handler.
         _ = goml_stop_signal_install()
         let comm = makeCommunicator(parallel)
         _ = goml_stop_signal_install()
-        let hosts = RankHosts.gather(comm)
-        var local = LocalResumeCandidate()
-        let threads = coresPerRank(parallel, comm, reduction: try? optimization.mode())
-        // Before any rank's buffers exist, which MemAvailable would otherwise already exclude.
-        let available = faultAvailableMemoryMB.map { $0 * 1_000_000 } ?? availableMemory()
-        // DiLoCo: the workers, then (collective, on every rank) their communicators.
-        let (baseOptions, group) = agreeOnSetup(comm) { () throws -> (TrainingOptions, WorkerGroup) in
-            var options = try self.options()
-            guard lowCommunication.active else { return (options, .whole) }
-            let group = try WorkerGroup.plan(hosts: hosts, rank: comm.rank, workerSize: lowCommunication.workerSize,
-                                             workersPerHost: lowCommunication.workersPerHost)
-            if let ckptReplicas, ckptReplicas > 1 {
-                throw ValidationError("--ckpt-replicas \(ckptReplicas) with low-communication training: rank 0 alone writes its checkpoint (it gathers every worker's state); drop --ckpt-replicas")
-            }
-            options.outer = try lowCommunication.outer(workers: group.count)
-            options.optimizer.gradClip = options.outer!.workerGradClip(options.optimizer.gradClip)
-            try options.validate(worldSize: comm.size)
-            return (options, group)
-        }
-        let workerComm = baseOptions.outer == nil ? comm : comm.split(color: group.index)
-        let peers = baseOptions.outer == nil ? nil : comm.split(color: workerComm.rank)
-        let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
-            var settings = RunSettings()
-            var options = baseOptions
-            options.reduction = parallel.reduction(options.reduction, worldSize: workerComm.size)
-            (options.precision, settings.precisionReason) = try precision.resolve(float32Reason: options.reduction.strategy.float32Reason)
-            settings.outDirectory = out
-            settings.threads = threads
-            settings.stopAfter = stopAfter
-            settings.progress = progress
-            settings.plotEvery = plotEvery
-            settings.divergingRank = faultDivergeRank
-            settings.headerFault = faultHeaderRank.map { ($0, HeaderFault(rawValue: faultHeaderField)!) }
-            settings.stopSignal = { goml_stop_signal_received() }
-            settings.allocation = slurmAllocation()
-            settings.availableMemory = available
-            let corpus = try openData(data, validation: valData)
-            settings.dataName = corpus.description
-            settings.dataFingerprint = corpus.identity
-            settings.hosts = hosts
-            // A low-communication checkpoint is gathered to rank 0, which alone writes it.
-            settings.replicaWriters = options.outer == nil ? hosts.replicaWriters(ckptReplicas) : [0]
-            settings.failedAt = failedAt
-            settings.stepsRedone = stepsRedone
-            if let resume {
-                settings.resume = true
-                // The lowest rank on each host reads its own disk: no host need see another's OUT.
-                if hosts.leaders.contains(comm.rank) {
-                    local = try newestResumableCheckpoint(resume, options: options, dataIdentity: corpus.identity,
-                                                          allowDataChange: allowDataChange)
-                }
-            }
-            let communication = try parallel.communication()
-            let trainer = try Trainer(options: options, comm: workerComm, split: corpus.split, workers: threads,
-                                      communication: communication, group: group)
-            trainer.faultGradientScale = faultGradientScale
-            (trainer.strategy as? ShardedAllReduce)?.faultLostDuringGather = faultLostGatherRank == comm.rank
-            if lowCommunication.faultSameData { trainer.sampler.rng = Xoshiro256(seed: options.seed) }
-            return (trainer, settings, corpus)
-        }
-        agreeOnData(comm, corpus)
-        var run = settings
-        if let resume {
-            let source = agreeOnResumeSource(comm, hosts: hosts, path: resume, local: local)
-            run.resumeSource = source
-            run.resumeFrom = comm.rank == source.root ? local.checkpoint : nil
-            local = LocalResumeCandidate()   // other hosts' copies are not needed
-        }
-        // The ceiling MFU is quoted against: products at the run's precision on all of this
-        // rank's cores (rank 0 measures).
-        if comm.isRoot { run.peakGFLOPS = ProductPeak.measure(trainer.options.precision, threads: threads, size: 512, repeats: 4) }
-        configureBLAS(trainer)
-        let outer = trainer.options.outer.map { options in
-            let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer)
-            outer.faultNoRestart = lowCommunication.faultNoRestart
-            outer.faultLostDuringOuterSum = lowCommunication.faultLostRank == comm.rank
-            return outer
-        }
-        let training = agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run, outer: outer) }
+        let request = agreeOnSetup(comm) { try self.request() }
+        let training = TrainingSetup.run(request, comm: comm)
         do {
             try training.run()
         } catch let failure as RunFailure {

@@ -1,0 +1,386 @@
+// InProcessCommunicator: ranks as threads of one process (PyTorch's multi-threaded process
+// group, for tests). It keeps MPICommunicator's contract: collectives match across ranks in
+// the order each rank calls them, non-blocking sums return at once and complete when every
+// rank has started them (the last rank to start one does the arithmetic for all), a wait past
+// the collective timeout ends the process naming the call, and bf16 compression rounds the
+// values on the wire as goml_bfloat16.h does. Sums are added in rank order, so every run of the
+// same ranks gives the same bits.
+
+import CBFloat16
+import Foundation
+
+public final class InProcessCommunicator: Communicator {
+    public let rank: Int
+    public var size: Int { group.size }
+    public var localRank: Int { group.localRank[rank] }
+    public var localSize: Int { group.hostOfRank.filter { $0 == group.hostOfRank[rank] }.count }
+    public var hostName: String { "host\(group.hostOfRank[rank])" }
+    private let group: RankGroup
+    /// Per channel: how many operations this rank has joined on it (the next one's number).
+    private var joined: [Channel: Int] = [:]
+    private let joinedLock = NSLock()
+    private var step = 0
+
+    /// Runs `body` on `ranks` threads, rank r with rank r's communicator, and returns their
+    /// results in rank order. Hosts are simulated: `ranksPerHost` consecutive ranks share one.
+    public static func run<T>(ranks: Int, ranksPerHost: Int? = nil, timeout: Double = 120,
+                              _ body: @escaping (InProcessCommunicator) throws -> T) throws -> [T] {
+        let perHost = ranksPerHost ?? ranks
+        precondition(ranks > 0 && perHost > 0 && ranks % perHost == 0, "\(ranks) ranks do not split into hosts of \(perHost)")
+        let group = RankGroup(hostOfRank: (0..<ranks).map { $0 / perHost }, timeout: timeout)
+        let results = ResultSlots<T>(count: ranks)
+        let finished = DispatchGroup()
+        for r in 0..<ranks {
+            finished.enter()
+            let thread = Thread {
+                results.set(r, Result(catching: { try body(InProcessCommunicator(rank: r, group: group)) }))
+                finished.leave()
+            }
+            thread.stackSize = 16 << 20
+            thread.start()
+        }
+        finished.wait()
+        return try results.values()
+    }
+
+    private init(rank: Int, group: RankGroup) {
+        self.rank = rank
+        self.group = group
+    }
+
+    // MARK: Blocking collectives (one channel: every rank calls them in the same order)
+
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) {
+        blocking("allReduceSum", Part(buffer)) { parts in
+            let sum = Self.sum(parts.map { $0.floats() }, count: buffer.count)
+            for part in parts { _ = part.floats().update(fromContentsOf: sum) }
+        }
+    }
+
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) {
+        blocking("allReduceSum", Part(buffer)) { parts in
+            var sum = [Double](repeating: 0, count: buffer.count)
+            for part in parts { for (i, v) in part.doubles().enumerated() { sum[i] += v } }
+            for part in parts { _ = part.doubles().update(fromContentsOf: sum) }
+        }
+    }
+
+    public func allGather(_ send: UnsafeBufferPointer<Double>, into receive: UnsafeMutableBufferPointer<Double>) {
+        precondition(receive.count == send.count * size)
+        blocking("allGather", Part(UnsafeMutableBufferPointer(mutating: send), receive)) { parts in
+            for target in parts {
+                let out = target.doubles(output: true)
+                for (r, source) in parts.enumerated() {
+                    _ = UnsafeMutableBufferPointer(rebasing: out[(r * send.count)..<((r + 1) * send.count)]).update(fromContentsOf: source.doubles())
+                }
+            }
+        }
+    }
+
+    public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) {
+        blocking("broadcast", Part(buffer)) { parts in
+            let source = parts[root].bytes()
+            for (r, part) in parts.enumerated() where r != root { part.bytes().copyMemory(from: UnsafeRawBufferPointer(source)) }
+        }
+    }
+
+    public func exchange(_ outgoing: UnsafeBufferPointer<Float>, _ incoming: UnsafeMutableBufferPointer<Float>, with partner: Int) {
+        let pair = Channel.exchange(min(rank, partner), max(rank, partner))
+        let operation = join(pair, Part(UnsafeMutableBufferPointer(mutating: outgoing), incoming, value: rank), members: 2) { parts in
+            for part in parts {
+                let other = parts.first { $0.value != part.value }!
+                _ = part.floats(output: true).update(fromContentsOf: other.floats())
+            }
+        }
+        wait(for: operation, "exchange with rank \(partner)")
+    }
+
+    public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
+        blocking("gather", Part(UnsafeMutableBufferPointer(mutating: send), receive)) { parts in
+            let out = parts[root].floats(output: true)
+            var start = 0
+            for (r, part) in parts.enumerated() {
+                _ = UnsafeMutableBufferPointer(rebasing: out[start..<(start + counts[r])]).update(fromContentsOf: part.floats())
+                start += counts[r]
+            }
+        }
+    }
+
+    public func scatter(_ send: UnsafeBufferPointer<Float>, counts: [Int], into receive: UnsafeMutableBufferPointer<Float>, root: Int) {
+        blocking("scatter", Part(UnsafeMutableBufferPointer(mutating: send), receive)) { parts in
+            let source = parts[root].floats()
+            var start = 0
+            for (r, part) in parts.enumerated() {
+                _ = part.floats(output: true).update(fromContentsOf: UnsafeBufferPointer(rebasing: source[start..<(start + counts[r])]))
+                start += counts[r]
+            }
+        }
+    }
+
+    public func split(color: Int) -> Communicator {
+        let result = blockingValue("split", Part(value: color)) { (parts: [Part]) -> Any? in
+            var groups: [Int: RankGroup] = [:]
+            for color in Set(parts.map(\.value)) {
+                let members = parts.indices.filter { parts[$0].value == color }
+                groups[color] = RankGroup(hostOfRank: members.map { self.group.hostOfRank[$0] }, timeout: self.group.timeout)
+            }
+            return groups
+        }
+        let members = (0..<size).filter { result.parts[$0].value == color }
+        return InProcessCommunicator(rank: members.firstIndex(of: rank)!, group: (result.value as! [Int: RankGroup])[color]!)
+    }
+
+    public func abort(_ message: String, code: Int32) -> Never {
+        FileHandle.standardError.write(Data("goml-dist: error: \(message)\n".utf8))
+        exit(code)
+    }
+
+    public func finalize() {}
+    public func noteStep(_ step: Int) { self.step = step }
+
+    // MARK: Non-blocking sums of registered buckets (a channel per bucket, as each MPI request is its own)
+
+    private var sumBuckets: [UnsafeMutableBufferPointer<Float>] = []
+    private var sumCompression = GradientCompression.none
+    private var sumsWhat = ""
+    private let inFlight = InFlight()
+
+    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String) {
+        precondition(sumBuckets.isEmpty, "buckets are registered once")
+        sumBuckets = buckets
+        sumCompression = compression
+        sumsWhat = what
+    }
+
+    public func startAllReduceSum(bucket: Int) {
+        let compression = sumCompression
+        inFlight.add(.sum, join(.allReduce(bucket), Part(sumBuckets[bucket])) { parts in
+            let sum = Self.sum(parts.map { $0.floats() }, count: parts[0].count, bf16: compression == .bf16)
+            for part in parts { _ = part.floats().update(fromContentsOf: sum) }
+        })
+    }
+
+    public func waitForAllReduces() -> Double {
+        inFlight.waitAll(.sum) { wait(for: $0, "the non-blocking sums (\(sumsWhat))") }
+    }
+
+    private var sharded: [ShardedBucket] = []
+    private var shardedCompression = GradientCompression.none
+
+    public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {
+        precondition(sharded.isEmpty, "sharded buckets are registered once")
+        sharded = buckets
+        shardedCompression = compression
+    }
+
+    /// Each owner's part of the bucket's gradient becomes the sum over ranks; the rest stays.
+    public func startReduceScatter(bucket: Int) {
+        let counts = sharded[bucket].counts, compression = shardedCompression
+        inFlight.add(.reduceScatter, join(.reduceScatter(bucket), Part(sharded[bucket].gradient)) { parts in
+            var start = 0
+            for (owner, count) in counts.enumerated() {
+                let pieces = parts.map { UnsafeMutableBufferPointer(rebasing: $0.floats()[start..<(start + count)]) }
+                let sum = Self.sum(pieces, count: count, bf16: compression == .bf16)
+                _ = pieces[owner].update(fromContentsOf: sum)
+                start += count
+            }
+        })
+    }
+
+    public func waitForReduceScatters() -> Double {
+        inFlight.waitAll(.reduceScatter) { wait(for: $0, "the reduce-scatter of gradient buckets") }
+    }
+
+    /// Each rank's part of the bucket's parameters reaches every other rank, its bf16 ranges
+    /// rounded as they travel; a rank's own part stays as it is.
+    public func startAllGather(bucket: Int) {
+        let counts = sharded[bucket].counts, bf16 = sharded[bucket].bf16Parameters
+        inFlight.add(.allGather(bucket), join(.allGather(bucket), Part(sharded[bucket].parameters)) { parts in
+            var start = 0
+            for (owner, count) in counts.enumerated() {
+                let source = parts[owner].floats()
+                for (r, part) in parts.enumerated() where r != owner {
+                    let target = part.floats()
+                    for i in start..<(start + count) { target[i] = source[i] }
+                    for range in bf16 {
+                        for i in range.clamped(to: start..<(start + count)) { target[i] = goml_bf16_to_float(goml_bf16_from_float(source[i])) }
+                    }
+                }
+                start += count
+            }
+        })
+    }
+
+    public func waitForAllGather(bucket: Int) {
+        _ = inFlight.waitAll(.allGather(bucket)) { wait(for: $0, "the all-gather of updated parameter buckets") }
+    }
+
+    // MARK: The rendezvous
+
+    /// Values in rank order, added in float32 left to right; with `bf16` each value and each
+    /// partial sum is rounded to bfloat16, as MPI's bf16 sum operator adds pairs.
+    private static func sum(_ parts: [UnsafeMutableBufferPointer<Float>], count: Int, bf16: Bool = false) -> [Float] {
+        func wire(_ x: Float) -> Float { bf16 ? goml_bf16_to_float(goml_bf16_from_float(x)) : x }
+        var sum = parts[0].prefix(count).map(wire)
+        for part in parts.dropFirst() { for i in 0..<count { sum[i] = wire(sum[i] + wire(part[i])) } }
+        return sum
+    }
+
+    /// Joins the next operation on `channel` with this rank's part; the last of `members` to join
+    /// runs `complete` with every part in rank order (outside the lock) and marks it done.
+    private func rendezvous(_ channel: Channel, _ part: Part, members: Int? = nil, _ complete: @escaping ([Part]) -> Any?) -> Operation {
+        joinedLock.lock()
+        let sequence = joined[channel, default: 0]
+        joined[channel] = sequence + 1
+        joinedLock.unlock()
+        let key = OperationKey(channel: channel, sequence: sequence)
+        let condition = group.condition
+        condition.lock()
+        let operation = group.operations[key] ?? Operation(members: members ?? size)
+        group.operations[key] = operation
+        operation.parts[members == nil ? rank : operation.arrived] = part
+        operation.arrived += 1
+        let last = operation.arrived == operation.members
+        if last { group.operations[key] = nil }
+        condition.unlock()
+        if last {
+            let value = complete(operation.parts.map { $0! })
+            condition.lock()
+            operation.value = value
+            operation.done = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        return operation
+    }
+
+    private func join(_ channel: Channel, _ part: Part, members: Int? = nil, _ complete: @escaping ([Part]) -> Void) -> Operation {
+        rendezvous(channel, part, members: members) { complete($0); return nil }
+    }
+
+    /// A blocking collective: joins and waits. Returns every rank's part and the completion's value.
+    private func blockingValue(_ what: String, _ part: Part, _ complete: @escaping ([Part]) -> Any?) -> (parts: [Part], value: Any?) {
+        let operation = rendezvous(.blocking, part, complete)
+        wait(for: operation, what)
+        return (operation.parts.map { $0! }, operation.value)
+    }
+
+    private func blocking(_ what: String, _ part: Part, _ complete: @escaping ([Part]) -> Void) {
+        _ = blockingValue(what, part) { complete($0); return nil }
+    }
+
+    /// Waits for `operation`; past the collective timeout ends the process, as the MPI watchdog does.
+    private func wait(for operation: Operation, _ what: String) {
+        let condition = group.condition, deadline = Date().addingTimeInterval(group.timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while !operation.done {
+            if !condition.wait(until: deadline) && !operation.done {
+                abort("rank \(rank) (\(hostName)) waited \(Int(group.timeout)) s in \(what) at step \(step) without progress: another rank stopped responding",
+                      code: ExitStatus.collectiveTimeout.code)
+            }
+        }
+    }
+}
+
+/// What ranks share: the operations some but not all of their members have joined.
+private final class RankGroup: @unchecked Sendable {
+    let hostOfRank: [Int]
+    /// Each rank's place among the ranks of its host.
+    let localRank: [Int]
+    let timeout: Double
+    let condition = NSCondition()
+    var operations: [OperationKey: Operation] = [:]
+    var size: Int { hostOfRank.count }
+
+    init(hostOfRank: [Int], timeout: Double) {
+        self.hostOfRank = hostOfRank
+        localRank = hostOfRank.indices.map { r in hostOfRank[..<r].filter { $0 == hostOfRank[r] }.count }
+        self.timeout = timeout
+    }
+}
+
+/// Collectives on one channel match in order; channels are independent, as MPI communicators
+/// and requests are.
+private enum Channel: Hashable {
+    case blocking, allReduce(Int), reduceScatter(Int), allGather(Int), exchange(Int, Int)
+}
+
+private struct OperationKey: Hashable {
+    let channel: Channel, sequence: Int
+}
+
+private final class Operation: @unchecked Sendable {
+    let members: Int
+    var parts: [Part?]
+    var arrived = 0
+    var done = false
+    var value: Any?
+    init(members: Int) {
+        self.members = members
+        parts = Array(repeating: nil, count: members)
+    }
+}
+
+/// One rank's buffers in an operation: its input (in place: also its output) and, apart, its output.
+private struct Part {
+    var input: UnsafeMutableRawPointer?, count = 0
+    var output: UnsafeMutableRawPointer?, outputCount = 0
+    var value = 0
+
+    init<T>(_ buffer: UnsafeMutableBufferPointer<T>, _ output: UnsafeMutableBufferPointer<T>? = nil, value: Int = 0) {
+        input = buffer.baseAddress.map(UnsafeMutableRawPointer.init)
+        count = buffer.count
+        self.output = output?.baseAddress.map(UnsafeMutableRawPointer.init)
+        outputCount = output?.count ?? 0
+        self.value = value
+    }
+    init(_ buffer: UnsafeMutableRawBufferPointer) {
+        input = buffer.baseAddress
+        count = buffer.count
+    }
+    init(value: Int) { self.value = value }
+
+    func floats(output: Bool = false) -> UnsafeMutableBufferPointer<Float> { typed(output) }
+    func doubles(output: Bool = false) -> UnsafeMutableBufferPointer<Double> { typed(output) }
+    func bytes() -> UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: input, count: count) }
+    private func typed<T>(_ output: Bool) -> UnsafeMutableBufferPointer<T> {
+        let (pointer, n) = output ? (self.output, outputCount) : (input, count)
+        return UnsafeMutableBufferPointer(start: pointer?.assumingMemoryBound(to: T.self), count: n)
+    }
+}
+
+/// A rank's started non-blocking operations, by kind, until waited for.
+private final class InFlight: @unchecked Sendable {
+    enum Kind: Hashable { case sum, reduceScatter, allGather(Int) }
+    private let lock = NSLock()
+    private var started: [Kind: [Operation]] = [:]
+    private var firstStart: [Kind: Date] = [:]
+
+    func add(_ kind: Kind, _ operation: Operation) {
+        lock.lock()
+        started[kind, default: []].append(operation)
+        if firstStart[kind] == nil { firstStart[kind] = Date() }
+        lock.unlock()
+    }
+
+    /// Waits for every started operation of `kind`; returns the seconds since the first started.
+    func waitAll(_ kind: Kind, _ wait: (Operation) -> Void) -> Double {
+        lock.lock()
+        let operations = started[kind] ?? [], first = firstStart[kind]
+        started[kind] = nil
+        firstStart[kind] = nil
+        lock.unlock()
+        operations.forEach(wait)
+        return first.map { Date().timeIntervalSince($0) } ?? 0
+    }
+}
+
+/// The ranks' results, each set once by its thread.
+private final class ResultSlots<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [Result<T, Error>?]
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ rank: Int, _ result: Result<T, Error>) { lock.lock(); slots[rank] = result; lock.unlock() }
+    func values() throws -> [T] { try slots.map { try $0!.get() } }
+}
