@@ -40,13 +40,14 @@ public final class MPICommunicator: Communicator {
     private let pollMicroseconds: UInt32
     /// At most this many bytes of parameter all-gathers in flight, in forward order: with every
     /// bucket started at once the link is shared among all of them and the first layer's
-    /// parameters arrive with the last (`small` at 1 Gbit/s: forward waited 98–155 ms for them;
-    /// 23–46 ms with 8 MB). Fewer bytes leave the link idle between buckets (alone, the gather
-    /// ran at 68% of 1 Gbit/s with 4 MB in flight, 79% with 8, 90% with 16, 93% uncapped).
+    /// parameters arrive with the last, so forward waits for them. Fewer bytes leave the link
+    /// idle between buckets. The default is the window that kept forward's waits shortest
+    /// (docs/multihost-bench.md, "A waiting rank polls, gathers in forward order").
     public static let defaultGatherBytesInFlight = 8_000_000
     private let gatherBytesInFlight: Int
     /// Every rank of the job on this host has a core of its own (the job's count, also in
-    /// split communicators): then a rank waiting for a collective may poll without sleeping.
+    /// split communicators): then a rank waiting for a collective may poll without sleeping
+    /// (ProgressThread reads it).
     var ranksHaveOwnCores = true
 
     /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
@@ -123,11 +124,11 @@ public final class MPICommunicator: Communicator {
     }
 
     /// libnbc's non-blocking all-reduce (the bucketed one of --no-shard and the hierarchy's
-    /// leaders) picks reduce-then-broadcast for any in-place sum (ours are) or below 4 ranks, which
-    /// sends one way at a time: 45% of a TCP link's rate. Reduce-scatter + all-gather (algorithm 3; the ring where
-    /// it does not apply) sends both ways at once: 91–94% (docs/multihost-bench.md, "Link
-    /// efficiency"). Set before MPI_Init unless the launch set it (mpirun --mca NAME VALUE
-    /// reaches the ranks as OMPI_MCA_NAME and wins).
+    /// leaders) picks reduce-then-broadcast for any in-place sum (ours are) or below 4 ranks,
+    /// which sends one way at a time and leaves a TCP link's other direction idle. Reduce-scatter
+    /// + all-gather (algorithm 3; the ring where it does not apply) sends both ways at once
+    /// (docs/multihost-bench.md, "Link efficiency"). Set before MPI_Init unless the launch set it
+    /// (mpirun --mca NAME VALUE reaches the ranks as OMPI_MCA_NAME and wins).
     static func defaultTransportSettings() {
         setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "3", 0)
     }
@@ -238,8 +239,8 @@ public final class MPICommunicator: Communicator {
         // The reduce-scatter is one reduce per owner and bucket, each rank's part summed in place
         // on its owner. OpenMPI 4.1's persistent MPIX_Reduce_scatter_init (libnbc: a reduce to
         // rank 0, then a scatter) keeps a whole-bucket buffer per request on rank 0: a second
-        // gradient there, measured as 320 MB more peak memory on an 85 M model; each reduce is
-        // started anew every step for the same reason (ProgressThread.start: 128 MB less there).
+        // gradient there. Each reduce is started anew every step, also to save memory
+        // (ProgressThread.start; docs/multihost-bench.md, "Sharding").
         var parts: [UnsafeMutableBufferPointer<Float>] = [], owners: [Int32] = []
         for bucket in buckets {
             var start = 0

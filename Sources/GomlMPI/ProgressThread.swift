@@ -59,12 +59,13 @@ final class ProgressThread: @unchecked Sendable {
     private var firstStart: UInt64 = 0, lastEnd: UInt64 = 0
     private var newStep = true                      // under `lock`: the next start opens the busy span
     /// Under `lock`: a thread is blocked in `waitAll` or `wait(for:)`, its core idle, so this
-    /// thread polls without sleeping until the wait ends (sleeping polls added 12–40 ms to the
-    /// reduce-scatter's exposed tail on one host, `small`, against 4–8 ms).
+    /// thread polls without sleeping until the wait ends: with sleeps, every round of a
+    /// collective would wait for the next poll, and the waiting thread with it.
     private var waiting = false
     /// Only when every rank on the host has a core of its own: with more ranks than cores the
-    /// idle core is another rank's, and polling without sleeping slowed `np 4` on 2 cores by up
-    /// to 19%. The sleep still ends early when a wait starts.
+    /// idle core is another rank's, and polling without sleeping would take it from that rank's
+    /// compute (docs/multihost-bench.md, "A waiting rank polls"). The sleep still ends early
+    /// when a wait starts.
     private let pollWhileWaited: Bool
 
     init(owner: MPICommunicator, world: MPI_Comm?, node: MPI_Comm?, nodeBroadcast: MPI_Comm?, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>],
@@ -228,7 +229,7 @@ final class ProgressThread: @unchecked Sendable {
             // Not persistent: libnbc's reduce keeps a slice-sized buffer on the owner for as long
             // as its request lives, for a persistent request the whole run: 1/N of the gradient
             // more per rank. A started reduce frees it when it completes; building its schedule
-            // each step added ~2 ms to the last rank's wait on `small` (np 2, one host).
+            // each step costs little time (docs/multihost-bench.md, "Sharding").
             let root = owners[bucket], owns = Int(root) == owner.rank
             let (buffer, type, op) = staged[bucket].map { (UnsafeMutableRawPointer($0.baseAddress!), goml_mpi_uint16(), bf16Sum) }
                 ?? (UnsafeMutableRawPointer(values.baseAddress!), goml_mpi_float(), goml_mpi_sum())
