@@ -1,3 +1,4 @@
+import CBFloat16
 import GomlComm
 
 /// How one bucket's parameters travel when parts of them are bfloat16 values (their holders
@@ -48,17 +49,14 @@ struct GatherWire {
         _ = offsets.initialize(from: words.indices.map { Int32(words[..<$0].reduce(0, +)) })
     }
 
-    /// Writes `rank`'s slice of `values` to its place on the wire, bf16 pieces rounded to nearest
-    /// even as CBF16 packs an operand.
+    /// Writes `rank`'s slice of `values` to its place on the wire, bf16 pieces rounded by
+    /// goml_bf16_from_float, as CBF16 packs an operand.
     func encode(_ values: UnsafeMutableBufferPointer<Float>, rank: Int) {
         for piece in pieces[rank] {
             let at = wire + 2 * piece.word, source = values.baseAddress! + piece.elements.lowerBound, count = piece.elements.count
             guard piece.bf16 else { at.copyMemory(from: source, byteCount: 4 * count); continue }
             at.withMemoryRebound(to: UInt16.self, capacity: count) { words in
-                for j in 0..<count {
-                    let bits = source[j].bitPattern
-                    words[j] = UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
-                }
+                for j in 0..<count { words[j] = goml_bf16_from_float(source[j]) }
             }
         }
     }
@@ -70,7 +68,7 @@ struct GatherWire {
                 let at = wire + 2 * piece.word, target = values.baseAddress! + piece.elements.lowerBound, count = piece.elements.count
                 guard piece.bf16 else { UnsafeMutableRawPointer(target).copyMemory(from: at, byteCount: 4 * count); continue }
                 at.withMemoryRebound(to: UInt16.self, capacity: count) { words in
-                    for j in 0..<count { target[j] = Float(bitPattern: UInt32(words[j]) << 16) }
+                    for j in 0..<count { target[j] = goml_bf16_to_float(words[j]) }
                 }
             }
         }
