@@ -35,7 +35,7 @@ let package = Package(
             ],
             swiftSettings: optimise
         ),
-        .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore"]),
+        .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore", "CBFloat16"]),
         .testTarget(name: "GomlIOTests", dependencies: ["GomlIO", "GomlTrain"]),
         .testTarget(name: "EndToEndTests", dependencies: ["GomlCore", "GomlIO"]),
     ],
