@@ -22,14 +22,14 @@ let package = Package(
         .target(name: "CStopSignal"),
         .target(name: "CBFloat16"),
         // AVX512_BF16 code: called only where oneDNN reports the CPU has it.
-        .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"])]),
+        .target(name: "CBF16", dependencies: ["CBFloat16"], cSettings: [.unsafeFlags(["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"])]),
         .target(name: "GomlCore", dependencies: ["CBLAS", "CDNNL", "CBF16"], swiftSettings: optimise),
         .target(name: "CCorpusGuard"),
         .target(name: "GomlIO", dependencies: ["GomlCore", "CCorpusGuard"], swiftSettings: optimise),
         // The Communicator protocol alone, so the MPI side needs neither the maths nor the trainer.
         .target(name: "GomlComm", dependencies: ["CBFloat16"], swiftSettings: optimise),
         .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO", "GomlComm"], swiftSettings: optimise),
-        .target(name: "GomlMPI", dependencies: ["CMPI", "GomlComm"], swiftSettings: optimise),
+        .target(name: "GomlMPI", dependencies: ["CMPI", "CBFloat16", "GomlComm"], swiftSettings: optimise),
         .executableTarget(
             name: "goml-dist",
             dependencies: [
@@ -38,7 +38,7 @@ let package = Package(
             ],
             swiftSettings: optimise
         ),
-        .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore"]),
+        .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore", "CBFloat16"]),
         .testTarget(name: "GomlIOTests", dependencies: ["GomlIO"]),
         .testTarget(name: "GomlTrainTests", dependencies: ["GomlComm", "GomlCore", "GomlIO", "GomlTrain"]),
         .testTarget(name: "EndToEndTests", dependencies: ["GomlCore", "GomlIO"]),

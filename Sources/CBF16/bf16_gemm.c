@@ -5,13 +5,13 @@
 // Without AVX512_BF16 (other AVX-512 CPUs) the same kernel emulates vdpbf16ps as Intel
 // documents it: same packing, same order, same results; slower than float32.
 #include "bf16_gemm.h"
+#include "goml_bfloat16.h"
 #include <immintrin.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -22,33 +22,27 @@ static inline long pairs(long k) { return (k + 1) / 2; }
 size_t goml_bf16_packed_a_count(long m, long k) { return (size_t)((m + MR - 1) / MR) * MR * pairs(k) * 2; }
 size_t goml_bf16_packed_b_count(long k, long n) { return (size_t)((n + NR - 1) / NR) * NR * pairs(k) * 2; }
 
-static inline uint16_t round_bf16(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, 4);
-    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+// bf16 bits of 16 floats (in the low halves of 16 lanes): goml_bf16_from_float vectorised, the
+// same bits for every value (a NaN truncated with its quiet bit set, two instructions).
+static inline __m512i round16(__m512 x) {
+    __m512i bits = _mm512_castps_si512(x), high = _mm512_srli_epi32(bits, 16);
+    __m512i lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    return _mm512_mask_or_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), high, _mm512_set1_epi32(0x40));
 }
 
 void goml_bf16_round(uint16_t *out, const float *x, long count) {
     long i = 0;
-    for (; i + 16 <= count; i += 16) {
-        __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(x + i));
-        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(rounded));
-    }
-    for (; i < count; i++) out[i] = round_bf16(x[i]);
+    for (; i + 16 <= count; i += 16) _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(round16(_mm512_loadu_ps(x + i))));
+    for (; i < count; i++) out[i] = goml_bf16_from_float(x[i]);
 }
 
-// bf16 bits of 8 floats (in the low halves of 8 lanes), rounded to nearest even as round_bf16.
-static inline __m256i round8(__m256 x) {
-    __m256i bits = _mm256_castps_si256(x);
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    return _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-}
-
-// Pair words of two 8-float vectors: word r = bf16(lo[r]) | bf16(hi[r]) << 16.
+// Pair words of two 8-float vectors: word r = bf16(lo[r]) | bf16(hi[r]) << 16 (rounded as one
+// vector of 16).
 static inline __m256i pair_words(__m256 lo, __m256 hi) {
-    return _mm256_or_si256(round8(lo), _mm256_slli_epi32(round8(hi), 16));
+    __m512 both = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+    __m512i words = round16(both);
+    return _mm256_or_si256(_mm512_castsi512_si256(words), _mm256_slli_epi32(_mm512_extracti64x4_epi64(words, 1), 16));
 }
 
 // 8 source rows × 16 floats (8 pairs along the row) → 8 pair indices × 8 rows: row r's pair q
@@ -56,11 +50,7 @@ static inline __m256i pair_words(__m256 lo, __m256 hi) {
 static inline void transpose_pack_8x8(const float *src, long ld, uint16_t *dst, long stride) {
     __m256i r[8];
     for (int i = 0; i < 8; i++) {
-        const float *row = src + i * ld;
-        __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(row));
-        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-        r[i] = _mm512_cvtepi32_epi16(rounded);   // 16 bf16 = 8 pair words, low half the even k
+        r[i] = _mm512_cvtepi32_epi16(round16(_mm512_loadu_ps(src + i * ld)));   // 16 bf16 = 8 pair words, low half the even k
     }
     __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
     __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
@@ -106,8 +96,8 @@ static void pack_a(uint16_t *out, int trans, const float *a, long lda, long m, l
                     x0 = trans ? a[k0 * lda + i] : a[i * lda + k0];
                     if (k1 < k) x1 = trans ? a[k1 * lda + i] : a[i * lda + k1];
                 }
-                word[r * 2] = round_bf16(x0);
-                word[r * 2 + 1] = round_bf16(x1);
+                word[r * 2] = goml_bf16_from_float(x0);
+                word[r * 2 + 1] = goml_bf16_from_float(x1);
             }
         }
     }
@@ -141,8 +131,8 @@ static void pack_b(uint16_t *out, int trans, const float *b, long ldb, long k, l
                     x0 = trans ? b[col * ldb + k0] : b[k0 * ldb + col];
                     if (k1 < k) x1 = trans ? b[col * ldb + k1] : b[k1 * ldb + col];
                 }
-                row[j * 2] = round_bf16(x0);
-                row[j * 2 + 1] = round_bf16(x1);
+                row[j * 2] = goml_bf16_from_float(x0);
+                row[j * 2 + 1] = goml_bf16_from_float(x1);
             }
         }
     }

@@ -25,13 +25,14 @@ static inline MPI_Request goml_mpi_request_null(void) { return MPI_REQUEST_NULL;
 static inline int goml_mpi_undefined(void) { return MPI_UNDEFINED; }
 static inline MPI_Comm goml_mpi_comm_null(void) { return MPI_COMM_NULL; }
 
+/* bfloat16 <-> float32: the one rounding (a system-library target has no dependencies, hence the path). */
 #include "../CBFloat16/include/goml_bfloat16.h"
 
 /* MPI reduction operator on bfloat16 values: each pair is added in float32, then rounded once. */
 static void goml_bf16_sum(void *in, void *inout, int *count, MPI_Datatype *type) {
     (void)type;
-    const unsigned short *a = (const unsigned short *)in;
-    unsigned short *b = (unsigned short *)inout;
+    const uint16_t *a = (const uint16_t *)in;
+    uint16_t *b = (uint16_t *)inout;
     for (int i = 0; i < *count; i++) b[i] = goml_bf16_from_float(goml_bf16_to_float(a[i]) + goml_bf16_to_float(b[i]));
 }
 static inline MPI_Op goml_mpi_bf16_sum_op(void) {

@@ -95,11 +95,13 @@ public typealias Vec = SIMD8<Float>
     return acc.max()
 }
 
-/// The bfloat16 nearest to each value (ties to even), as a float32: the rounding the bf16
-/// products apply when they pack an operand (CBF16's round_bf16).
+/// The bfloat16 nearest to each value (ties to even), as a float32: goml_bfloat16.h's rule
+/// (goml_bf16_from_float, which the bf16 products apply when they pack an operand), eight at a
+/// time. A NaN stays a NaN: truncated, its quiet bit set.
 @inline(__always) func roundedToBFloat16(_ v: Vec) -> Vec {
     let bits = unsafeBitCast(v, to: SIMD8<UInt32>.self)
-    return unsafeBitCast((bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) & 0xFFFF_0000, to: Vec.self)
+    let rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)).replacing(with: bits | 0x0040_0000, where: v .!= v)
+    return unsafeBitCast(rounded & 0xFFFF_0000, to: Vec.self)
 }
 
 /// Rounds `values` in place to the nearest bfloat16 (see roundedToBFloat16(_:)).
