@@ -21,7 +21,8 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .target(name: "CStopSignal"),
         .target(name: "CBFloat16"),
-        // AVX512_BF16 code: called only where oneDNN reports the CPU has it.
+        // The bf16 products: AVX512_BF16 dot products where oneDNN reports them, their emulation on
+        // other AVX-512 CPUs; never called without AVX-512.
         .target(name: "CBF16", dependencies: ["CBFloat16"], cSettings: [.unsafeFlags(["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"])]),
         .target(name: "GomlCore", dependencies: ["CBLAS", "CDNNL", "CBF16"], swiftSettings: optimise),
         .target(name: "CCorpusGuard"),

@@ -1,4 +1,4 @@
-// Data: SPEC's byte-level split, the seeded global batch sampler, rank sharding and the
+// Data: docs/model.md's byte-level split, the seeded global batch sampler, rank sharding and the
 // fixed validation set, over a read-only byte source made of pieces (files mapped by GomlIO,
 // concatenated). Pure functions of their inputs; no file I/O.
 
@@ -98,7 +98,7 @@ private final class ByteStorage: ByteSourceOwner {
     deinit { buffer.deallocate() }
 }
 
-/// Training and validation bytes: SPEC's split of one corpus (the first ⌊0.9·N⌋ bytes train,
+/// Training and validation bytes: docs/model.md's split of one corpus (the first ⌊0.9·N⌋ bytes train,
 /// the rest validate), or a separate validation corpus.
 public struct TextSplit: Sendable {
     public let train: ByteSource, validation: ByteSource
@@ -151,7 +151,7 @@ public func shard(batch: Int, rank: Int, worldSize: Int) -> Range<Int> {
     return (rank * per)..<((rank + 1) * per)
 }
 
-/// SPEC's validation offsets: floor(k·(n_val − T − 1)/(N − 1)) for k in 0..<N.
+/// docs/model.md's validation offsets: floor(k·(n_val − T − 1)/(N − 1)) for k in 0..<N.
 public func validationOffsets(validationCount: Int, seqLen: Int, count: Int) -> [Int] {
     let span = validationCount - seqLen - 1
     if count == 1 { return [0] }

@@ -35,7 +35,7 @@ public enum GradientCheck {
     }
 
     /// Checks every tensor of `config`'s model on one random batch. `std` is the init scale:
-    /// larger than SPEC's 0.02 so that every nonlinearity is exercised away from identity.
+    /// larger than docs/model.md's 0.02 so that every nonlinearity is exercised away from identity.
     /// `backwardFault` breaks the backward pass on purpose: the check must then fail.
     public static func run(config: ModelConfig, batch: Int = 2, seed: UInt64 = 7, std: Double = 0.3,
                            step h: Float = 1e-3, backwardFault: BackwardFault? = nil) -> [GradientCheckResult] {

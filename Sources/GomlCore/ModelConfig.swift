@@ -1,7 +1,7 @@
 // ModelConfig: the model's hyper-parameters, named presets and validation.
 // One Codable value that travels with checkpoints; knows nothing of training or I/O.
 
-/// The feed-forward block: SPEC's SwiGLU, or a two-matrix GELU (tanh approximation) MLP.
+/// The feed-forward block: docs/model.md's SwiGLU, or a two-matrix GELU (tanh approximation) MLP.
 public enum FFNKind: String, Codable, Sendable, CaseIterable {
     case swiglu, gelu
 }

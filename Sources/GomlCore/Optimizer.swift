@@ -1,4 +1,4 @@
-// Optimizer: SPEC's AdamW (decoupled decay on 2-D tensors only), global-norm clipping and
+// Optimizer: docs/model.md's AdamW (decoupled decay on 2-D tensors only), global-norm clipping and
 // the warmup + cosine schedule. Works on flat buffers; only the decay mask knows the layout.
 
 #if canImport(Glibc)

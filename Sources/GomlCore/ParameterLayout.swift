@@ -1,5 +1,5 @@
-// ParameterLayout: every parameter's (name, shape, offset) in SPEC's flat order.
-// The only place SPEC's tensor names live; parameters, gradients and Adam moments
+// ParameterLayout: every parameter's (name, shape, offset) in docs/model.md's flat order.
+// The only place docs/model.md's tensor names live; parameters, gradients and Adam moments
 // are flat buffers of `count` floats in this layout.
 
 public struct TensorView: Sendable, Equatable {
@@ -8,7 +8,7 @@ public struct TensorView: Sendable, Equatable {
     public let offset: Int
     public var count: Int { shape.reduce(1, *) }
     public var range: Range<Int> { offset..<(offset + count) }
-    /// SPEC decays 2-D tensors (embedding and matrices) only.
+    /// docs/model.md decays 2-D tensors (embedding and matrices) only.
     public var isMatrix: Bool { shape.count == 2 }
 }
 
@@ -67,7 +67,7 @@ public struct ParameterLayout: Sendable {
     /// which is looked up. At bf16 the products round them to bfloat16 whenever they read them.
     public var productOperands: [TensorView] { tensors.filter { $0.isMatrix && $0.offset != embedding.offset } }
 
-    /// SPEC default initialisation, drawn in flat order from `rng`: matrices and embedding
+    /// docs/model.md's default initialisation, drawn in flat order from `rng`: matrices and embedding
     /// ~ N(0, 0.02), wo and w2 ~ N(0, 0.02/sqrt(2L)), LayerNorm weights 1, biases 0.
     public func initialise(_ params: UnsafeMutableBufferPointer<Float>, rng: inout Xoshiro256, std: Double = 0.02) {
         precondition(params.count == count)

@@ -1,4 +1,4 @@
-// Transformer: SPEC's model as one straight-line forward pass and its reverse.
+// Transformer: docs/model.md's model as one straight-line forward pass and its reverse.
 // All activations for a fixed (batch, seqLen) are carved from one allocation made at init,
 // so forward and backward allocate nothing. Parameters and gradients are flat buffers in
 // ParameterLayout order, passed in by the caller. Matrix products go through `products`
@@ -29,7 +29,7 @@ struct BlockActivations {
     }
 }
 
-/// SPEC's block for B sequences of T rows at positions firstPosition ..< firstPosition + T:
+/// docs/model.md's block for B sequences of T rows at positions firstPosition ..< firstPosition + T:
 /// out = x + attention(LN(x)) Woᵀ, then out += ffn(LN(out)) W2ᵀ (overwritten; out may be x),
 /// saving what backward needs in `a`. Training attends within each sequence's rows; decoding
 /// (B 1) passes `cache`: the rows' keys and values are first written there at their positions,

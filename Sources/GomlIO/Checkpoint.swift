@@ -1,6 +1,6 @@
 // Checkpoint: what a run needs to continue exactly, as two safetensors files per step.
-//   ckpt-0000040.safetensors        the model: SPEC tensor names only, so safetensors.torch.load_file
-//                                   gives a state dict a PyTorch model of SPEC loads as is; metadata:
+//   ckpt-0000040.safetensors        the model: docs/model.md's tensor names only, so safetensors.torch.load_file
+//                                   gives a state dict a PyTorch model of docs/model.md loads as is; metadata:
 //                                   format, config, step, training options, content checksum, and
 //                                   the fingerprint of the data it was trained on.
 //   ckpt-0000040.state.safetensors  training state: AdamW moments (m.<name>, v.<name>), Adam step,

@@ -69,7 +69,7 @@ public struct ReferenceDump {
             for t in layout.tensors {
                 let info = try file.tensor("\(prefix).\(t.name)")
                 guard info.shape == t.shape else {
-                    throw SafetensorsError("\(prefix).\(t.name) has shape \(info.shape), SPEC says \(t.shape)")
+                    throw SafetensorsError("\(prefix).\(t.name) has shape \(info.shape), docs/model.md says \(t.shape)")
                 }
                 try file.copyFloats("\(prefix).\(t.name)", into: UnsafeMutableBufferPointer(rebasing: buffer[t.range]))
             }

@@ -8,7 +8,7 @@
 // know anything about the model (names and shapes are the caller's business),
 // or depend on GomlCore.
 //
-// Format (SPEC "safetensors, as the reference implementation reads it"):
+// Format (docs/model.md, "safetensors, as the reference implementation reads it"):
 //   [8-byte little-endian u64 N][N bytes UTF-8 JSON object, space padded][data area]
 // Each tensor entry: {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}
 // with offsets relative to the data area; optional "__metadata__": {string: string}.

@@ -8,12 +8,13 @@
 //                                 // strategy.gradientBuffer(worker:pass:); backward
 //                                 // reports strategy.gradientsFinal(worker:from:)
 //     strategy.reduce()           // across workers and ranks
-//     strategy.finishStep(lr:…)   // norm, clip, AdamW on the same worker threads
+//     strategy.finishStep(lr:…)   // norm, clip, AdamW (written once, below) on the same worker threads
 //
-// Which mode is which is decided here (ReductionMode.strategy) and nowhere else: every policy
-// that differs between modes is a requirement below. ShardedAllReduce (each rank keeping the
-// AdamW moments of one slice: reduce-scatter the gradient, update the slice, all-gather the
-// parameters) is the third implementation.
+// TrainingSetup picks the mode (sharding is the default on several ranks); ReductionMode.strategy
+// maps it to its implementation, and every policy that differs between modes is a requirement
+// below. ReplicatedAllReduce and ExactTreeReduction hold the whole state on every rank
+// (ReplicatedStrategy); ShardedAllReduce keeps the AdamW moments of one slice per rank
+// (reduce-scatter the gradient, update the slice, all-gather the parameters).
 
 import GomlComm
 import GomlCore
@@ -91,10 +92,56 @@ public protocol DataParallelStrategy: AnyObject {
     /// The reduced gradient the update reads, final between `reduce()` and `finishStep`: whole
     /// and the same on every rank when replicated; when sharded, final on the rank's slices only.
     var reducedGradient: UnsafeMutableBufferPointer<Float> { get }
-    /// Global norm, clip and AdamW from the reduced gradient, at learning rate `lr`, the update
-    /// split over `threads` (the rank's workers); no update when the loss or the norm is not
-    /// finite (the run then stops).
-    func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate
+    /// The reduced gradient's squared global norm, the same bits on every rank (collective
+    /// when each rank holds a slice).
+    func squaredGradientNorm() -> Double
+    /// AdamW from the reduced gradient times `gradScale`, at learning rate `lr`, split over
+    /// `threads` (the rank's workers).
+    func update(lr: Double, gradScale: Float, threads: WorkerPool)
+}
+
+extension DataParallelStrategy {
+    /// Global norm, clip and AdamW: the one place every strategy's update is decided. No update
+    /// when the loss or the norm is not finite (the run then stops); every rank decides alike.
+    public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
+        let norm = squaredGradientNorm().squareRoot()
+        let applied = lossIsFinite && norm.isFinite
+        if applied { update(lr: lr, gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip), threads: threads) }
+        return StepUpdate(gradNorm: norm, applied: applied)
+    }
+}
+
+/// A strategy whose every rank holds the whole parameters and AdamW state: what it delegates
+/// to its ReplicatedOptimizer is written once, here.
+public protocol ReplicatedStrategy: DataParallelStrategy {
+    var replica: ReplicatedOptimizer { get }
+    var comm: Communicator { get }
+}
+
+extension ReplicatedStrategy {
+    public var parameters: FloatBuffer { replica.parameters }
+    public var optimizer: AdamW { replica.optimizer }
+
+    public func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
+        try replica.withWholeState(at: writers, comm: comm, body)
+    }
+
+    public func parameterChecksum() -> UInt64 { contentChecksum(UnsafeBufferPointer(parameters.pointer)) }
+
+    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
+        replica.loadWholeOptimizerState(comm: comm, m: m, v: v, root: root)
+    }
+
+    /// Every rank updates every parameter itself: nothing arrives later.
+    public func parametersNeeded(upTo offset: Int) {}
+    public func waitForParameters() {}
+
+    /// The reduced gradient is whole and identical on every rank, so its norm is too.
+    public func squaredGradientNorm() -> Double { sumOfSquares(UnsafeBufferPointer(reducedGradient)) }
+
+    public func update(lr: Double, gradScale: Float, threads: WorkerPool) {
+        replica.update(lr: lr, gradScale: gradScale, threads: threads)
+    }
 }
 
 /// How a rank's shard of the batch runs: `workers` threads, each `passesPerWorker`
@@ -104,6 +151,30 @@ public struct PassPlan: Sendable {
     public let workers: Int
     public let microBatch: Int
     public let passesPerWorker: Int
+
+    /// A rank's shard split among up to `requested` worker threads in whole micro-batches of
+    /// `options.microBatch` (accumulated in passes), or without micro-batches one pass each.
+    static func accumulating(_ options: TrainingOptions, shard: Range<Int>, workers requested: Int) -> PassPlan {
+        let microBatches = options.microBatch.map { shard.count / $0 } ?? shard.count
+        let workers = workerCount(requested: requested, sequences: microBatches)
+        return PassPlan(firstSequence: shard.lowerBound, workers: workers, microBatch: options.microBatch ?? shard.count / workers,
+                        passesPerWorker: options.microBatch == nil ? 1 : microBatches / workers)
+    }
+
+    /// The largest worker count ≤ requested that splits `sequences` evenly.
+    static func workerCount(requested: Int, sequences: Int) -> Int {
+        var n = max(1, min(requested, sequences))
+        while sequences % n != 0 { n -= 1 }
+        return n
+    }
+
+    /// Each rank's sequences must split into whole micro-batches.
+    static func validateMicroBatches(_ options: TrainingOptions, worldSize: Int) throws {
+        let perRank = options.batch / worldSize
+        if let microBatch = options.microBatch, perRank % microBatch != 0 {
+            throw ConfigError("each rank's \(perRank) sequences must split into micro-batches of \(microBatch); choose --micro-batch dividing \(perRank)")
+        }
+    }
 
     /// The batch positions `worker`'s pass `pass` trains on.
     public func sequences(worker: Int, pass: Int) -> Range<Int> {

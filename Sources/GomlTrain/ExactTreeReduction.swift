@@ -6,12 +6,12 @@
 import GomlComm
 import GomlCore
 
-public final class ExactTreeReduction: DataParallelStrategy {
+public final class ExactTreeReduction: ReplicatedStrategy {
     public let passes: PassPlan
-    private let replica: ReplicatedOptimizer
+    public let replica: ReplicatedOptimizer
     private let gradient: FloatBuffer   // [P] the tree's root
     private let tree: TreeReducer
-    private let comm: Communicator
+    public let comm: Communicator
 
     /// Sequences per leaf of the tree: --micro-batch, default 1.
     static func leafSize(_ options: TrainingOptions) -> Int { options.microBatch ?? 1 }
@@ -53,26 +53,11 @@ public final class ExactTreeReduction: DataParallelStrategy {
         self.comm = comm
     }
 
-    public var parameters: FloatBuffer { replica.parameters }
-    public var optimizer: AdamW { replica.optimizer }
     public var memory: RankMemory { replica.memory(workers: 1) }
 
-    public func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        try replica.withWholeState(at: writers, comm: comm, body)
-    }
-
-    public func parameterChecksum() -> UInt64 { contentChecksum(UnsafeBufferPointer(parameters.pointer)) }
-
-    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
-        replica.loadWholeOptimizerState(comm: comm, m: m, v: v, root: root)
-    }
     public var summary: String {
         ReductionMode.exact.rawValue + (comm.size > 1 ? ", unsharded: its bits come from adding whole gradients along one tree, which a reduce-scatter would sum in another order" : "")
     }
-
-    /// Every rank updates every parameter itself: nothing arrives later.
-    public func parametersNeeded(upTo offset: Int) {}
-    public func waitForParameters() {}
 
     public func beginStep() {}
 
@@ -93,8 +78,4 @@ public final class ExactTreeReduction: DataParallelStrategy {
     }
 
     public var reducedGradient: UnsafeMutableBufferPointer<Float> { gradient.pointer }
-
-    public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
-        replica.step(gradient: reducedGradient, lr: lr, lossIsFinite: lossIsFinite, threads: threads)
-    }
 }

@@ -102,6 +102,7 @@ public final class OuterSync {
     }
 
     private let bucketCount: Int
+    private var lossAndFinite = [0.0, 0.0]
 
     /// Bytes each rank hands the outer all-reduce per outer step: the whole Δ, float32 or bf16.
     public var bytesPerOuterStep: Int { trainer.layout.count * (options.compression == .bf16 ? 2 : 4) }
@@ -122,7 +123,7 @@ public final class OuterSync {
     /// After inner step `step`: applies an overlapped outer step started at the step before,
     /// then, every H steps and at the last step, syncs: blocking, or (overlapped) starting the
     /// all-reduce that the next step hides. Collective over the peers; allocates nothing.
-    public func afterStep(_ step: Int, isLast: Bool) -> Outcome {
+    func sync(afterStep step: Int, isLast: Bool) -> Outcome {
         var outcome = Outcome()
         let syncs = step % options.syncEvery == 0 || isLast
         // Sharded inside the worker, the last update's all-gather may still be arriving.
@@ -212,11 +213,10 @@ public final class OuterSync {
     /// Collective: gathers every worker's parameters, inner moments and batch generator to rank
     /// 0 of the job (through each worker's rank 0), then calls `body` there with them and the
     /// outer momentum.
-    public func withWorkerStates(_ body: (OuterCheckpoint) throws -> Void) throws {
+    func withWorkerStates(_ body: (OuterCheckpoint) -> Void) {
         // An outer sum in flight is awaited and stored; it is applied after the next step as planned.
         if pending == .inFlight { _ = peers.waitForAllReduces(); pending = .arrived }
         trainer.waitForParameters()
-        var failure: Error?
         trainer.strategy.withWholeState(at: [0]) { _, m, v in
             // Only each worker's rank 0 is here: the peers at index 0 are exactly those ranks.
             let count = trainer.layout.count, counts = Array(repeating: count, count: peers.size)
@@ -236,14 +236,14 @@ public final class OuterSync {
                                  generator: (0..<4).map { UInt64(allWords[8 * w + 2 * $0]) << 32 | UInt64(allWords[8 * w + 2 * $0 + 1]) })
             }
             let sum = pending == .none ? nil : Array(scratch.pointer)
-            do { try body(OuterCheckpoint(momentum: Array(outer.buffer), workers: workers, pendingSum: sum)) } catch { failure = error }
+            body(OuterCheckpoint(momentum: Array(outer.buffer), workers: workers, pendingSum: sum))
         }
-        if let failure { throw failure }
     }
 
     /// Collective over the job: θ_global, the outer momentum and this worker's parameters,
     /// moments and batch generator from `root`'s checkpoint (nil elsewhere).
     public func restore(_ ckpt: TrainingCheckpoint?, root: Int) {
+        if let ckpt { _ = trainer.params.pointer.update(from: ckpt.params) }
         func broadcast(_ values: [Float]?, into buffer: UnsafeMutableBufferPointer<Float>) {
             if let values { _ = buffer.update(fromContentsOf: values) }
             world.broadcast(UnsafeMutableRawBufferPointer(buffer), root: root)
@@ -274,6 +274,73 @@ public final class OuterSync {
             broadcast(ckpt?.outer?.pendingSum, into: scratch.pointer)
             _ = snapshot.pointer.update(fromContentsOf: trainer.params.pointer)
             pending = .arrived
+        }
+    }
+}
+
+/// DiLoCo as the run sees it: θ_global is the model, a step's loss is the workers' mean, and
+/// every H steps (and at the last) the outer step runs.
+extension OuterSync: RunMode {
+    public var model: FloatBuffer { global }
+
+    public var headerLines: [String] {
+        let x = options, o = trainer.options
+        return [String(format: "mode diloco: %d worker(s) × %d rank(s), sync every %d steps, outer Nesterov lr %g momentum %g; Δ %@ on the wire: %.2f MB per rank per outer step, %@",
+                       x.workers, worker.size, x.syncEvery, x.lr, x.momentum, x.compression == .none ? "float32" : "bf16",
+                       Double(bytesPerOuterStep) / 1e6,
+                       x.overlapped ? "overlapped with the next inner step, applied one step late" : "blocking (all of it exposed)"),
+                String(format: "each worker clips its gradient norm at %g: --grad-clip × √%d, a worker's batch being 1/%d of the global one",
+                       o.optimizer.gradClip, x.workers, x.workers)]
+    }
+
+    /// The step's loss as the mean of the workers' (each its batch's mean), and non-finite on
+    /// every rank when it is on any, so that all workers stop together. Collective over the job.
+    public func agree(_ result: StepResult) -> StepResult {
+        lossAndFinite[0] = result.loss
+        lossAndFinite[1] = result.finite ? 0 : 1
+        lossAndFinite.withUnsafeMutableBufferPointer { world.allReduceSum($0) }
+        let loss = lossAndFinite[1] == 0 ? lossAndFinite[0] / Double(world.size) : .nan
+        return StepResult(step: result.step, loss: loss, gradNorm: result.gradNorm, lr: result.lr, timings: result.timings)
+    }
+
+    /// The last step syncs too, so the final model holds every worker's last steps.
+    public func afterStep(_ step: Int, isLast: Bool) throws -> (fields: [(String, String)], seconds: Double) {
+        let outcome = sync(afterStep: step, isLast: isLast)
+        var fields: [(String, String)] = [], seconds = 0.0
+        if outcome.applied {
+            seconds = exposed
+            fields = [("mode", "\"diloco\""), ("sync_every", "\(options.syncEvery)"), ("outer_bytes", "\(bytesPerOuterStep)"),
+                      ("outer_comm_exposed_s", String(format: "%.6f", exposed)), ("outer_comm_hidden_s", String(format: "%.6f", hidden))]
+        }
+        let every = trainer.options.checksumEvery
+        if every > 0 && step % every == 0 {
+            let sums = try workerChecksums(step: step, synced: outcome.workersRestarted)
+            fields.append(("worker_checksums", "[" + sums.map { "\"\(String($0, radix: 16))\"" }.joined(separator: ",") + "]"))
+        }
+        return (fields, seconds)
+    }
+
+    /// θ_global, on worker 0 (the others go on).
+    public func evaluate() -> Double {
+        group.index == 0 ? withGlobalParameters { trainer.evaluate() } : .nan
+    }
+
+    /// Step and options are the job's; data position and parameters the worker's (its first rank's).
+    public func reference(of rank: Int) -> Int {
+        group.workerOfRank.firstIndex(of: group.workerOfRank[rank])!
+    }
+
+    /// Rank 0 writes θ_global as the model, worker 0's moments as the state, and the rest
+    /// (outer momentum, every worker's state) in the outer file.
+    public func withCheckpointState(at writers: [Int], _ body: (CheckpointState) -> Void) {
+        withWorkerStates { state in
+            let first = state.workers[0]
+            first.m.withUnsafeBufferPointer { m in
+                first.v.withUnsafeBufferPointer { v in
+                    body(CheckpointState(params: UnsafeBufferPointer(global.pointer), m: m, v: v, batchGenerator: first.generator, outer: state,
+                                         note: "θ_global, outer momentum and \(state.workers.count) workers' state"))
+                }
+            }
         }
     }
 }

@@ -20,13 +20,17 @@ public struct CommunicationSettings: Sendable {
     /// per host crosses the network. Off by default: slower on the test cluster despite half
     /// the bytes (docs/multihost-bench.md).
     public var hierarchical = false
-    /// Sharded at bf16 precision (synchronous): the matrices, rounded to bf16 as the products
-    /// read them, are all-gathered as bf16 (a rank's own slices stay float32).
+    /// Sharded at bf16 precision: the matrices, rounded to bf16 as the products read them, are
+    /// all-gathered as bf16 (a rank's own slices stay float32). Off when something reads every
+    /// parameter as float32 (DiLoCo's Δ).
     public var bf16Weights = true
+    /// Fault injection for tests (hidden --fault-lost-gather-rank): sharded, this rank starts no
+    /// all-gather and stops responding in the next forward, as a rank lost during it would.
+    public var faultLostDuringGather = false
     public init() {}
 }
 
-public final class ReplicatedAllReduce: DataParallelStrategy {
+public final class ReplicatedAllReduce: ReplicatedStrategy {
     /// When the rank's summed gradient crosses ranks.
     private enum Schedule {
         /// Bucket by bucket, each started as backward makes it final on every worker.
@@ -38,17 +42,14 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
     }
 
     public let passes: PassPlan
-    private let replica: ReplicatedOptimizer
+    public let replica: ReplicatedOptimizer
     private let gradients: WorkerGradients
     private let schedule: Schedule
-    private let comm: Communicator
+    public let comm: Communicator
     private let settings: CommunicationSettings
 
     public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
-        let perRank = options.batch / worldSize
-        if let microBatch = options.microBatch, perRank % microBatch != 0 {
-            throw ConfigError("each rank's \(perRank) sequences must split into micro-batches of \(microBatch); choose --micro-batch dividing \(perRank)")
-        }
+        try PassPlan.validateMicroBatches(options, worldSize: worldSize)
     }
 
     public static var float32Reason: String? { nil }
@@ -58,7 +59,7 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
 
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
                 communication: CommunicationSettings) {
-        passes = Self.passPlan(options, shard: shard, workers: requested)
+        passes = PassPlan.accumulating(options, shard: shard, workers: requested)
         let workers = passes.workers
         let gradients = WorkerGradients(workers: workers, count: layout.count)
         self.gradients = gradients
@@ -74,34 +75,7 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
         settings = communication
     }
 
-    /// Workers split whole micro-batches; without --micro-batch each worker's share is one.
-    static func passPlan(_ options: TrainingOptions, shard: Range<Int>, workers requested: Int) -> PassPlan {
-        let microBatches = options.microBatch.map { shard.count / $0 } ?? shard.count
-        let workers = workerCount(requested: requested, sequences: microBatches)
-        return PassPlan(firstSequence: shard.lowerBound, workers: workers, microBatch: options.microBatch ?? shard.count / workers,
-                        passesPerWorker: options.microBatch == nil ? 1 : microBatches / workers)
-    }
-
-    /// The largest worker count ≤ requested that splits `sequences` evenly.
-    static func workerCount(requested: Int, sequences: Int) -> Int {
-        var n = max(1, min(requested, sequences))
-        while sequences % n != 0 { n -= 1 }
-        return n
-    }
-
-    public var parameters: FloatBuffer { replica.parameters }
-    public var optimizer: AdamW { replica.optimizer }
     public var memory: RankMemory { replica.memory(workers: gradients.buffers.count) }
-
-    public func withWholeState(at writers: [Int], _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> Void) rethrows {
-        try replica.withWholeState(at: writers, comm: comm, body)
-    }
-
-    public func parameterChecksum() -> UInt64 { contentChecksum(UnsafeBufferPointer(parameters.pointer)) }
-
-    public func loadWholeOptimizerState(m: UnsafeBufferPointer<Float>?, v: UnsafeBufferPointer<Float>?, root: Int) {
-        replica.loadWholeOptimizerState(comm: comm, m: m, v: v, root: root)
-    }
 
     public var summary: String {
         let overlap = settings.overlap ? String(format: ", overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6) : ", after backward"
@@ -109,10 +83,6 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
         return ReductionMode.allReduce.rawValue + overlap + hierarchy + (settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire")
             + (comm.size > 1 ? ", replicated: every rank holds the whole optimizer state" : "")
     }
-
-    /// Every rank updates every parameter itself: nothing arrives later.
-    public func parametersNeeded(upTo offset: Int) {}
-    public func waitForParameters() {}
 
     public func beginStep() {
         switch schedule {
@@ -148,8 +118,4 @@ public final class ReplicatedAllReduce: DataParallelStrategy {
     }
 
     public var reducedGradient: UnsafeMutableBufferPointer<Float> { gradients.sum.pointer }
-
-    public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
-        replica.step(gradient: reducedGradient, lr: lr, lossIsFinite: lossIsFinite, threads: threads)
-    }
 }

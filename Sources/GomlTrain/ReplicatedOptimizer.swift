@@ -6,7 +6,7 @@
 import GomlComm
 import GomlCore
 
-final class ReplicatedOptimizer {
+public final class ReplicatedOptimizer {
     let parameters: FloatBuffer   // [P]
     let optimizer: AdamW
     private let update: ParallelAdamW
@@ -37,15 +37,8 @@ final class ReplicatedOptimizer {
         return RankMemory(parameters: bytes, gradients: workers * bytes, optimizerState: 2 * bytes, savedBySharding: 0)
     }
 
-    /// Norm, clip and AdamW (on `threads`) from `gradient` [P], the buffer given at init;
-    /// skipped unless the loss and the norm are finite.
-    func step(gradient: UnsafeMutableBufferPointer<Float>, lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
-        // The reduced gradient is identical on every rank, so its norm and the skip decision are too.
-        let norm = globalNorm(UnsafeBufferPointer(gradient))
-        let applied = lossIsFinite && norm.isFinite
-        if applied {
-            update.update(lr: lr, gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip), threads: threads)
-        }
-        return StepUpdate(gradNorm: norm, applied: applied)
+    /// AdamW (on `threads`) from the gradient given at init, times `gradScale`.
+    func update(lr: Double, gradScale: Float, threads: WorkerPool) {
+        update.update(lr: lr, gradScale: gradScale, threads: threads)
     }
 }

@@ -60,7 +60,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private let partialNorm: UnsafeMutableBufferPointer<Double>, partialNorms: UnsafeMutableBufferPointer<Double>
 
     public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
-        try ReplicatedAllReduce.validate(options, communication: communication, worldSize: worldSize)
+        try PassPlan.validateMicroBatches(options, worldSize: worldSize)
         if communication.hierarchical {
             throw ConfigError("--hierarchical applies to the replicated all-reduce; add --no-shard to use it")
         }
@@ -73,7 +73,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
 
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
                 communication: CommunicationSettings) {
-        passes = ReplicatedAllReduce.passPlan(options, shard: shard, workers: requested)
+        passes = PassPlan.accumulating(options, shard: shard, workers: requested)
         parameters = FloatBuffer(count: layout.count)
         let gradients = WorkerGradients(workers: passes.workers, count: layout.count)
         self.gradients = gradients
@@ -82,7 +82,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         forwardOrder = shards.buckets.indices.reversed()
         // The reduce-scatter sums a rank's slices in place: gradient and parameters share offsets.
         let owned = forwardOrder.map { (parameters: shards.slice($0, rank: comm.rank), gradient: shards.slice($0, rank: comm.rank).lowerBound) }
-        bf16Weights = communication.bf16Weights && options.precision == .bf16 && options.outer == nil
+        bf16Weights = communication.bf16Weights && options.precision == .bf16
         self.layout = layout
         optimizer = AdamW(layout: layout, config: options.optimizer, owned: owned)
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
@@ -150,24 +150,24 @@ public final class ShardedAllReduce: DataParallelStrategy {
         UnsafeBufferPointer(rebasing: gradients.sum.pointer[shards.slice(bucket, rank: comm.rank)])
     }
 
-    public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {
-        // The squared norm of each rank's slices, added in rank order on every rank: all ranks
-        // compute the same norm bit for bit, so they clip and skip alike.
+    /// The squared norm of each rank's slices, added in rank order on every rank: all ranks
+    /// compute the same norm bit for bit, so they clip and skip alike.
+    public func squaredGradientNorm() -> Double {
         var partial = 0.0
         for bucket in forwardOrder { partial += sumOfSquares(reducedSlice(bucket)) }
         partialNorm[0] = partial
         comm.allGather(UnsafeBufferPointer(partialNorm), into: partialNorms)
         var total = 0.0
         for value in partialNorms { total += value }
-        let norm = total.squareRoot()
-        let applied = lossIsFinite && norm.isFinite
-        if applied {
-            update.update(lr: lr, gradScale: clipScale(norm: norm, maxNorm: optimizer.config.gradClip), threads: threads)
-            arrivalLock.lock()
-            arrived = 0
-            arrivalLock.unlock()
-        }
-        return StepUpdate(gradNorm: norm, applied: applied)
+        return total
+    }
+
+    /// AdamW on this rank's slices, each bucket's all-gather started as its slice is done.
+    public func update(lr: Double, gradScale: Float, threads: WorkerPool) {
+        update.update(lr: lr, gradScale: gradScale, threads: threads)
+        arrivalLock.lock()
+        arrived = 0
+        arrivalLock.unlock()
     }
 
     /// Buckets (in forward order) whose all-gather has been waited for since it started: all of
@@ -180,7 +180,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     public func parametersNeeded(upTo offset: Int) {
         arrivalLock.lock()
         defer { arrivalLock.unlock() }
-        while faultLostDuringGather && arrived < forwardOrder.count { sleep(3600) }
+        while settings.faultLostDuringGather && arrived < forwardOrder.count { sleep(3600) }
         while arrived < forwardOrder.count && shards.buckets[forwardOrder[arrived]].lowerBound < offset {
             comm.waitForAllGather(bucket: forwardOrder[arrived])
             arrived += 1
@@ -189,14 +189,10 @@ public final class ShardedAllReduce: DataParallelStrategy {
 
     public func waitForParameters() { parametersNeeded(upTo: parameters.count) }
 
-    /// Fault injection for tests (hidden --fault-lost-gather-rank): this rank starts no all-gather
-    /// and stops responding in the next forward, as a rank lost during the all-gather would.
-    public var faultLostDuringGather = false
-
     /// Starts the all-gather of forward bucket `forwardIndex`, its slice being updated; every
     /// rank starts all of them in forward order, its empty slices included.
     private func startGather(forwardIndex: Int) {
-        if faultLostDuringGather { return }
+        if settings.faultLostDuringGather { return }
         comm.startAllGather(bucket: forwardOrder[forwardIndex])
     }
 

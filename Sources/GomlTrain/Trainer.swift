@@ -1,4 +1,4 @@
-// Trainer: one data-parallel training step and distributed evaluation, per SPEC.
+// Trainer: one data-parallel training step and distributed evaluation, per docs/model.md.
 // Every rank runs the same code on its shard: the Trainer keeps the models, worker threads,
 // data and losses; its DataParallelStrategy turns gradients into the update. All
 // communication goes through `Communicator`. A step allocates nothing: buffers are made once.
@@ -169,7 +169,7 @@ public final class Trainer {
     /// still arriving); `params` may be incomplete otherwise between steps.
     public func waitForParameters() { strategy.waitForParameters() }
 
-    /// Rank 0 draws SPEC's initialisation from the seed and broadcasts it, so replicas start identical.
+    /// Rank 0 draws docs/model.md's initialisation from the seed and broadcasts it, so replicas start identical.
     public func initialiseParameters() {
         if comm.isRoot {
             var rng = Xoshiro256(seed: options.seed)
@@ -252,7 +252,7 @@ public final class Trainer {
         return lossSum / Double(tokensPerStep)
     }
 
-    /// SPEC's validation loss: the fixed validation sequences split evenly over ranks, each
+    /// docs/model.md's validation loss: the fixed validation sequences split evenly over ranks, each
     /// sequence's loss reduced exactly, batch means averaged in order. Collective.
     public func evaluate() -> Double {
         let B = options.batch, T = options.model.seqLen, count = options.evalBatches * B

@@ -39,7 +39,8 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         LearningRateSchedule(maxLR: lr, minLR: minLR, warmup: warmup, totalSteps: steps)
     }
 
-    /// The options that may differ between a run and its resumption without changing its maths.
+    /// What differs from `other` in ways that change a run's numbers, one phrase each: a
+    /// resumption continues the same trajectory only when this is empty.
     public func sameTrajectory(as other: TrainingOptions) -> [String] {
         var diffs: [String] = []
         if model != other.model { diffs.append("model \(other.model.summary) → \(model.summary)") }

@@ -69,10 +69,10 @@ public struct RunFailure: Error, CustomStringConvertible {
 public final class TrainingRun {
     let trainer: Trainer
     let settings: RunSettings
-    /// Every rank of the job (the trainer's communicator spans only its worker in a low-communication run).
+    /// Every rank of the job (the trainer's communicator may span only its worker: see RunMode).
     let comm: Communicator
-    /// DiLoCo's workers and outer step; nil in synchronous training.
-    let outer: OuterSync?
+    /// What the run does around the trainer's steps (SynchronousRun, or another RunMode).
+    let mode: RunMode
     var sampleRNG: Xoshiro256
     let log: RankZeroLog
     private var header: [Double]
@@ -80,11 +80,11 @@ public final class TrainingRun {
     private let optionsJSON: String
     private let configHash: UInt64
 
-    public init(trainer: Trainer, settings: RunSettings, outer: OuterSync? = nil) throws {
+    public init(trainer: Trainer, settings: RunSettings, mode: RunMode) throws {
         self.trainer = trainer
         self.settings = settings
-        self.outer = outer
-        comm = outer?.world ?? trainer.comm
+        self.mode = mode
+        comm = mode.world
         sampleRNG = Xoshiro256(seed: trainer.options.seed ^ 0x5A4D_504C_4521)
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
@@ -101,32 +101,21 @@ public final class TrainingRun {
         try describeRun()
     }
 
-    /// Restores parameters, moments, step and generators: the source's root read the checkpoint
-    /// (only its host need see it) and broadcasts it. A low-communication run restores θ_global,
-    /// the outer momentum and each worker's own state (OuterSync.restore).
+    /// Restores the step and generators, then (the mode) parameters and moments: the source's
+    /// root read the checkpoint (only its host need see it) and broadcasts it.
     func restore() {
         let root = settings.resumeSource?.root ?? 0
         var state = [UInt64](repeating: 0, count: 10)   // step, Adam step, batch and sample generators
         if let ckpt = settings.resumeFrom {
-            _ = trainer.params.pointer.update(from: ckpt.params)
             state = [UInt64(ckpt.step), UInt64(ckpt.adamStep)] + (ckpt.generators["batch"] ?? trainer.sampler.rng.stateWords)
                 + (ckpt.generators["sample"] ?? sampleRNG.stateWords)
-        }
-        if outer == nil {
-            comm.broadcast(UnsafeMutableRawBufferPointer(trainer.params.pointer), root: root)
-            // The strategy keeps the moments whole or a slice of them, whatever the saving run's world size.
-            if let ckpt = settings.resumeFrom {
-                ckpt.m.withUnsafeBufferPointer { m in ckpt.v.withUnsafeBufferPointer { v in trainer.strategy.loadWholeOptimizerState(m: m, v: v, root: root) } }
-            } else {
-                trainer.strategy.loadWholeOptimizerState(m: nil, v: nil, root: root)
-            }
         }
         state.withUnsafeMutableBytes { comm.broadcast($0, root: root) }
         trainer.step = Int(state[0])
         trainer.optimizer.step = Int(state[1])
         trainer.sampler.rng = Xoshiro256(state: Array(state[2..<6]))
         sampleRNG = Xoshiro256(state: Array(state[6..<10]))
-        outer?.restore(settings.resumeFrom, root: root)
+        mode.restore(settings.resumeFrom, root: root)
     }
 
     public func run() throws {
@@ -137,9 +126,8 @@ public final class TrainingRun {
         if settings.resume {
             restore()
         } else {
-            // Every worker's rank 0 draws the same parameters from the seed: θ_global.
             trainer.initialiseParameters()
-            outer?.start()
+            mode.start()
         }
         var checkpointedStep = settings.resume ? trainer.step : -1
         let resumedAt = checkpointedStep
@@ -150,41 +138,26 @@ public final class TrainingRun {
         while trainer.step < lastStep {
             let stopSignal = try agreeOnHeader(nextStep: trainer.step + 1)
             if stopSignal != 0 { try stop(by: stopSignal, checkpointedStep: checkpointedStep) }
-            var result = trainer.trainStep()
-            if outer != nil { result = agreeAcrossWorkers(result) }
+            let result = mode.agree(trainer.trainStep())
             trainSeconds += result.timings.total
             guard result.finite else {
                 throw RunFailure(message: "non-finite \(result.loss.isFinite ? "gradient norm" : "loss") at step \(result.step) (loss \(result.loss), grad norm \(result.gradNorm)); stopped without writing a checkpoint — lower --lr or check the data", code: ExitStatus.nonFinite.code)
             }
             let step = result.step
             if settings.divergingRank == comm.rank && step == 1 { trainer.waitForParameters(); trainer.params.pointer[0] += 1e-3 }
-            var outerFields: [(String, String)] = []
-            if let outer {
-                // The last step syncs too, so the final model holds every worker's last steps.
-                let outcome = outer.afterStep(step, isLast: step == o.steps)
-                if outcome.applied {
-                    trainSeconds += outer.exposed
-                    outerFields = [("mode", "\"diloco\""), ("sync_every", "\(outer.options.syncEvery)"), ("outer_bytes", "\(outer.bytesPerOuterStep)"),
-                                   ("outer_comm_exposed_s", String(format: "%.6f", outer.exposed)), ("outer_comm_hidden_s", String(format: "%.6f", outer.hidden))]
-                }
-                if o.checksumEvery > 0 && step % o.checksumEvery == 0 {
-                    let sums = try outer.workerChecksums(step: step, synced: outcome.workersRestarted)
-                    outerFields.append(("worker_checksums", "[" + sums.map { "\"\(String($0, radix: 16))\"" }.joined(separator: ",") + "]"))
-                }
-            }
+            let (modeFields, modeSeconds) = try mode.afterStep(step, isLast: step == o.steps)
+            trainSeconds += modeSeconds
             var record: [(String, String)] = [
                 ("step", "\(step)"), ("loss", "\(result.loss)"), ("lr", "\(result.lr)"), ("grad_norm", "\(result.gradNorm)"),
                 ("ms", String(format: "%.3f", result.timings.total * 1000)),
                 ("tokens_per_s", String(format: "%.1f", Double(o.batch * o.model.seqLen) / result.timings.total)),
                 ("elapsed_s", String(format: "%.3f", Date().timeIntervalSince(started))),
                 ("train_s", String(format: "%.3f", trainSeconds)),
-            ] + outerFields
+            ] + modeFields
             log.step(result, of: o, tokensPerStep: o.batch * o.model.seqLen, peakGFLOPS: settings.peakGFLOPS * Double(comm.size),
                      elapsed: Date().timeIntervalSince(started), force: step % o.logEvery == 0 || step == o.steps)
             if (o.evalEvery > 0 && step % o.evalEvery == 0) || step == o.steps {
-                // A low-communication run evaluates θ_global, on worker 0 (the others go on).
-                let validation = outer.map { outer in outer.group.index == 0 ? outer.withGlobalParameters { trainer.evaluate() } : .nan }
-                    ?? trainer.evaluate()
+                let validation = mode.evaluate()
                 record.append(("val_loss", "\(validation)"))
                 log.line(String(format: "step %6d | val loss %.4f | %.1f s", step, validation, Date().timeIntervalSince(started)))
             }
@@ -219,17 +192,6 @@ public final class TrainingRun {
             log.line("wrote \(out)/metrics.jsonl, the loss curves \(out)/loss.svg and checkpoints (\(out)/latest names the newest)")
         }
     }
-
-    /// The step's loss as the mean of the workers' (each its batch's mean), and non-finite on
-    /// every rank when it is on any, so that all workers stop together. Collective over the job.
-    private func agreeAcrossWorkers(_ result: StepResult) -> StepResult {
-        lossAndFinite[0] = result.loss
-        lossAndFinite[1] = result.finite ? 0 : 1
-        lossAndFinite.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
-        let loss = lossAndFinite[1] == 0 ? lossAndFinite[0] / Double(comm.size) : .nan
-        return StepResult(step: result.step, loss: loss, gradNorm: result.gradNorm, lr: result.lr, timings: result.timings)
-    }
-    private var lossAndFinite = [0.0, 0.0]
 
     /// Rank 0 writes OUT/run.json: what `goml-dist plot` puts in its titles and legends. Runs
     /// during set-up, so a failure ends every rank together.
@@ -279,18 +241,17 @@ public final class TrainingRun {
     /// failure on any ends the whole job, so no rank goes on alone.
     private func checkpoint() throws {
         trainer.waitForParameters()
-        if let outer { return try outerCheckpoint(outer) }
         var ok = true, message = ""
-        // Collective: the strategy gathers the moments (when sharded) to each replica writer.
-        trainer.strategy.withWholeState(at: settings.replicaWriters) { params, m, v in
+        mode.withCheckpointState(at: settings.replicaWriters) { state in
             do {
                 let path = try Checkpoint.save(
                     directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
-                    params: params, m: m, v: v, adamStep: trainer.optimizer.step,
-                    generators: ["batch": trainer.sampler.rng.stateWords, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
-                    dataFingerprint: settings.dataFingerprint)
+                    params: state.params, m: state.m, v: state.v, adamStep: trainer.optimizer.step,
+                    generators: ["batch": state.batchGenerator, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
+                    dataFingerprint: settings.dataFingerprint, outer: state.outer)
                 let others = settings.replicaWriters.dropFirst().map { settings.hosts.names[$0] }
-                log.line("checkpoint \(path)" + (others.isEmpty ? "" : " (replicas on \(settings.hosts.names[0]), \(others.joined(separator: ", ")))"))
+                log.line("checkpoint \(path)" + (state.note.map { " (\($0))" } ?? "")
+                         + (others.isEmpty ? "" : " (replicas on \(settings.hosts.names[0]), \(others.joined(separator: ", ")))"))
             } catch {
                 ok = false
                 message = "cannot write checkpoint at step \(trainer.step)\(comm.size > 1 ? " on \(comm.hostName)" : ""): \(error)"
@@ -302,38 +263,11 @@ public final class TrainingRun {
         }
     }
 
-    /// A low-communication checkpoint: rank 0 gathers every worker's state and writes θ_global
-    /// as the model, worker 0's moments as the state, the rest in the outer file.
-    private func outerCheckpoint(_ outer: OuterSync) throws {
-        var ok = true, message = ""
-        try outer.withWorkerStates { state in
-            do {
-                let first = state.workers[0]
-                let path = try first.m.withUnsafeBufferPointer { m in
-                    try first.v.withUnsafeBufferPointer { v in
-                        try Checkpoint.save(
-                            directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
-                            params: UnsafeBufferPointer(outer.global.pointer), m: m, v: v, adamStep: trainer.optimizer.step,
-                            generators: ["batch": first.generator, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
-                            dataFingerprint: settings.dataFingerprint, outer: state)
-                    }
-                }
-                log.line("checkpoint \(path) (θ_global, outer momentum and \(state.workers.count) workers' state)")
-            } catch {
-                ok = false
-                message = "cannot write checkpoint at step \(trainer.step): \(error)"
-            }
-        }
-        if !comm.allAgree(ok) {
-            throw RunFailure(message: comm.isRoot ? message : "", code: ExitStatus.checkpointWrite.code)
-        }
-    }
-
     /// Rank 0's sample, seeded from the sample generator (apart from the batch generator, so the
     /// training trajectory never depends on it; every rank advances it, see run()).
     private func sample(seed: UInt64) {
         do {
-            let generator = try TextGenerator(config: trainer.options.model, parameters: (outer?.global ?? trainer.params).array,
+            let generator = try TextGenerator(config: trainer.options.model, parameters: mode.model.array,
                                           precision: trainer.options.precision, threads: settings.threads)
             var text: [UInt8] = []
             try generator.generate(prompt: [10], count: trainer.options.sampleTokens,
@@ -367,7 +301,7 @@ public final class TrainingRun {
         let n = Self.headerFields, compared = Self.comparedFields
         for r in 1..<max(1, comm.size) {
             // Step and options are the job's; data position and parameters the worker's (its first rank's).
-            let reference = outer.map { outer in outer.group.workerOfRank.firstIndex(of: outer.group.workerOfRank[r])! } ?? 0
+            let reference = mode.reference(of: r)
             let expected = Array(gathered[0..<3]) + Array(gathered[(reference * n + 3)..<(reference * n + compared)])
             guard Array(gathered[(r * n)..<(r * n + compared)]) != expected else { continue }
             let what = gathered[r * n] != gathered[0] ? "step"
@@ -387,15 +321,7 @@ public final class TrainingRun {
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
         log.line("world \(comm.size) rank(s), \(settings.threads) thread(s) per rank, reduction \(trainer.strategy.summary)")
         if let allocation = settings.allocation { log.line(allocation) }
-        if let outer {
-            let x = outer.options
-            log.line(String(format: "mode diloco: %d worker(s) × %d rank(s), sync every %d steps, outer Nesterov lr %g momentum %g; Δ %@ on the wire: %.2f MB per rank per outer step, %@",
-                            x.workers, outer.worker.size, x.syncEvery, x.lr, x.momentum, x.compression == .none ? "float32" : "bf16",
-                            Double(outer.bytesPerOuterStep) / 1e6,
-                            x.overlapped ? "overlapped with the next inner step, applied one step late" : "blocking (all of it exposed)"))
-            log.line(String(format: "each worker clips its gradient norm at %g: --grad-clip × √%d, a worker's batch being 1/%d of the global one",
-                            o.optimizer.gradClip, x.workers, x.workers))
-        }
+        mode.headerLines.forEach(log.line)
         if settings.replicaWriters.count > 1 {
             log.line("checkpoint replicas on \(settings.replicaWriters.count) hosts: \(settings.replicaWriters.map { settings.hosts.names[$0] }.joined(separator: ", "))")
         }

@@ -132,10 +132,13 @@ public enum TrainingSetup {
                                                           allowDataChange: request.allowDataChange)
                 }
             }
+            // DiLoCo's Δ reads every parameter as float32: a sharded worker gathers them so.
+            var communication = request.communication
+            if options.outer != nil { communication.bf16Weights = false }
+            communication.faultLostDuringGather = request.faults.lostGatherRank == comm.rank
             let trainer = try Trainer(options: options, comm: workerComm, split: corpus.split, workers: threads,
-                                      communication: request.communication, group: group)
+                                      communication: communication, group: group)
             trainer.faultGradientScale = request.faults.gradientScale
-            (trainer.strategy as? ShardedAllReduce)?.faultLostDuringGather = request.faults.lostGatherRank == comm.rank
             if request.faults.outerSameData { trainer.sampler.rng = Xoshiro256(seed: options.seed) }
             return (trainer, settings, corpus)
         }
@@ -151,13 +154,13 @@ public enum TrainingSetup {
         run.peakGFLOPS = request.peakGFLOPS
             ?? (comm.isRoot ? ProductPeak.measure(trainer.options.precision, threads: threads, size: 512, repeats: 4) : 0)
         BLAS.setThreads(trainer.blasThreads)
-        let outer = trainer.options.outer.map { options in
+        let mode: RunMode = trainer.options.outer.map { options in
             let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer)
             outer.faultNoRestart = request.faults.outerNoRestart
             outer.faultLostDuringOuterSum = request.faults.lostOuterRank == comm.rank
             return outer
-        }
-        return agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run, outer: outer) }
+        } ?? SynchronousRun(trainer: trainer)
+        return agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run, mode: mode) }
     }
 
     /// Collective over `comm`: the trainer `bench` times, on `split` (or, nil, random bytes),

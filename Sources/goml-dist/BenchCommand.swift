@@ -65,74 +65,40 @@ struct BenchCommand: ParsableCommand {
         }
         trainer.initialiseParameters()
         let o = trainer.options
-        var totals: [Double] = [], phases: [StepTimings] = []
-        totals.reserveCapacity(steps)
-        phases.reserveCapacity(steps)
-        var allocationsBefore = HeapAllocations(total: 0, elsewhere: 0)
-        for i in 0..<(warmup + steps) {
-            if i == warmup { allocationsBefore = HeapAllocations.count() ?? allocationsBefore }
-            if faultSlowRank == comm.rank { usleep(300_000) }
-            let r = trainer.trainStep()
-            if i >= warmup { totals.append(r.timings.total); phases.append(r.timings) }
-        }
-        trainer.waitForParameters()
-        // Every rank reports its own count: the ranks' communication threads differ in timing.
-        if let after = HeapAllocations.count() {
-            let total = after.total - allocationsBefore.total
-            var line = "\(comm.size > 1 ? "rank \(comm.rank): " : "")heap allocations during the \(steps) timed steps: \(total)"
-            if let afterElsewhere = after.elsewhere, let beforeElsewhere = allocationsBefore.elsewhere {
-                let elsewhere = afterElsewhere - beforeElsewhere
-                line += " (in OpenMPI's libraries \(total - elsewhere), elsewhere \(elsewhere)"
-                    + (elsewhere > 0 ? ", the last from \(HeapAllocations.lastElsewhere() ?? "?"))" : ")")
-            }
-            print(line)
-        }
-        // Every rank's wait after backward, step by step: the rank that finished backward last
-        // waited for communication alone; the others also waited for it.
-        let waits = phases.map(\.reduce)
-        var everyRanksWaits = [Double](repeating: 0, count: waits.count * comm.size)
-        waits.withUnsafeBufferPointer { mine in everyRanksWaits.withUnsafeMutableBufferPointer { comm.allGather(mine, into: $0) } }
+        let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, slowRank: faultSlowRank)
+        if let allocations = r.allocations { print(allocations) }
         let gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
-        let lastRankWaits = waits.indices.map { step in (0..<comm.size).map { everyRanksWaits[$0 * waits.count + step] }.min()! }
         comm.finalize()
         guard comm.isRoot else { return }
-        func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
-        let ms = median(totals) * 1000
-        let tokens = Double(o.batch * o.model.seqLen)
-        let tokensPerSecond = tokens / (ms / 1000)
+        let tokensPerSecond = Double(o.batch * o.model.seqLen) / (r.ms / 1000)
         let modelGFLOPS = tokensPerSecond * o.model.flopsPerToken / 1e9
         let mfu = ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peak * Double(comm.size))
-        let split = [("forward", \StepTimings.forward), ("forward wait", \StepTimings.forwardWait), ("backward", \StepTimings.backward),
-                     ("reduce", \StepTimings.reduce), ("optimizer", \StepTimings.optimizer)]
-            .map { name, path in (name, median(phases.map { $0[keyPath: path] }) * 1000) }
-        let forwardMS = split[0].1, forwardWaitMS = split[1].1, backwardMS = split[2].1, reduceMS = split[3].1, optimizerMS = split[4].1
+        let split = [("forward", r.forwardMS), ("forward wait", r.forwardWaitMS), ("backward", r.backwardMS), ("reduce", r.reduceMS), ("optimizer", r.optimizerMS)]
         print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(trainer.productThreads) product thread(s), \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
         print("precision \(o.precision.rawValue) (\(precisionReason))")
         print(String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, threads, peak))
-        print(String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
+        print(String(format: "median step %.2f ms over %d steps: ", r.ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
         // Communication the step waited for: after backward (the reduce phase, against the time the
         // network was busy with the gradient) and in forward (the sharded all-gather still arriving).
-        let busy = median(phases.map(\.communication)) * 1000, exposed = reduceMS
-        let hidden = busy > 0 ? max(0, 1 - exposed / busy) : 0
-        let lastRankMS = median(lastRankWaits) * 1000, slowerRanksMS = median(zip(waits, lastRankWaits).map { $0 - $1 }) * 1000
         print(String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward); forward waited %.2f ms for parameters",
-                     busy, exposed, hidden * 100, forwardWaitMS))
+                     r.busyMS, r.reduceMS, r.hiddenShare * 100, r.forwardWaitMS))
         if gatherPeakMB > 0 {
             print(String(format: "parameter all-gathers in flight at most %.1f MB at once (--gather-mb-in-flight %g)", gatherPeakMB, parallel.gatherMBInFlight))
         }
         if comm.size > 1 {
             print(String(format: "after backward, the rank that finished it last waited %.2f ms (communication); rank 0's other %.2f ms was waiting for slower ranks",
-                         lastRankMS, slowerRanksMS))
+                         r.lastRankMS, r.slowerRanksMS))
         }
         print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", tokensPerSecond, modelGFLOPS) + ProductPeak.describe(mfu))
         let json: [String: Any] = [
             "config": try model.name(), "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
-            "ms_per_step": (ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(),
+            "ms_per_step": (r.ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(),
             "mfu": mfu.map { ($0 * 10000).rounded() / 10000 } ?? NSNull(),
             "peak_gflops": peak.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue, "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
-            "forward_ms": forwardMS, "backward_ms": backwardMS, "reduce_ms": reduceMS, "optimizer_ms": optimizerMS,
-            "comm_ms": busy, "exposed_comm_ms": median(phases.map { $0.forwardWait + $0.reduce }) * 1000,
-            "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": exposed, "exposed_backward_last_rank_ms": lastRankMS, "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": gatherPeakMB, "hidden_comm_share": (hidden * 1000).rounded() / 1000,
+            "forward_ms": r.forwardMS, "backward_ms": r.backwardMS, "reduce_ms": r.reduceMS, "optimizer_ms": r.optimizerMS,
+            "comm_ms": r.busyMS, "exposed_comm_ms": r.exposedMS,
+            "exposed_forward_comm_ms": r.forwardWaitMS, "exposed_backward_comm_ms": r.reduceMS, "exposed_backward_last_rank_ms": r.lastRankMS,
+            "waiting_for_slower_ranks_ms": r.slowerRanksMS, "gather_peak_mb_in_flight": gatherPeakMB, "hidden_comm_share": (r.hiddenShare * 1000).rounded() / 1000,
             "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
             "micro_batch": trainer.microBatch,
         ]
@@ -199,28 +165,5 @@ struct BenchCommand: ParsableCommand {
         var json: [String: Any] = ["config": try! model.name(), "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen]
         for (k, v) in results { json[k] = v.rounded() }
         print(String(decoding: try! JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
-    }
-}
-
-/// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations` is
-/// preloaded (see Tests/EndToEndTests/AllocationTests.swift); `elsewhere` counts those whose
-/// caller lies outside OpenMPI's libraries, when the shim exports
-/// `goml_heap_allocations_elsewhere`, and `lastElsewhere` names the library the last of them
-/// came from.
-private struct HeapAllocations {
-    let total: Int
-    let elsewhere: Int?
-
-    static func count() -> HeapAllocations? {
-        func read(_ name: String) -> Int? {
-            dlsym(nil, name).map { Int(unsafeBitCast($0, to: (@convention(c) () -> Int).self)()) }
-        }
-        guard let total = read("goml_heap_allocations") else { return nil }
-        return HeapAllocations(total: total, elsewhere: read("goml_heap_allocations_elsewhere"))
-    }
-
-    /// Allocates (a String): only once the counts are read.
-    static func lastElsewhere() -> String? {
-        dlsym(nil, "goml_heap_last_elsewhere").map { String(cString: unsafeBitCast($0, to: (@convention(c) () -> UnsafePointer<CChar>).self)()) }
     }
 }

@@ -191,7 +191,7 @@ final class StrategyTableTests: XCTestCase {
             let models = try InProcessCommunicator.run(ranks: row.ranks) { comm -> [Float] in
                 let run = TrainingSetup.run(r, comm: comm)
                 try run.run()
-                return (run.outer?.global ?? run.trainer.params).array
+                return run.mode.model.array
             }
             parameters = models[0]
         }

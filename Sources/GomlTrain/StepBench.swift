@@ -1,0 +1,93 @@
+// StepBench: what `bench` measures of training steps: warm-up, then timed steps, each phase's
+// median, every rank's wait after backward (to tell communication from waiting for slower
+// ranks) and, when a counting malloc is preloaded (AllocationTests), the heap allocations of
+// the timed steps. Collective; the command prints the report.
+
+import Foundation
+import GomlComm
+import GomlCore
+
+public struct StepBenchReport {
+    /// Medians over the timed steps, in milliseconds.
+    public let ms: Double, forwardMS: Double, forwardWaitMS: Double, backwardMS: Double, reduceMS: Double, optimizerMS: Double
+    /// The network's busy time for the gradient, and the share of it hidden behind backward.
+    public let busyMS: Double, hiddenShare: Double
+    /// Exposed communication of both sides (forward's wait for parameters, the reduce phase).
+    public let exposedMS: Double
+    /// After backward: the wait of the rank that finished it last (communication alone), and
+    /// rank 0's wait beyond that (waiting for slower ranks).
+    public let lastRankMS: Double, slowerRanksMS: Double
+    /// This rank's line about heap allocations in the timed steps (nil: no counting malloc).
+    public let allocations: String?
+}
+
+public enum StepBench {
+    /// Runs `warmup` then `steps` training steps; `slowRank` sleeps 300 ms before each (a
+    /// straggler, for tests).
+    public static func run(_ trainer: Trainer, comm: Communicator, warmup: Int, steps: Int, slowRank: Int? = nil) -> StepBenchReport {
+        var totals: [Double] = [], phases: [StepTimings] = []
+        totals.reserveCapacity(steps)
+        phases.reserveCapacity(steps)
+        var allocationsBefore = HeapAllocations(total: 0, elsewhere: 0)
+        for i in 0..<(warmup + steps) {
+            if i == warmup { allocationsBefore = HeapAllocations.count() ?? allocationsBefore }
+            if slowRank == comm.rank { usleep(300_000) }
+            let r = trainer.trainStep()
+            if i >= warmup { totals.append(r.timings.total); phases.append(r.timings) }
+        }
+        trainer.waitForParameters()
+        // Every rank reports its own count: the ranks' communication threads differ in timing.
+        var allocations: String?
+        if let after = HeapAllocations.count() {
+            let total = after.total - allocationsBefore.total
+            var line = "\(comm.size > 1 ? "rank \(comm.rank): " : "")heap allocations during the \(steps) timed steps: \(total)"
+            if let afterElsewhere = after.elsewhere, let beforeElsewhere = allocationsBefore.elsewhere {
+                let elsewhere = afterElsewhere - beforeElsewhere
+                line += " (in OpenMPI's libraries \(total - elsewhere), elsewhere \(elsewhere)"
+                    + (elsewhere > 0 ? ", the last from \(HeapAllocations.lastElsewhere() ?? "?"))" : ")")
+            }
+            allocations = line
+        }
+        // Every rank's wait after backward, step by step: the rank that finished backward last
+        // waited for communication alone; the others also waited for it.
+        let waits = phases.map(\.reduce)
+        var everyRanksWaits = [Double](repeating: 0, count: waits.count * comm.size)
+        waits.withUnsafeBufferPointer { mine in everyRanksWaits.withUnsafeMutableBufferPointer { comm.allGather(mine, into: $0) } }
+        let lastRankWaits = waits.indices.map { step in (0..<comm.size).map { everyRanksWaits[$0 * waits.count + step] }.min()! }
+        func median(_ xs: [Double]) -> Double {
+            let s = xs.sorted()
+            return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+        }
+        func phase(_ path: KeyPath<StepTimings, Double>) -> Double { median(phases.map { $0[keyPath: path] }) * 1000 }
+        let busy = phase(\.communication), exposed = phase(\.reduce)
+        return StepBenchReport(ms: median(totals) * 1000, forwardMS: phase(\.forward), forwardWaitMS: phase(\.forwardWait),
+                               backwardMS: phase(\.backward), reduceMS: exposed, optimizerMS: phase(\.optimizer),
+                               busyMS: busy, hiddenShare: busy > 0 ? max(0, 1 - exposed / busy) : 0,
+                               exposedMS: median(phases.map { $0.forwardWait + $0.reduce }) * 1000,
+                               lastRankMS: median(lastRankWaits) * 1000, slowerRanksMS: median(zip(waits, lastRankWaits).map { $0 - $1 }) * 1000,
+                               allocations: allocations)
+    }
+}
+
+/// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations` is
+/// preloaded (see Tests/EndToEndTests/AllocationTests.swift); `elsewhere` counts those whose
+/// caller lies outside OpenMPI's libraries, when the shim exports
+/// `goml_heap_allocations_elsewhere`, and `lastElsewhere` names the library the last of them
+/// came from.
+private struct HeapAllocations {
+    let total: Int
+    let elsewhere: Int?
+
+    static func count() -> HeapAllocations? {
+        func read(_ name: String) -> Int? {
+            dlsym(nil, name).map { Int(unsafeBitCast($0, to: (@convention(c) () -> Int).self)()) }
+        }
+        guard let total = read("goml_heap_allocations") else { return nil }
+        return HeapAllocations(total: total, elsewhere: read("goml_heap_allocations_elsewhere"))
+    }
+
+    /// Allocates (a String): only once the counts are read.
+    static func lastElsewhere() -> String? {
+        dlsym(nil, "goml_heap_last_elsewhere").map { String(cString: unsafeBitCast($0, to: (@convention(c) () -> UnsafePointer<CChar>).self)()) }
+    }
+}
