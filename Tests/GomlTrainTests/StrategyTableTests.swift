@@ -94,19 +94,21 @@ final class StrategyTableTests: XCTestCase {
         var dilocoReferences: [String: Outcome] = [:]
         var outcomes: [String: Outcome] = [:]
         for row in rows {
-            let outcome = try Self.train(row)
+            let outcome: Outcome
+            do { outcome = try Self.train(row) } catch { XCTFail("\(row): \(error)"); continue }
             outcomes[row.description] = outcome
             XCTAssertEqual(outcome.losses.count, Self.steps, "\(row): steps logged")
             if row.resumeAt != nil, let twin = outcomes[row.twin] {
                 XCTAssertEqual(outcome.losses, twin.losses, "\(row): resumed losses differ from the uninterrupted run's")
-                XCTAssertEqual(outcome.parameters, twin.parameters, "\(row): resumed parameters differ from the uninterrupted run's")
+                let differing = zip(outcome.parameters, twin.parameters).filter { $0 != $1 }.count
+                XCTAssertEqual(differing, 0, "\(row): \(differing) of \(twin.parameters.count) parameters differ from the uninterrupted run's")
             }
             switch row.strategy {
             case .exact:
                 // Bit-identical at any power-of-two world size, and float32 rounding from allreduce.
                 if row.microBatch == nil || row.microBatch == 1 {
                     XCTAssertEqual(outcome.losses, exactReference.losses, "\(row): exact losses")
-                    XCTAssertEqual(outcome.parameters, exactReference.parameters, "\(row): exact parameters")
+                    XCTAssertTrue(outcome.parameters == exactReference.parameters, "\(row): exact parameters differ")
                 }
                 Self.assertClose(outcome, reference, tolerance: 1e-5, "\(row)")
             case let .diloco(h, workers, _, compression):
@@ -116,9 +118,11 @@ final class StrategyTableTests: XCTestCase {
                 Self.assertClose(outcome, dilocoReferences[key]!, tolerance: compression == .bf16 ? 1e-4 : 1e-5, "\(row)")
             case .replicated, .sharded:
                 // bf16 gradients on the wire: each rank's gradient and every partial sum rounded
-                // to 8 bits of mantissa; over these steps the losses stay within 1e-3.
+                // to 8 bits of mantissa (measured: losses 3.8e-6, norms 3.0e-4, and parameters
+                // 2.8e-3 of the largest, where AdamW's first steps move a near-zero gradient's
+                // element by ±lr whichever its rounded sign).
                 if row.compression == .bf16 {
-                    Self.assertClose(outcome, reference, tolerance: 1e-3, normTolerance: 1e-2, parameterTolerance: 1e-2, "\(row)")
+                    Self.assertClose(outcome, reference, tolerance: 1e-4, normTolerance: 3e-3, parameterTolerance: 1e-2, "\(row)")
                 } else {
                     Self.assertClose(outcome, reference, tolerance: 1e-5, "\(row)")
                 }
