@@ -163,9 +163,11 @@ public enum TrainingSetup {
         return agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run, mode: mode) }
     }
 
-    /// Collective over `comm`: the trainer `bench` times, on `split` (or, nil, random bytes),
-    /// set up as `train` would set it up for a synchronous run; and why its precision was chosen.
-    public static func benchTrainer(_ request: TrainingRequest, comm: Communicator) -> (trainer: Trainer, threads: Int, precisionReason: String) {
+    /// Collective over `comm`: the trainer `bench` times, on `--data` (or random bytes), set up
+    /// as `train` would set it up for a synchronous run; why its precision was chosen; and the
+    /// product rate MFU is quoted against (0 unless `measurePeak`).
+    public static func benchTrainer(_ request: TrainingRequest, comm: Communicator, measurePeak: Bool)
+        -> (trainer: Trainer, threads: Int, precisionReason: String, peakGFLOPS: Double) {
         let threads = coresPerRank(request, comm)
         var reason = ""
         let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
@@ -178,8 +180,10 @@ public enum TrainingSetup {
             return (try Trainer(options: options, comm: comm, split: split, workers: threads, communication: request.communication), corpus)
         }
         if let corpus { agreeOnData(comm, corpus) }
+        // Measured before the run's BLAS threads are set: the measurement sets its own.
+        let peak = measurePeak ? ProductPeak.measure(trainer.options.precision, threads: threads) : 0
         BLAS.setThreads(trainer.blasThreads)
-        return (trainer, threads, reason)
+        return (trainer, threads, reason, peak)
     }
 
     /// The strategy to run: allreduce on several ranks is sharded unless --no-shard (measured

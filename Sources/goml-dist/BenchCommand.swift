@@ -55,9 +55,9 @@ struct BenchCommand: ParsableCommand {
         if optimizer { return try benchOptimizer() }
         let comm = makeCommunicator(parallel)
         if collectives { return try benchCollectives(comm) }
-        let (trainer, threads, precisionReason) = TrainingSetup.benchTrainer(agreeOnSetup(comm) { try request() }, comm: comm)
         // The ceiling MFU is quoted against: products at the run's precision on all of this rank's cores.
-        let peak = sampling ? 0 : ProductPeak.measure(trainer.options.precision, threads: threads)
+        let (trainer, threads, precisionReason, peak) = TrainingSetup.benchTrainer(agreeOnSetup(comm) { try request() }, comm: comm,
+                                                                                   measurePeak: !sampling)
         if sampling {
             if comm.isRoot { benchSampling(trainer, threads: threads) }
             comm.finalize()
