@@ -19,12 +19,33 @@ public struct StepBenchReport {
     public let lastRankMS: Double, slowerRanksMS: Double
     /// This rank's line about heap allocations in the timed steps (nil: no counting malloc).
     public let allocations: String?
+    /// Throughput at the median step, and its share of the product peak the ranks measured.
+    public let tokensPerSecond: Double, modelGFLOPS: Double, mfu: Double?
+
+    /// The JSON line `bench` ends with (BENCHMARKS.md's and `launch/bench`'s source).
+    public func json(config: String, trainer: Trainer, ranks: Int, threads: Int, peakGFLOPS: Double, gatherPeakMB: Double,
+                     bucketMB: Double, communication: CommunicationSettings) -> [String: Any] {
+        let o = trainer.options
+        func rounded(_ x: Double, _ places: Double) -> Double { (x * places).rounded() / places }
+        return [
+            "config": config, "threads": threads, "ranks": ranks, "batch": o.batch, "seq_len": o.model.seqLen,
+            "ms_per_step": rounded(ms, 1000), "tokens_per_s": tokensPerSecond.rounded(), "mfu": mfu.map { rounded($0, 10000) } ?? NSNull(),
+            "peak_gflops": peakGFLOPS.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue,
+            "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
+            "forward_ms": forwardMS, "backward_ms": backwardMS, "reduce_ms": reduceMS, "optimizer_ms": optimizerMS,
+            "comm_ms": busyMS, "exposed_comm_ms": exposedMS,
+            "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": reduceMS, "exposed_backward_last_rank_ms": lastRankMS,
+            "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": gatherPeakMB, "hidden_comm_share": rounded(hiddenShare, 1000),
+            "overlap": communication.overlap, "bucket_mb": bucketMB, "grad_compression": communication.compression.rawValue,
+            "micro_batch": trainer.microBatch,
+        ]
+    }
 }
 
 public enum StepBench {
     /// Runs `warmup` then `steps` training steps; `slowRank` sleeps 300 ms before each (a
-    /// straggler, for tests).
-    public static func run(_ trainer: Trainer, comm: Communicator, warmup: Int, steps: Int, slowRank: Int? = nil) -> StepBenchReport {
+    /// straggler, for tests). `peakGFLOPS`: one rank's product rate, for MFU.
+    public static func run(_ trainer: Trainer, comm: Communicator, warmup: Int, steps: Int, peakGFLOPS: Double, slowRank: Int? = nil) -> StepBenchReport {
         var totals: [Double] = [], phases: [StepTimings] = []
         totals.reserveCapacity(steps)
         phases.reserveCapacity(steps)
@@ -59,13 +80,34 @@ public enum StepBench {
             return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
         }
         func phase(_ path: KeyPath<StepTimings, Double>) -> Double { median(phases.map { $0[keyPath: path] }) * 1000 }
-        let busy = phase(\.communication), exposed = phase(\.reduce)
-        return StepBenchReport(ms: median(totals) * 1000, forwardMS: phase(\.forward), forwardWaitMS: phase(\.forwardWait),
+        let busy = phase(\.communication), exposed = phase(\.reduce), ms = median(totals) * 1000
+        let o = trainer.options, tokensPerSecond = Double(o.batch * o.model.seqLen) / (ms / 1000)
+        let modelGFLOPS = tokensPerSecond * o.model.flopsPerToken / 1e9
+        return StepBenchReport(ms: ms, forwardMS: phase(\.forward), forwardWaitMS: phase(\.forwardWait),
                                backwardMS: phase(\.backward), reduceMS: exposed, optimizerMS: phase(\.optimizer),
                                busyMS: busy, hiddenShare: busy > 0 ? max(0, 1 - exposed / busy) : 0,
                                exposedMS: median(phases.map { $0.forwardWait + $0.reduce }) * 1000,
                                lastRankMS: median(lastRankWaits) * 1000, slowerRanksMS: median(zip(waits, lastRankWaits).map { $0 - $1 }) * 1000,
-                               allocations: allocations)
+                               allocations: allocations, tokensPerSecond: tokensPerSecond, modelGFLOPS: modelGFLOPS,
+                               mfu: ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peakGFLOPS * Double(comm.size)))
+    }
+
+    /// Generation speed with and without the KV cache (tokens/s), `tokens` bytes ending at the
+    /// end of the context, from the seed's parameters.
+    public static func sampling(_ trainer: Trainer, threads: Int, tokens: Int) throws -> (kvCache: Double, noCache: Double) {
+        var rng = Xoshiro256(seed: 5)
+        trainer.layout.initialise(trainer.params.pointer, rng: &rng)
+        let config = trainer.options.model
+        var rates: [Double] = []
+        for cached in [true, false] {
+            let generator = try TextGenerator(config: config, parameters: trainer.params.array, precision: trainer.options.precision, threads: threads)
+            let start = Date()
+            // A full-context prompt minus the bytes generated keeps the context ≤ seqLen throughout.
+            let prompt = [UInt8](repeating: 65, count: max(1, config.seqLen - tokens))
+            try generator.generate(prompt: prompt, count: tokens, options: SamplingOptions(temperature: 0.8, topK: 40), seed: 1, useCache: cached) { _ in }
+            rates.append(Double(tokens) / Date().timeIntervalSince(start))
+        }
+        return (rates[0], rates[1])
     }
 }
 

@@ -59,20 +59,17 @@ struct BenchCommand: ParsableCommand {
         let (trainer, threads, precisionReason, peak) = TrainingSetup.benchTrainer(agreeOnSetup(comm) { try request() }, comm: comm,
                                                                                    measurePeak: !sampling)
         if sampling {
-            if comm.isRoot { benchSampling(trainer, threads: threads) }
+            if comm.isRoot { try benchSampling(trainer, threads: threads) }
             comm.finalize()
             return
         }
         trainer.initialiseParameters()
         let o = trainer.options
-        let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, slowRank: faultSlowRank)
+        let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, peakGFLOPS: peak, slowRank: faultSlowRank)
         if let allocations = r.allocations { print(allocations) }
         let gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
         comm.finalize()
         guard comm.isRoot else { return }
-        let tokensPerSecond = Double(o.batch * o.model.seqLen) / (r.ms / 1000)
-        let modelGFLOPS = tokensPerSecond * o.model.flopsPerToken / 1e9
-        let mfu = ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peak * Double(comm.size))
         let split = [("forward", r.forwardMS), ("forward wait", r.forwardWaitMS), ("backward", r.backwardMS), ("reduce", r.reduceMS), ("optimizer", r.optimizerMS)]
         print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(trainer.productThreads) product thread(s), \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
         print("precision \(o.precision.rawValue) (\(precisionReason))")
@@ -89,19 +86,9 @@ struct BenchCommand: ParsableCommand {
             print(String(format: "after backward, the rank that finished it last waited %.2f ms (communication); rank 0's other %.2f ms was waiting for slower ranks",
                          r.lastRankMS, r.slowerRanksMS))
         }
-        print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", tokensPerSecond, modelGFLOPS) + ProductPeak.describe(mfu))
-        let json: [String: Any] = [
-            "config": try model.name(), "threads": threads, "ranks": comm.size, "batch": o.batch, "seq_len": o.model.seqLen,
-            "ms_per_step": (r.ms * 1000).rounded() / 1000, "tokens_per_s": tokensPerSecond.rounded(),
-            "mfu": mfu.map { ($0 * 10000).rounded() / 10000 } ?? NSNull(),
-            "peak_gflops": peak.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue, "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
-            "forward_ms": r.forwardMS, "backward_ms": r.backwardMS, "reduce_ms": r.reduceMS, "optimizer_ms": r.optimizerMS,
-            "comm_ms": r.busyMS, "exposed_comm_ms": r.exposedMS,
-            "exposed_forward_comm_ms": r.forwardWaitMS, "exposed_backward_comm_ms": r.reduceMS, "exposed_backward_last_rank_ms": r.lastRankMS,
-            "waiting_for_slower_ranks_ms": r.slowerRanksMS, "gather_peak_mb_in_flight": gatherPeakMB, "hidden_comm_share": (r.hiddenShare * 1000).rounded() / 1000,
-            "overlap": !parallel.noOverlap, "bucket_mb": parallel.bucketMB, "grad_compression": parallel.gradCompression,
-            "micro_batch": trainer.microBatch,
-        ]
+        print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", r.tokensPerSecond, r.modelGFLOPS) + ProductPeak.describe(r.mfu))
+        let json = r.json(config: try model.name(), trainer: trainer, ranks: comm.size, threads: threads, peakGFLOPS: peak,
+                          gatherPeakMB: gatherPeakMB, bucketMB: parallel.bucketMB, communication: try parallel.communication())
         let text = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
         print(String(decoding: text, as: UTF8.self))
     }
@@ -147,23 +134,12 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    private func benchSampling(_ trainer: Trainer, threads: Int) {
-        var rng = Xoshiro256(seed: 5)
-        trainer.layout.initialise(trainer.params.pointer, rng: &rng)
-        let config = trainer.options.model
-        var results: [String: Double] = [:]
-        for cached in [true, false] {
-            let generator = try! TextGenerator(config: config, parameters: trainer.params.array, precision: trainer.options.precision, threads: threads)
-            let start = Date()
-            // A full-context prompt minus the bytes generated keeps the context ≤ seqLen throughout.
-            let prompt = [UInt8](repeating: 65, count: max(1, config.seqLen - sampleTokens))
-            try! generator.generate(prompt: prompt, count: sampleTokens, options: SamplingOptions(temperature: 0.8, topK: 40), seed: 1, useCache: cached) { _ in }
-            results[cached ? "kv_cache_tokens_per_s" : "no_cache_tokens_per_s"] = Double(sampleTokens) / Date().timeIntervalSince(start)
-        }
+    private func benchSampling(_ trainer: Trainer, threads: Int) throws {
+        let config = trainer.options.model, r = try StepBench.sampling(trainer, threads: threads, tokens: sampleTokens)
         print(String(format: "sampling %@ (%@), %d tokens ending at %d of context, %d thread(s): KV cache %.0f tokens/s, full recompute %.0f tokens/s",
-                     try! model.name(), config.summary, sampleTokens, config.seqLen, threads, results["kv_cache_tokens_per_s"]!, results["no_cache_tokens_per_s"]!))
-        var json: [String: Any] = ["config": try! model.name(), "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen]
-        for (k, v) in results { json[k] = v.rounded() }
-        print(String(decoding: try! JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
+                     try model.name(), config.summary, sampleTokens, config.seqLen, threads, r.kvCache, r.noCache))
+        let json: [String: Any] = ["config": try model.name(), "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen,
+                                   "kv_cache_tokens_per_s": r.kvCache.rounded(), "no_cache_tokens_per_s": r.noCache.rounded()]
+        print(String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
     }
 }
