@@ -101,6 +101,13 @@ public protocol DataParallelStrategy: AnyObject {
 }
 
 extension DataParallelStrategy {
+    /// Defaults: float32 and bf16 products alike, BLAS on any number of threads, and nothing
+    /// but float32 summation order (as world sizes, sharding, micro-batches and worker threads
+    /// change it) between a run and its resumption.
+    public static var float32Reason: String? { nil }
+    public static var needsOneBLASThread: Bool { false }
+    public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }
+
     /// Global norm, clip and AdamW: the one place every strategy's update is decided. No update
     /// when the loss or the norm is not finite (the run then stops); every rank decides alike.
     public func finishStep(lr: Double, lossIsFinite: Bool, threads: WorkerPool) -> StepUpdate {

@@ -52,11 +52,6 @@ public final class ReplicatedAllReduce: ReplicatedStrategy {
         try PassPlan.validateMicroBatches(options, worldSize: worldSize)
     }
 
-    public static var float32Reason: String? { nil }
-    public static var needsOneBLASThread: Bool { false }
-    /// Micro-batches and worker threads change only float32 summation order, as world sizes do.
-    public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }
-
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
                 communication: CommunicationSettings) {
         passes = PassPlan.accumulating(options, shard: shard, workers: requested)

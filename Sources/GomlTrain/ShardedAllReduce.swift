@@ -66,11 +66,6 @@ public final class ShardedAllReduce: DataParallelStrategy {
         }
     }
 
-    public static var float32Reason: String? { nil }
-    public static var needsOneBLASThread: Bool { false }
-    /// Sharding changes only float32 summation order, as world sizes do.
-    public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }
-
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
                 communication: CommunicationSettings) {
         passes = PassPlan.accumulating(options, shard: shard, workers: requested)
