@@ -146,3 +146,10 @@ public final class SingleProcessCommunicator: Communicator {
         _ = receive.update(fromContentsOf: send)
     }
 }
+
+/// A 64-bit word as its two 32-bit halves, each exact in a Double, so that checksums,
+/// fingerprints and generator states travel in the Double collectives.
+public enum WordHalves {
+    public static func split(_ word: UInt64) -> (high: Double, low: Double) { (Double(word >> 32), Double(word & 0xFFFF_FFFF)) }
+    public static func join(_ high: Double, _ low: Double) -> UInt64 { UInt64(high) << 32 | UInt64(low) }
+}

@@ -184,11 +184,11 @@ public final class OuterSync {
     /// checked to agree everywhere. Returns each worker's.
     public func workerChecksums(step: Int, synced: Bool) throws -> [UInt64] {
         let checksum = trainer.parameterChecksum(), globalChecksum = contentChecksum(UnsafeBufferPointer(global.pointer))
-        let mine = [Double(group.index), Double(checksum >> 32), Double(checksum & 0xFFFF_FFFF),
-                    Double(globalChecksum >> 32), Double(globalChecksum & 0xFFFF_FFFF)]
+        let (mineHigh, mineLow) = WordHalves.split(checksum), (globalHigh, globalLow) = WordHalves.split(globalChecksum)
+        let mine = [Double(group.index), mineHigh, mineLow, globalHigh, globalLow]
         var all = [Double](repeating: 0, count: 5 * world.size)
         mine.withUnsafeBufferPointer { m in all.withUnsafeMutableBufferPointer { world.allGather(m, into: $0) } }
-        let sums = (0..<world.size).map { UInt64(all[5 * $0 + 1]) << 32 | UInt64(all[5 * $0 + 2]) }
+        let sums = (0..<world.size).map { WordHalves.join(all[5 * $0 + 1], all[5 * $0 + 2]) }
         if let r = (0..<world.size).first(where: { all[5 * $0 + 3] != all[3] || all[5 * $0 + 4] != all[4] }) {
             throw RunFailure(message: world.isRoot ? "ranks 0 and \(r) hold different θ_global after step \(step); the outer step diverged — stopping" : "",
                              code: ExitStatus.replicasDiverged.code)
@@ -225,15 +225,14 @@ public final class OuterSync {
             params.withUnsafeMutableBufferPointer { peers.gather(UnsafeBufferPointer(trainer.params.pointer), into: $0, counts: counts, root: 0) }
             moments1.withUnsafeMutableBufferPointer { peers.gather(m, into: $0, counts: counts, root: 0) }
             moments2.withUnsafeMutableBufferPointer { peers.gather(v, into: $0, counts: counts, root: 0) }
-            // Generator words as 32-bit halves: exact in a double.
-            let words = trainer.sampler.rng.stateWords.flatMap { [Double($0 >> 32), Double($0 & 0xFFFF_FFFF)] }
+            let words = trainer.sampler.rng.stateWords.flatMap { let (high, low) = WordHalves.split($0); return [high, low] }
             var allWords = [Double](repeating: 0, count: 8 * peers.size)
             words.withUnsafeBufferPointer { w in allWords.withUnsafeMutableBufferPointer { peers.allGather(w, into: $0) } }
             guard peers.isRoot else { return }
             let workers = (0..<peers.size).map { w in
                 WorkerCheckpoint(params: Array(params[(w * count)..<((w + 1) * count)]), m: Array(moments1[(w * count)..<((w + 1) * count)]),
                                  v: Array(moments2[(w * count)..<((w + 1) * count)]),
-                                 generator: (0..<4).map { UInt64(allWords[8 * w + 2 * $0]) << 32 | UInt64(allWords[8 * w + 2 * $0 + 1]) })
+                                 generator: (0..<4).map { WordHalves.join(allWords[8 * w + 2 * $0], allWords[8 * w + 2 * $0 + 1]) })
             }
             let sum = pending == .none ? nil : Array(scratch.pointer)
             body(OuterCheckpoint(momentum: Array(outer.buffer), workers: workers, pendingSum: sum))

@@ -35,9 +35,10 @@ public func agreeOnData(_ comm: Communicator, _ data: RunData) {
     agreeOnSetup(comm) {
         func describe(_ v: ArraySlice<Double>) -> String {
             let i = v.startIndex
-            return "\(Int(v[i])) file\(v[i] == 1 ? "" : "s"), \(Int(v[i + 1])) bytes, fingerprint \(Corpus.hex(UInt64(v[i + 2]) << 32 | UInt64(v[i + 3])))"
+            return "\(Int(v[i])) file\(v[i] == 1 ? "" : "s"), \(Int(v[i + 1])) bytes, fingerprint \(Corpus.hex(WordHalves.join(v[i + 2], v[i + 3])))"
         }
-        let mine = [Double(data.files), Double(data.bytes), Double(data.fingerprint >> 32), Double(data.fingerprint & 0xFFFF_FFFF)]
+        let fingerprint = WordHalves.split(data.fingerprint)
+        let mine = [Double(data.files), Double(data.bytes), fingerprint.high, fingerprint.low]
         var all = [Double](repeating: 0, count: mine.count * comm.size)
         mine.withUnsafeBufferPointer { m in all.withUnsafeMutableBufferPointer { comm.allGather(m, into: $0) } }
         var rootHost = [UInt8](repeating: 0, count: 256)

@@ -286,13 +286,12 @@ public final class TrainingRun {
     /// parameter checksum); any difference names the ranks and stops the job. Returns the
     /// signal that asked any rank to stop (0: go on), the same on every rank.
     private func agreeOnHeader(nextStep: Int) throws -> Int32 {
-        func split(_ v: UInt64) -> (Double, Double) { (Double(v >> 32), Double(v & 0xFFFF_FFFF)) }
         let checksum = trainer.options.checksumEvery > 0 && (nextStep - 1) % trainer.options.checksumEvery == 0
             ? trainer.parameterChecksum() : 0
         let data = trainer.sampler.rng.state.0
-        (header[1], header[2]) = split(configHash)
-        (header[3], header[4]) = split(data)
-        (header[5], header[6]) = split(checksum)
+        (header[1], header[2]) = WordHalves.split(configHash)
+        (header[3], header[4]) = WordHalves.split(data)
+        (header[5], header[6]) = WordHalves.split(checksum)
         header[0] = Double(nextStep)
         if let fault = settings.headerFault, fault.rank == comm.rank { header[fault.field == .options ? 1 : 3] += 1 }
         header[Self.comparedFields] = Double(settings.stopSignal())
