@@ -223,7 +223,7 @@ public final class TrainingRun {
         if checkpointedStep != trainer.step { try checkpoint() }
         if comm.isRoot {
             plot()   // the curves so far, as a finished run leaves them
-            let name = signal == SIGTERM ? "SIGTERM" : signal == SIGUSR1 ? "SIGUSR1" : "signal \(signal)"
+            let name = [SIGTERM: "SIGTERM", SIGINT: "SIGINT (Ctrl-C)", SIGUSR1: "SIGUSR1"][signal] ?? "signal \(signal)"
             let path = (try? Checkpoint.resolve(settings.outDirectory)) ?? settings.outDirectory
             log.line("stopped by \(name) after step \(trainer.step) of \(trainer.options.steps); checkpoint \(path); continue with the same command and --resume \(settings.outDirectory)")
         }
@@ -341,5 +341,7 @@ public final class TrainingRun {
                         o.precision.rawValue, settings.peakGFLOPS, settings.threads))
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
+        let every = o.ckptEvery > 0 ? "every \(o.ckptEvery) steps and at the end" : "at the end (--ckpt-every 0)"
+        log.line("checkpoints \(every), and on Ctrl-C, SIGTERM or SIGUSR1 before stopping (twice Ctrl-C: at once, without one)")
     }
 }
