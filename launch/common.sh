@@ -23,6 +23,20 @@ ensure_packages() {
 build_release() {
     (cd "$ROOT" && swift build -c release --product goml-dist 2>&1 | grep -v -E '^\[[0-9]+/[0-9]+\]' ) >&2
     [ -x "$BIN" ] || { echo "launch: build failed: $BIN missing" >&2; exit 1; }
+    # What `goml-dist --version` names: the commit, "-dirty" when the tree has changes.
+    git -C "$ROOT" describe --always --dirty > "$BIN.commit" 2>/dev/null || rm -f "$BIN.commit"
+}
+
+# `SCRIPT --help` (or -h) anywhere in the arguments prints the script's header comment and exits,
+# before anything is installed or built.
+usage_on_help() {
+    local a
+    for a in "$@"; do
+        case "$a" in
+            -h|--help) sed -n '2,/^[^#]/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
+            --) return ;;
+        esac
+    done
 }
 
 # mpirun refuses to start as root unless told it may; containers and CI run as root.
