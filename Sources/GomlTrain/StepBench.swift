@@ -21,24 +21,54 @@ public struct StepBenchReport {
     public let allocations: String?
     /// Throughput at the median step, and its share of the product peak the ranks measured.
     public let tokensPerSecond: Double, modelGFLOPS: Double, mfu: Double?
+}
 
-    /// The JSON line `bench` ends with (BENCHMARKS.md's and `launch/bench`'s source).
-    public func json(config: String, trainer: Trainer, ranks: Int, threads: Int, peakGFLOPS: Double, gatherPeakMB: Double,
-                     bucketMB: Double, communication: CommunicationSettings) -> [String: Any] {
+/// Where a `bench` run ran, for its report.
+public struct BenchContext {
+    public var config = "", threads = 1, ranks = 1, precisionReason = "", peakGFLOPS = 0.0
+    public var gatherPeakMB = 0.0, gatherMBInFlight = 0.0, bucketMB = 1.0
+    public var communication = CommunicationSettings()
+    public init() {}
+}
+
+extension StepBenchReport {
+    /// What `bench` prints: the set-up, the median step's phases, communication, throughput,
+    /// and last the JSON line (BENCHMARKS.md's and `launch/bench`'s source).
+    public func lines(_ trainer: Trainer, _ c: BenchContext, steps: Int) throws -> [String] {
         let o = trainer.options
+        let split = [("forward", forwardMS), ("forward wait", forwardWaitMS), ("backward", backwardMS), ("reduce", reduceMS), ("optimizer", optimizerMS)]
+        var lines = [
+            "bench \(c.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(c.ranks) rank(s) × \(c.threads) thread(s) (\(trainer.workers) worker(s) × \(trainer.productThreads) product thread(s), \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)",
+            "precision \(o.precision.rawValue) (\(c.precisionReason))",
+            String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, c.threads, c.peakGFLOPS),
+            String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms",
+            // Communication the step waited for: after backward (the reduce phase, against the time the
+            // network was busy with the gradient) and in forward (the sharded all-gather still arriving).
+            String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward); forward waited %.2f ms for parameters",
+                   busyMS, reduceMS, hiddenShare * 100, forwardWaitMS),
+        ]
+        if c.gatherPeakMB > 0 {
+            lines.append(String(format: "parameter all-gathers in flight at most %.1f MB at once (--gather-mb-in-flight %g)", c.gatherPeakMB, c.gatherMBInFlight))
+        }
+        if c.ranks > 1 {
+            lines.append(String(format: "after backward, the rank that finished it last waited %.2f ms (communication); rank 0's other %.2f ms was waiting for slower ranks",
+                                lastRankMS, slowerRanksMS))
+        }
+        lines.append(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", tokensPerSecond, modelGFLOPS) + ProductPeak.describe(mfu))
         func rounded(_ x: Double, _ places: Double) -> Double { (x * places).rounded() / places }
-        return [
-            "config": config, "threads": threads, "ranks": ranks, "batch": o.batch, "seq_len": o.model.seqLen,
+        let json: [String: Any] = [
+            "config": c.config, "threads": c.threads, "ranks": c.ranks, "batch": o.batch, "seq_len": o.model.seqLen,
             "ms_per_step": rounded(ms, 1000), "tokens_per_s": tokensPerSecond.rounded(), "mfu": mfu.map { rounded($0, 10000) } ?? NSNull(),
-            "peak_gflops": peakGFLOPS.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue,
+            "peak_gflops": c.peakGFLOPS.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue,
             "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
             "forward_ms": forwardMS, "backward_ms": backwardMS, "reduce_ms": reduceMS, "optimizer_ms": optimizerMS,
             "comm_ms": busyMS, "exposed_comm_ms": exposedMS,
             "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": reduceMS, "exposed_backward_last_rank_ms": lastRankMS,
-            "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": gatherPeakMB, "hidden_comm_share": rounded(hiddenShare, 1000),
-            "overlap": communication.overlap, "bucket_mb": bucketMB, "grad_compression": communication.compression.rawValue,
+            "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": c.gatherPeakMB, "hidden_comm_share": rounded(hiddenShare, 1000),
+            "overlap": c.communication.overlap, "bucket_mb": c.bucketMB, "grad_compression": c.communication.compression.rawValue,
             "micro_batch": trainer.microBatch,
         ]
+        return lines + [String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self)]
     }
 }
 

@@ -64,33 +64,16 @@ struct BenchCommand: ParsableCommand {
             return
         }
         trainer.initialiseParameters()
-        let o = trainer.options
         let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, peakGFLOPS: peak, slowRank: faultSlowRank)
         if let allocations = r.allocations { print(allocations) }
-        let gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
+        var context = BenchContext()
+        context.config = try model.name(); context.threads = threads; context.ranks = comm.size
+        context.precisionReason = precisionReason; context.peakGFLOPS = peak
+        context.gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
+        context.gatherMBInFlight = parallel.gatherMBInFlight; context.bucketMB = parallel.bucketMB
+        context.communication = try parallel.communication()
         comm.finalize()
-        guard comm.isRoot else { return }
-        let split = [("forward", r.forwardMS), ("forward wait", r.forwardWaitMS), ("backward", r.backwardMS), ("reduce", r.reduceMS), ("optimizer", r.optimizerMS)]
-        print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s) (\(trainer.workers) worker(s) × \(trainer.productThreads) product thread(s), \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)")
-        print("precision \(o.precision.rawValue) (\(precisionReason))")
-        print(String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, threads, peak))
-        print(String(format: "median step %.2f ms over %d steps: ", r.ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms")
-        // Communication the step waited for: after backward (the reduce phase, against the time the
-        // network was busy with the gradient) and in forward (the sharded all-gather still arriving).
-        print(String(format: "gradient all-reduce busy %.2f ms, exposed %.2f ms (%.0f%% hidden behind backward); forward waited %.2f ms for parameters",
-                     r.busyMS, r.reduceMS, r.hiddenShare * 100, r.forwardWaitMS))
-        if gatherPeakMB > 0 {
-            print(String(format: "parameter all-gathers in flight at most %.1f MB at once (--gather-mb-in-flight %g)", gatherPeakMB, parallel.gatherMBInFlight))
-        }
-        if comm.size > 1 {
-            print(String(format: "after backward, the rank that finished it last waited %.2f ms (communication); rank 0's other %.2f ms was waiting for slower ranks",
-                         r.lastRankMS, r.slowerRanksMS))
-        }
-        print(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", r.tokensPerSecond, r.modelGFLOPS) + ProductPeak.describe(r.mfu))
-        let json = r.json(config: try model.name(), trainer: trainer, ranks: comm.size, threads: threads, peakGFLOPS: peak,
-                          gatherPeakMB: gatherPeakMB, bucketMB: parallel.bucketMB, communication: try parallel.communication())
-        let text = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
-        print(String(decoding: text, as: UTF8.self))
+        if comm.isRoot { try r.lines(trainer, context, steps: steps).forEach { print($0) } }
     }
 
     private func benchOptimizer() throws {
