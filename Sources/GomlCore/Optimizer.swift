@@ -18,15 +18,45 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
 
 public struct LearningRateSchedule: Codable, Equatable, Sendable {
     public var maxLR: Double, minLR: Double, warmup: Int, totalSteps: Int
-    public init(maxLR: Double, minLR: Double, warmup: Int, totalSteps: Int) {
-        self.maxLR = maxLR; self.minLR = minLR; self.warmup = warmup; self.totalSteps = totalSteps
+    /// A run resumed with more or fewer steps than it planned: from `step` on, the rate decays
+    /// by cosine from `rate` (the old schedule's at that step) to minLR at totalSteps.
+    public struct Tail: Codable, Equatable, Sendable {
+        public let step: Int, rate: Double
+        public init(step: Int, rate: Double) { self.step = step; self.rate = rate }
+    }
+    public var tail: Tail?
+
+    public init(maxLR: Double, minLR: Double, warmup: Int, totalSteps: Int, tail: Tail? = nil) {
+        self.maxLR = maxLR; self.minLR = minLR; self.warmup = warmup; self.totalSteps = totalSteps; self.tail = tail
     }
 
-    /// Learning rate at 1-based step t: linear warmup while t < warmup, then cosine to minLR.
+    /// Learning rate at 1-based step t: linear warmup while t < warmup, then cosine to minLR
+    /// (from the tail's step on, from its rate).
     public func rate(atStep t: Int) -> Double {
+        if let tail, t >= tail.step {
+            let progress = min(1, Double(t - tail.step) / Double(max(1, totalSteps - tail.step)))
+            return minLR + 0.5 * (tail.rate - minLR) * (1 + cos(Double.pi * progress))
+        }
         if t < warmup { return maxLR * Double(t) / Double(warmup) }
         let progress = min(1, Double(t - warmup) / Double(max(1, totalSteps - warmup)))
         return minLR + 0.5 * (maxLR - minLR) * (1 + cos(Double.pi * progress))
+    }
+
+    /// This schedule, resumed after `step` of a run that followed `saved`: the saved one when
+    /// both plan the same steps; the same without a tail while warmup is not over (its rates do
+    /// not depend on the total); otherwise a tail from the saved rate at `step`, so the rate
+    /// never jumps.
+    public func resuming(_ saved: LearningRateSchedule, after step: Int) -> LearningRateSchedule {
+        guard saved.totalSteps != totalSteps else { return saved }
+        var resumed = self
+        resumed.tail = step >= saved.warmup || saved.tail != nil ? Tail(step: step, rate: saved.rate(atStep: step)) : nil
+        return resumed
+    }
+
+    /// One line for the run header.
+    public var summary: String {
+        let decay = tail.map { "from \($0.rate) at step \($0.step) (resumed with a new total), cosine" } ?? "warmup \(warmup), cosine"
+        return "lr \(maxLR) → \(minLR): \(decay) to step \(totalSteps)"
     }
 }
 

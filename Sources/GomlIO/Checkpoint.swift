@@ -4,7 +4,8 @@
 //                                   format, config, step, training options, content checksum, and
 //                                   the fingerprint of the data it was trained on.
 //   ckpt-0000040.state.safetensors  training state: AdamW moments (m.<name>, v.<name>), Adam step,
-//                                   generator states, and the model file's checksum (ties the pair).
+//                                   generator states, the learning-rate schedule in force, the
+//                                   run's seconds so far, and the model file's checksum (ties the pair).
 //   ckpt-0000040.outer.safetensors  low-communication runs only: the outer momentum and every
 //                                   worker's parameters, moments and batch generator (the model
 //                                   file then holds θ_global, the state file worker 0's moments).
@@ -29,6 +30,18 @@ public struct TrainingCheckpoint {
     public let dataFingerprint: String?
     /// A low-communication run's outer state; nil otherwise.
     public var outer: OuterCheckpoint? = nil
+    /// The schedule the run followed, and its wall-clock and training seconds at this step (nil
+    /// in checkpoints written before they were stored).
+    public var progress: RunProgress? = nil
+}
+
+/// Where a run stood when it checkpointed, beyond its step: what continues across a resume.
+public struct RunProgress: Codable, Equatable, Sendable {
+    public var schedule: LearningRateSchedule
+    public var elapsedSeconds: Double, trainSeconds: Double
+    public init(schedule: LearningRateSchedule, elapsedSeconds: Double, trainSeconds: Double) {
+        self.schedule = schedule; self.elapsedSeconds = elapsedSeconds; self.trainSeconds = trainSeconds
+    }
 }
 
 /// DiLoCo's state beyond θ_global: the outer Nesterov momentum and each worker's inner state.
@@ -69,7 +82,7 @@ public enum Checkpoint {
     public static func save(directory: String, layout: ParameterLayout, step: Int, optionsJSON: String,
                             params: UnsafeBufferPointer<Float>, m: UnsafeBufferPointer<Float>, v: UnsafeBufferPointer<Float>,
                             adamStep: Int, generators: [String: [UInt64]], keep: Int, dataFingerprint: String = "",
-                            outer: OuterCheckpoint? = nil) throws -> String {
+                            outer: OuterCheckpoint? = nil, progress: RunProgress? = nil) throws -> String {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let modelName = modelFileName(step: step), stateName = stateFileName(forModel: modelName)
         let modelChecksum = contentChecksum(params)
@@ -83,6 +96,7 @@ public enum Checkpoint {
             "checksum": hex(contentChecksum(v, seed: contentChecksum(m))),
         ])
         for (name, words) in generators { state.metadata["generator." + name] = words.map(String.init).joined(separator: ",") }
+        if let progress { state.metadata["progress"] = String(decoding: try encoder.encode(progress), as: UTF8.self) }
         var model = SafetensorsWriter(metadata: [
             "format": format, "config": configJSON, "step": String(step), "options": optionsJSON,
             "checksum": hex(modelChecksum), "state_file": stateName,
@@ -208,6 +222,11 @@ public enum Checkpoint {
         var checkpoint = TrainingCheckpoint(path: path, config: model.config, step: model.step, optionsJSON: model.metadata["options"] ?? "{}",
                                             params: model.params, m: m, v: v, adamStep: adamStep, generators: generators,
                                             dataFingerprint: model.metadata["data_fingerprint"])
+        checkpoint.progress = try state.metadata["progress"].map { text in
+            do { return try JSONDecoder().decode(RunProgress.self, from: Data(text.utf8)) } catch {
+                throw FileError("\(statePath): its run progress is malformed (\(error)); use an earlier checkpoint")
+            }
+        }
         if let outerName = model.metadata["outer_file"] {
             checkpoint.outer = try loadOuter((directory.isEmpty ? "." : directory) + "/" + outerName, layout: layout, model: model.metadata,
                                              step: model.step)

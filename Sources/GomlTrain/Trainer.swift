@@ -39,6 +39,9 @@ public final class Trainer {
     public var sampler: BatchSampler
     /// Steps completed so far.
     public var step = 0
+    /// The options' schedule, or on a resume with another --steps the one that continues the
+    /// checkpoint's rate (TrainingRun.restore).
+    public var schedule: LearningRateSchedule
     /// Fault injection for tests (hidden --fault-gradient-scale): the reduced gradient times the
     /// world size, as summing the ranks' mean gradients instead of averaging them would leave it.
     public var faultGradientScale = false
@@ -73,6 +76,7 @@ public final class Trainer {
         try split.check(seqLen: options.model.seqLen)
         self.options = options
         self.comm = comm
+        schedule = options.schedule
         layout = ParameterLayout(options.model)
         let T = options.model.seqLen
         train = split.train
@@ -236,7 +240,7 @@ public final class Trainer {
             for i in gradient.indices { gradient[i] *= Float(comm.size) }
         }
         // Norm, clip and AdamW.
-        let lr = options.schedule.rate(atStep: attempted)
+        let lr = schedule.rate(atStep: attempted)
         let update = strategy.finishStep(lr: lr, lossIsFinite: loss.isFinite, threads: pool)
         if update.applied { step = attempted }
         lap(\.optimizer)

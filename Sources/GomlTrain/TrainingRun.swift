@@ -20,6 +20,9 @@ public struct RunSettings {
     public var resume = false
     public var resumeFrom: TrainingCheckpoint? = nil
     public var resumeSource: ResumeSource? = nil
+    /// A new run from a checkpoint's weights (--init-from): how the header names it, and the
+    /// weights on rank 0 (nil elsewhere), which broadcasts them.
+    public var initFrom: (description: String, params: [Float]?)? = nil
     /// The ranks that write a checkpoint replica, each on its own host (rank 0 first).
     public var replicaWriters = [0]
     public var hosts = RankHosts(names: ["this process"])
@@ -101,22 +104,49 @@ public final class TrainingRun {
         try describeRun()
     }
 
-    /// Restores the step and generators, then (the mode) parameters and moments: the source's
-    /// root read the checkpoint (only its host need see it) and broadcasts it.
+    /// Restores the step, generators, schedule and seconds so far, then (the mode) parameters
+    /// and moments: the source's root read the checkpoint (only its host need see it) and
+    /// broadcasts it.
     func restore() {
         let root = settings.resumeSource?.root ?? 0
-        var state = [UInt64](repeating: 0, count: 10)   // step, Adam step, batch and sample generators
+        // Step, Adam step, batch and sample generators, the schedule's tail (flag, step, rate),
+        // elapsed and training seconds (Doubles as their bits).
+        var state = [UInt64](repeating: 0, count: 15)
         if let ckpt = settings.resumeFrom {
+            let saved = ckpt.progress?.schedule
+                ?? (try? JSONDecoder().decode(TrainingOptions.self, from: Data(ckpt.optionsJSON.utf8)))?.schedule ?? trainer.schedule
+            let tail = trainer.schedule.resuming(saved, after: ckpt.step).tail
+            let words: [UInt64] = [tail == nil ? 0 : 1, UInt64(tail?.step ?? 0), (tail?.rate ?? 0).bitPattern,
+                                   (ckpt.progress?.elapsedSeconds ?? 0).bitPattern, (ckpt.progress?.trainSeconds ?? 0).bitPattern]
             state = [UInt64(ckpt.step), UInt64(ckpt.adamStep)] + (ckpt.generators["batch"] ?? trainer.sampler.rng.stateWords)
-                + (ckpt.generators["sample"] ?? sampleRNG.stateWords)
+                + (ckpt.generators["sample"] ?? sampleRNG.stateWords) + words
         }
         state.withUnsafeMutableBytes { comm.broadcast($0, root: root) }
         trainer.step = Int(state[0])
         trainer.optimizer.step = Int(state[1])
         trainer.sampler.rng = Xoshiro256(state: Array(state[2..<6]))
         sampleRNG = Xoshiro256(state: Array(state[6..<10]))
+        if state[10] != 0 { trainer.schedule.tail = LearningRateSchedule.Tail(step: Int(state[11]), rate: Double(bitPattern: state[12])) }
+        secondsBefore = (Double(bitPattern: state[13]), Double(bitPattern: state[14]))
         mode.restore(settings.resumeFrom, root: root)
     }
+
+    /// A new run's parameters: the seed's, or a checkpoint's weights (--init-from); then the mode starts.
+    func initialise() {
+        trainer.initialiseParameters()
+        if let source = settings.initFrom {
+            if let params = source.params { _ = trainer.params.pointer.update(fromContentsOf: params) }
+            comm.broadcast(UnsafeMutableRawBufferPointer(trainer.params.pointer), root: 0)
+        }
+        mode.start()
+    }
+
+    /// Elapsed and training seconds of the run before this process resumed it: the metrics'
+    /// time axes continue across resumes.
+    private var secondsBefore = (elapsed: 0.0, train: 0.0)
+    /// This process's start, moved back by `secondsBefore.elapsed`.
+    private var started = Date()
+    private var trainSeconds = 0.0
 
     public func run() throws {
         // Sharded, the last update's all-gather may still be arriving: every way out (the end,
@@ -126,14 +156,13 @@ public final class TrainingRun {
         if settings.resume {
             restore()
         } else {
-            trainer.initialiseParameters()
-            mode.start()
+            initialise()
         }
         var checkpointedStep = settings.resume ? trainer.step : -1
         let resumedAt = checkpointedStep
         printHeader()
-        let started = Date()
-        var trainSeconds = 0.0
+        started = Date(timeIntervalSinceNow: -secondsBefore.elapsed)
+        trainSeconds = secondsBefore.train
         let lastStep = min(o.steps, settings.stopAfter ?? o.steps)
         while trainer.step < lastStep {
             let stopSignal = try agreeOnHeader(nextStep: trainer.step + 1)
@@ -248,7 +277,8 @@ public final class TrainingRun {
                     directory: settings.outDirectory, layout: trainer.layout, step: trainer.step, optionsJSON: optionsJSON,
                     params: state.params, m: state.m, v: state.v, adamStep: trainer.optimizer.step,
                     generators: ["batch": state.batchGenerator, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
-                    dataFingerprint: settings.dataFingerprint, outer: state.outer)
+                    dataFingerprint: settings.dataFingerprint, outer: state.outer,
+                    progress: RunProgress(schedule: trainer.schedule, elapsedSeconds: Date().timeIntervalSince(started), trainSeconds: trainSeconds))
                 let others = settings.replicaWriters.dropFirst().map { settings.hosts.names[$0] }
                 log.line("checkpoint \(path)" + (state.note.map { " (\($0))" } ?? "")
                          + (others.isEmpty ? "" : " (replicas on \(settings.hosts.names[0]), \(others.joined(separator: ", ")))"))
@@ -318,6 +348,7 @@ public final class TrainingRun {
         let o = trainer.options
         let resume = settings.resumeSource.map { " resumed from \($0.description) at step \($0.step)" } ?? ""
         log.line("goml-dist train: \(o.model.summary), \(trainer.layout.count) parameters\(resume)")
+        if let source = settings.initFrom { log.line("weights from \(source.description): a new run, with fresh AdamW state and schedule") }
         log.line("world \(comm.size) rank(s), \(settings.threads) thread(s) per rank, reduction \(trainer.strategy.summary)")
         if let allocation = settings.allocation { log.line(allocation) }
         mode.headerLines.forEach(log.line)
@@ -340,7 +371,7 @@ public final class TrainingRun {
         log.line(String(format: "MFU is quoted against %@ products at %.1f GFLOP/s per rank, measured on its %d thread(s)",
                         o.precision.rawValue, settings.peakGFLOPS, settings.threads))
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
-        log.line("steps \(o.steps), lr \(o.lr) → \(o.minLR), warmup \(o.warmup), out \(settings.outDirectory)")
+        log.line("steps \(o.steps), \(trainer.schedule.summary), out \(settings.outDirectory)")
         let every = o.ckptEvery > 0 ? "every \(o.ckptEvery) steps and at the end" : "at the end (--ckpt-every 0)"
         log.line("checkpoints \(every), and on Ctrl-C, SIGTERM or SIGUSR1 before stopping (twice Ctrl-C: at once, without one)")
     }

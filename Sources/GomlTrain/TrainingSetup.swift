@@ -24,6 +24,8 @@ public struct TrainingRequest {
     public var out = "out"
     public var ckptReplicas: Int? = nil
     public var resume: String? = nil
+    /// Start a new run (fresh optimizer and schedule, any data) from this checkpoint's weights.
+    public var initFrom: String? = nil
     public var stopAfter: Int? = nil
     public var progress: Bool? = nil
     public var plotEvery = 0
@@ -124,6 +126,12 @@ public enum TrainingSetup {
             settings.replicaWriters = options.outer == nil ? hosts.replicaWriters(request.ckptReplicas) : [0]
             settings.failedAt = request.failedAt
             settings.stepsRedone = request.stepsRedone
+            if let path = request.initFrom {
+                guard request.resume == nil else {
+                    throw ConfigError("--init-from starts a new run from a checkpoint's weights and --resume continues one; pass one of them")
+                }
+                settings.initFrom = comm.isRoot ? try initialWeights(path, model: options.model) : ("", nil)
+            }
             if let resume = request.resume {
                 settings.resume = true
                 // The lowest rank on each host reads its own disk: no host need see another's OUT.
@@ -184,6 +192,16 @@ public enum TrainingSetup {
         let peak = measurePeak ? ProductPeak.measure(trainer.options.precision, threads: threads) : 0
         BLAS.setThreads(trainer.blasThreads)
         return (trainer, threads, reason, peak)
+    }
+
+    /// Rank 0's read of --init-from: the checkpoint's weights, which must be of the run's model.
+    static func initialWeights(_ path: String, model: ModelConfig) throws -> (description: String, params: [Float]?) {
+        let file = try Checkpoint.resolve(path)
+        let saved = try Checkpoint.loadModel(file)
+        guard saved.config == model else {
+            throw ConfigError("--init-from \(file) holds model \(saved.config.summary) but this run asks for \(model.summary); pass the same --config and overrides as its run")
+        }
+        return ("\(file) (step \(saved.step) of its run)", saved.params)
     }
 
     /// The strategy to run: allreduce on several ranks is sharded unless --no-shard (measured

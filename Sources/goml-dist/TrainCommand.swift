@@ -39,6 +39,8 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("steps-redone"), help: ArgumentHelp("Set by launch/train on a relaunch: steps the previous attempt had done past the checkpoint, for the lost-time report.", valueName: "n"))
     var stepsRedone: Int?
     @Option(help: "Continue from a checkpoint file, or an output directory's latest.") var resume: String?
+    @Option(name: .customLong("init-from"), help: ArgumentHelp("Start a new run from a checkpoint's weights (file or output directory): fresh AdamW state and schedule, any --data (fine-tuning).", valueName: "checkpoint"))
+    var initFrom: String?
     @Flag(inversion: .prefixedNo, help: "A live progress line (step, loss, tokens/s, ETA) between logged lines; default: on when the output is a terminal.")
     var progress: Bool?
     @Option(name: .customLong("plot-every"), help: "Redraw OUT/loss.svg every N steps (0: only at the end).") var plotEvery: Int = 0
@@ -84,7 +86,7 @@ struct TrainCommand: ParsableCommand {
         r.shard = !parallel.noShard
         r.lowCommunication = try lowCommunication.request()
         r.data = data; r.validationData = valData; r.allowDataChange = allowDataChange
-        r.out = out; r.ckptReplicas = ckptReplicas; r.resume = resume; r.stopAfter = stopAfter
+        r.out = out; r.ckptReplicas = ckptReplicas; r.resume = resume; r.initFrom = initFrom; r.stopAfter = stopAfter
         r.progress = progress; r.plotEvery = plotEvery; r.failedAt = failedAt; r.stepsRedone = stepsRedone
         r.stopSignal = { goml_stop_signal_received() }
         r.faults.divergeRank = faultDivergeRank
