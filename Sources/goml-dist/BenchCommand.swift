@@ -19,8 +19,6 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Warm-up steps, not timed.") var warmup: Int = 3
     @Option(parsing: .upToNextOption, help: ArgumentHelp("Text to draw batches from, files and directories as train's --data (default: random bytes).", valueName: "path"))
     var data: [String] = []
-    @Option(help: "Gradient reduction: allreduce or exact.") var reduction: String = "allreduce"
-    @Option(name: .customLong("micro-batch"), help: "Sequences per forward/backward pass (allreduce: accumulated; exact: micro-shard size).") var microBatch: Int?
     @OptionGroup var parallel: ParallelOptions
     @OptionGroup var precision: PrecisionOptions
     @Flag(help: "Instead, time text generation with and without the KV cache.") var sampling = false
@@ -39,9 +37,8 @@ struct BenchCommand: ParsableCommand {
         var o = TrainingOptions(model: try model.model())
         o.batch = batch ?? ModelConfig.defaultBatch(forPreset: model.config)
         o.steps = warmup + steps
-        guard let mode = ReductionMode(rawValue: reduction), mode != .sharded else { throw ValidationError("unknown --reduction '\(reduction)': use allreduce or exact") }
-        o.reduction = mode
-        o.microBatch = microBatch
+        o.reduction = try parallel.mode()
+        o.microBatch = parallel.microBatch
         var r = TrainingRequest(options: o)
         r.precision = try precision.choice()
         r.threads = parallel.threads

@@ -39,47 +39,37 @@ struct ModelOptions: ParsableArguments {
 }
 
 struct OptimizationOptions: ParsableArguments {
-    @Option(help: "Global batch: sequences per step, split over ranks.") var batch: Int?
+    @Option(help: "Global batch: sequences per step, split over ranks (default: the preset's, tiny 8, nano 12, small 8, base 2).") var batch: Int?
     @Option(help: "Optimiser steps.") var steps: Int = 2000
     @Option(help: "Peak learning rate.") var lr: Double = 1e-3
     @Option(name: .customLong("min-lr"), help: "Final learning rate of the cosine schedule.") var minLR: Double = 1e-4
     @Option(help: "Linear warmup steps.") var warmup: Int = 100
-    @Option(help: "AdamW beta1.") var beta1: Float = 0.9
-    @Option(help: "AdamW beta2.") var beta2: Float = 0.95
-    @Option(name: .customLong("weight-decay"), help: "Decoupled weight decay on matrices.") var weightDecay: Float = 0.1
-    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (DiLoCo: of the global batch; each worker clips at this × √workers).") var gradClip: Float = 1.0
+    @Option(help: ArgumentHelp("AdamW beta1.", visibility: .hidden)) var beta1: Float = 0.9
+    @Option(help: ArgumentHelp("AdamW beta2.", visibility: .hidden)) var beta2: Float = 0.95
+    @Option(name: .customLong("weight-decay"), help: ArgumentHelp("Decoupled weight decay on matrices.", visibility: .hidden)) var weightDecay: Float = 0.1
+    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (low-communication training: of the global batch; each worker clips at this × √workers).") var gradClip: Float = 1.0
     @Option(help: "Seed of initialisation and batch sampling.") var seed: UInt64 = 1337
-    @Option(help: "Gradient reduction: allreduce (fast, float32 tolerance across world sizes) or exact (bit-identical at any power-of-two world size).")
-    var reduction: String = "allreduce"
-    @Option(name: .customLong("micro-batch"), help: "Sequences per forward/backward pass: with allreduce a rank accumulates its shard's gradients over micro-batches of N (activation memory bounded by N; default: the whole shard); with exact, the micro-shard size (default 1).")
-    var microBatch: Int?
 
-    func apply(to o: inout TrainingOptions, preset: String) throws {
+    func apply(to o: inout TrainingOptions, preset: String) {
         o.batch = batch ?? ModelConfig.defaultBatch(forPreset: preset)
         o.steps = steps; o.lr = lr; o.minLR = minLR; o.warmup = warmup; o.seed = seed
         o.optimizer.beta1 = beta1; o.optimizer.beta2 = beta2
         o.optimizer.weightDecay = weightDecay; o.optimizer.gradClip = gradClip
-        o.reduction = try mode()
-        o.microBatch = microBatch
-    }
-
-    func mode() throws -> ReductionMode {
-        // Sharding is chosen by ParallelOptions.reduction(_:worldSize:), not by name.
-        guard let mode = ReductionMode(rawValue: reduction), mode != .sharded else {
-            throw ValidationError("unknown --reduction '\(reduction)': use allreduce or exact")
-        }
-        return mode
     }
 }
 
 struct ParallelOptions: ParsableArguments {
+    @Option(help: "Gradient reduction: allreduce (fast, float32 tolerance across world sizes; sharded on several ranks) or exact (bit-identical at any power-of-two world size).")
+    var reduction: String = "allreduce"
+    @Option(name: .customLong("micro-batch"), help: "Sequences per forward/backward pass: with allreduce a rank accumulates its shard's gradients over micro-batches of N (activation memory bounded by N; default: the whole shard); with exact, the micro-shard size (default 1).")
+    var microBatch: Int?
     @Option(help: "Cores per rank (default: the node's cores / its ranks): worker threads that split the rank's sequences, one BLAS thread each, or BLAS threads when the sequences do not split evenly.") var threads: Int?
     @Flag(help: "Run in this process without MPI (for debuggers and valgrind).") var single = false
-    @Option(name: .customLong("collective-timeout"), help: "Seconds a collective may wait before the job is ended (0: never).")
+    @Option(name: .customLong("collective-timeout"), help: ArgumentHelp("Seconds a collective may wait before the job is ended (0: never).", visibility: .hidden))
     var collectiveTimeout: Double = 300
     @Flag(name: .customLong("no-overlap"), help: "Start the gradient all-reduce only after the whole backward pass (instead of bucket by bucket during it).")
     var noOverlap = false
-    @Option(name: .customLong("bucket-mb"), help: "Size of the gradient buckets whose all-reduce starts as backward finishes them, in MB.")
+    @Option(name: .customLong("bucket-mb"), help: ArgumentHelp("Size of the gradient buckets whose all-reduce starts as backward finishes them, in MB.", visibility: .hidden))
     var bucketMB: Double = 1
     @Option(name: .customLong("grad-compression"), help: "How gradients travel in the all-reduce: none (float32) or bf16 (half the bytes, summed in float32).")
     var gradCompression: String = "none"
@@ -91,8 +81,16 @@ struct ParallelOptions: ParsableArguments {
     var gatherMBInFlight: Double = Double(MPICommunicator.defaultGatherBytesInFlight) / 1e6
     @Flag(name: .customLong("gather-fp32-weights"), help: ArgumentHelp("Sharded at bf16: all-gather the matrices as float32, not bf16 (the same bits, twice the bytes); for measurements and the test that they agree.", visibility: .hidden))
     var gatherFP32Weights = false
-    @Flag(help: "With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).")
+    @Flag(help: ArgumentHelp("With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).", visibility: .hidden))
     var hierarchical = false
+
+    /// The requested reduction (TrainingSetup decides whether it is sharded).
+    func mode() throws -> ReductionMode {
+        guard let mode = ReductionMode(rawValue: reduction), mode != .sharded else {
+            throw ValidationError("unknown --reduction '\(reduction)': use allreduce or exact")
+        }
+        return mode
+    }
 
     /// The all-reduce settings, or a one-line error naming the flag.
     func communication() throws -> CommunicationSettings {
@@ -127,19 +125,19 @@ struct PrecisionOptions: ParsableArguments {
 }
 
 struct LowCommunicationOptions: ParsableArguments {
-    @Option(name: .customLong("sync-every"), help: "Low-communication training (DiLoCo): workers train apart and sync every H steps through an outer Nesterov step (1: synchronous training; docs/low-communication.md).")
+    @Option(name: .customLong("sync-every"), help: "Workers train apart and sync every H steps through an outer Nesterov step (1: synchronous training).")
     var syncEvery: Int = 1
-    @Option(name: .customLong("outer-lr"), help: "Outer learning rate of the DiLoCo sync (1 with momentum 0: plain averaging).")
+    @Option(name: .customLong("outer-lr"), help: ArgumentHelp("Outer learning rate of the sync (1 with momentum 0: plain averaging).", visibility: .hidden))
     var outerLR: Double = 1
-    @Option(name: .customLong("outer-momentum"), help: "Outer Nesterov momentum of the DiLoCo sync.")
+    @Option(name: .customLong("outer-momentum"), help: ArgumentHelp("Outer Nesterov momentum of the sync.", visibility: .hidden))
     var outerMomentum: Double = 0
-    @Option(name: .customLong("outer-compression"), help: "How the DiLoCo pseudo-gradient travels between workers: none (float32) or bf16.")
+    @Option(name: .customLong("outer-compression"), help: "How the pseudo-gradient travels between workers: none (float32) or bf16.")
     var outerCompression: String = "none"
-    @Flag(name: .customLong("overlap-outer"), help: "Run the DiLoCo outer all-reduce during the next inner step and apply the outer update one step late (docs/low-communication.md).")
+    @Flag(name: .customLong("overlap-outer"), help: "Run the outer all-reduce during the next inner step and apply the outer update one step late.")
     var overlapOuter = false
-    @Option(name: .customLong("workers-per-host"), help: "DiLoCo workers per host (default 1: each host's ranks train as one worker).")
+    @Option(name: .customLong("workers-per-host"), help: ArgumentHelp("Workers per host (default 1: each host's ranks train as one worker).", visibility: .hidden))
     var workersPerHost: Int?
-    @Option(name: .customLong("worker-size"), help: "DiLoCo workers of this many consecutive ranks (instead of per host; for tests on one host).")
+    @Option(name: .customLong("worker-size"), help: ArgumentHelp("Workers of this many consecutive ranks (instead of per host; for tests on one host).", visibility: .hidden))
     var workerSize: Int?
     @Flag(name: .customLong("fault-outer-no-restart"), help: ArgumentHelp("Workers keep their own parameters after an outer step (tests the agreement check).", visibility: .hidden))
     var faultNoRestart = false
@@ -148,7 +146,7 @@ struct LowCommunicationOptions: ParsableArguments {
     @Flag(name: .customLong("fault-outer-same-data"), help: ArgumentHelp("Every worker samples the same sequences (tests that workers diverge).", visibility: .hidden))
     var faultSameData = false
 
-    /// The DiLoCo settings, or a one-line error naming the flag.
+    /// The low-communication settings, or a one-line error naming the flag.
     func request() throws -> LowCommunicationRequest {
         guard let compression = GradientCompression(rawValue: outerCompression) else {
             throw ValidationError("unknown --outer-compression '\(outerCompression)': use none or bf16")
