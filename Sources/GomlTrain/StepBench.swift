@@ -25,7 +25,7 @@ public struct StepBenchReport {
 
 /// Where a `bench` run ran, for its report.
 public struct BenchContext {
-    public var config = "", threads = 1, ranks = 1, precisionReason = "", peakGFLOPS = 0.0
+    public var config = "", threads = 1, ranks = 1, precisionReason = "", peakGFLOPS = 0.0, peakSource = ""
     public var gatherPeakMB = 0.0, gatherMBInFlight = 0.0, bucketMB = 1.0
     public var communication = CommunicationSettings()
     public init() {}
@@ -40,7 +40,8 @@ extension StepBenchReport {
         var lines = [
             "bench \(c.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(c.ranks) rank(s) × \(c.threads) thread(s) (\(trainer.workers) worker(s) × \(trainer.productThreads) product thread(s), \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)",
             "precision \(o.precision.rawValue) (\(c.precisionReason))",
-            String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against)", o.precision.rawValue, c.threads, c.peakGFLOPS),
+            String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against), ", o.precision.rawValue, c.threads, c.peakGFLOPS)
+                + c.peakSource,
             String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms",
             // Communication the step waited for: after backward (the reduce phase, against the time the
             // network was busy with the gradient) and in forward (the sharded all-gather still arriving).
@@ -59,7 +60,7 @@ extension StepBenchReport {
         let json: [String: Any] = [
             "config": c.config, "threads": c.threads, "ranks": c.ranks, "batch": o.batch, "seq_len": o.model.seqLen,
             "ms_per_step": rounded(ms, 1000), "tokens_per_s": tokensPerSecond.rounded(), "mfu": mfu.map { rounded($0, 10000) } ?? NSNull(),
-            "peak_gflops": c.peakGFLOPS.rounded(), "peak_precision": o.precision.rawValue, "reduction": o.reduction.rawValue,
+            "peak_gflops": c.peakGFLOPS.rounded(), "peak_precision": o.precision.rawValue, "peak_source": c.peakSource, "reduction": o.reduction.rawValue,
             "precision": o.precision.rawValue, "blas_core": BLAS.coreName,
             "forward_ms": forwardMS, "backward_ms": backwardMS, "reduce_ms": reduceMS, "optimizer_ms": optimizerMS,
             "comm_ms": busyMS, "exposed_comm_ms": exposedMS,

@@ -32,6 +32,8 @@ public struct RunSettings {
     public var stepsRedone: Int? = nil
     /// The ceiling MFU is quoted against: one rank's measured product rate at the run's precision.
     public var peakGFLOPS: Double = 0
+    /// Where that figure came from (PeakCache).
+    public var peakSource = ""
     /// Why the run's precision was chosen, for the header.
     public var precisionReason = "requested"
     /// Stop (with a checkpoint) after this step, as if the job had been interrupted there.
@@ -368,8 +370,8 @@ public final class TrainingRun {
                             comm.localSize, Double(perRank * comm.localSize) / 1e6, Double(perRank) / 1e6, Double(available) / 1e6))
         }
         log.line("precision \(o.precision.rawValue) (\(settings.precisionReason))")
-        log.line(String(format: "MFU is quoted against %@ products at %.1f GFLOP/s per rank, measured on its %d thread(s)",
-                        o.precision.rawValue, settings.peakGFLOPS, settings.threads))
+        log.line(String(format: "MFU is quoted against %@ products at %.1f GFLOP/s per rank on its %d thread(s), ",
+                        o.precision.rawValue, settings.peakGFLOPS, settings.threads) + settings.peakSource)
         log.line("data \(settings.dataName): \(trainer.trainBytes) train / \(trainer.validationBytes) validation bytes; batch \(o.batch) × \(o.model.seqLen) = \(o.batch * o.model.seqLen) tokens/step")
         log.line("steps \(o.steps), \(trainer.schedule.summary), out \(settings.outDirectory)")
         let every = o.ckptEvery > 0 ? "every \(o.ckptEvery) steps and at the end" : "at the end (--ckpt-every 0)"

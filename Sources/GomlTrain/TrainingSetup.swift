@@ -31,7 +31,7 @@ public struct TrainingRequest {
     public var plotEvery = 0
     /// Set by launch/train on a relaunch (the lost-time report).
     public var failedAt: Double? = nil, stepsRedone: Int? = nil
-    /// The product rate MFU is quoted against (nil: rank 0 measures it).
+    /// The product rate MFU is quoted against (nil: rank 0 reads or measures it, PeakCache).
     public var peakGFLOPS: Double? = nil
     /// Polled before every step: the signal that asked this rank to stop, 0 when none.
     public var stopSignal: () -> Int32 = { 0 }
@@ -159,8 +159,12 @@ public enum TrainingSetup {
         }
         // The ceiling MFU is quoted against: products at the run's precision on all of this
         // rank's cores (rank 0 measures).
-        run.peakGFLOPS = request.peakGFLOPS
-            ?? (comm.isRoot ? ProductPeak.measure(trainer.options.precision, threads: threads, size: 512, repeats: 4) : 0)
+        if let peak = request.peakGFLOPS {
+            (run.peakGFLOPS, run.peakSource) = (peak, "given")
+        } else if comm.isRoot {
+            let peak = PeakCache.peak(trainer.options.precision, threads: threads)
+            (run.peakGFLOPS, run.peakSource) = (peak.gflops, peak.source)
+        }
         BLAS.setThreads(trainer.blasThreads)
         let mode: RunMode = trainer.options.outer.map { options in
             let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer)
@@ -173,9 +177,9 @@ public enum TrainingSetup {
 
     /// Collective over `comm`: the trainer `bench` times, on `--data` (or random bytes), set up
     /// as `train` would set it up for a synchronous run; why its precision was chosen; and the
-    /// product rate MFU is quoted against (0 unless `measurePeak`).
+    /// product rate MFU is quoted against (none unless `measurePeak`).
     public static func benchTrainer(_ request: TrainingRequest, comm: Communicator, measurePeak: Bool)
-        -> (trainer: Trainer, threads: Int, precisionReason: String, peakGFLOPS: Double) {
+        -> (trainer: Trainer, threads: Int, precisionReason: String, peak: PeakCache.Peak?) {
         let threads = coresPerRank(request, comm)
         var reason = ""
         let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
@@ -189,7 +193,7 @@ public enum TrainingSetup {
         }
         if let corpus { agreeOnData(comm, corpus) }
         // Measured before the run's BLAS threads are set: the measurement sets its own.
-        let peak = measurePeak ? ProductPeak.measure(trainer.options.precision, threads: threads) : 0
+        let peak = measurePeak ? PeakCache.peak(trainer.options.precision, threads: threads) : nil
         BLAS.setThreads(trainer.blasThreads)
         return (trainer, threads, reason, peak)
     }

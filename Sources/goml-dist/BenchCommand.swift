@@ -61,11 +61,11 @@ struct BenchCommand: ParsableCommand {
             return
         }
         trainer.initialiseParameters()
-        let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, peakGFLOPS: peak, slowRank: faultSlowRank)
+        let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, peakGFLOPS: peak?.gflops ?? 0, slowRank: faultSlowRank)
         if let allocations = r.allocations { print(allocations) }
         var context = BenchContext()
         context.config = try model.name(); context.threads = threads; context.ranks = comm.size
-        context.precisionReason = precisionReason; context.peakGFLOPS = peak
+        context.precisionReason = precisionReason; context.peakGFLOPS = peak?.gflops ?? 0; context.peakSource = peak?.source ?? ""
         context.gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
         context.gatherMBInFlight = parallel.gatherMBInFlight; context.bucketMB = parallel.bucketMB
         context.communication = try parallel.communication()

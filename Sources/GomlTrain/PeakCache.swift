@@ -1,0 +1,62 @@
+// PeakCache: the product peak MFU is quoted against, measured once per CPU model, precision
+// and thread count and kept in a small JSON file, so that the MFU of two runs on one machine
+// compares their throughput and not two noisy samples of the peak. The run header and bench's
+// JSON say where the figure came from.
+
+import Foundation
+import GomlCore
+import GomlIO
+
+public enum PeakCache {
+    /// The peak and where it came from ("measured now", or the date and file it was cached in).
+    public struct Peak: Sendable {
+        public let gflops: Double
+        public let source: String
+    }
+
+    /// ${GOML_DIST_CACHE}, else ${XDG_CACHE_HOME}/goml-dist, else ~/.cache/goml-dist.
+    static var directory: String {
+        let env = ProcessInfo.processInfo.environment
+        if let dir = env["GOML_DIST_CACHE"], !dir.isEmpty { return dir }
+        let base = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory() + "/.cache"
+        return base + "/goml-dist"
+    }
+
+    static var file: String { directory + "/product-peaks.json" }
+
+    /// This CPU as /proc/cpuinfo names it (model name, family and model).
+    static var cpuName: String {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown CPU" }
+        func field(_ name: String) -> String? {
+            text.split(separator: "\n").first { $0.hasPrefix(name) }?.split(separator: ":", maxSplits: 1).last
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        return "\(field("model name") ?? "unknown CPU") (family \(field("cpu family") ?? "?") model \(field("model") ?? "?"))"
+    }
+
+    /// The cached peak for `precision` on `threads` cores of this CPU, or, the first time, the
+    /// best of three measurements, cached when they agree within 10% (a busy machine's samples
+    /// spread, and a low peak cached would inflate every later MFU). A cache that cannot be
+    /// read or written is measured around, never an error.
+    public static func peak(_ precision: Precision, threads: Int) -> Peak {
+        let kernel = precision == .fp32 ? ", OpenBLAS \(BLAS.coreName)" : ""
+        let key = "\(cpuName), \(precision.rawValue)\(kernel), \(threads) thread(s)"
+        var entries = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file)))) as? [String: [String: Any]] ?? [:]
+        if let entry = entries[key], let gflops = entry["gflops"] as? Double, gflops > 0 {
+            return Peak(gflops: gflops, source: "measured \(entry["measured"] as? String ?? "earlier") and cached in \(file) (delete it to measure again)")
+        }
+        let samples = (0..<3).map { _ in ProductPeak.measure(precision, threads: threads) }
+        let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
+        guard spread <= 0.1 else {
+            return Peak(gflops: gflops, source: String(format: "measured now (not cached: three samples %.0f%% apart, the machine looks busy)", spread * 100))
+        }
+        entries[key] = ["gflops": gflops, "measured": ISO8601DateFormatter().string(from: Date())]
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try DurableFile.write(Array(try JSONSerialization.data(withJSONObject: entries, options: [.sortedKeys, .prettyPrinted])), to: file)
+            return Peak(gflops: gflops, source: "measured now, cached in \(file)")
+        } catch {
+            return Peak(gflops: gflops, source: "measured now (not cached: \(error))")
+        }
+    }
+}
