@@ -37,8 +37,9 @@ public enum PeakCache {
     /// The cached peak for `precision` on `threads` cores of this CPU, or, the first time, the
     /// best of three measurements, cached when they agree within 10% (a busy machine's samples
     /// spread, and a low peak cached would inflate every later MFU). A cache that cannot be
-    /// read or written is measured around, never an error.
-    public static func peak(_ precision: Precision, threads: Int) -> Peak {
+    /// read or written is measured around, never an error. With `ranksOnHost` > 1 the other
+    /// ranks may take cores from the measurement, so it is used but not cached.
+    public static func peak(_ precision: Precision, threads: Int, ranksOnHost: Int = 1) -> Peak {
         let kernel = precision == .fp32 ? ", OpenBLAS \(BLAS.coreName)" : ""
         let key = "\(cpuName), \(precision.rawValue)\(kernel), \(threads) thread(s)"
         var entries = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file)))) as? [String: [String: Any]] ?? [:]
@@ -47,6 +48,9 @@ public enum PeakCache {
         }
         let samples = (0..<3).map { _ in ProductPeak.measure(precision, threads: threads) }
         let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
+        guard ranksOnHost == 1 else {
+            return Peak(gflops: gflops, source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)")
+        }
         guard spread <= 0.1 else {
             return Peak(gflops: gflops, source: String(format: "measured now (not cached: three samples %.0f%% apart, the machine looks busy)", spread * 100))
         }

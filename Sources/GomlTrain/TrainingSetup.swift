@@ -162,7 +162,7 @@ public enum TrainingSetup {
         if let peak = request.peakGFLOPS {
             (run.peakGFLOPS, run.peakSource) = (peak, "given")
         } else if comm.isRoot {
-            let peak = PeakCache.peak(trainer.options.precision, threads: threads)
+            let peak = PeakCache.peak(trainer.options.precision, threads: threads, ranksOnHost: comm.localSize)
             (run.peakGFLOPS, run.peakSource) = (peak.gflops, peak.source)
         }
         BLAS.setThreads(trainer.blasThreads)
@@ -193,7 +193,7 @@ public enum TrainingSetup {
         }
         if let corpus { agreeOnData(comm, corpus) }
         // Measured before the run's BLAS threads are set: the measurement sets its own.
-        let peak = measurePeak ? PeakCache.peak(trainer.options.precision, threads: threads) : nil
+        let peak = measurePeak ? PeakCache.peak(trainer.options.precision, threads: threads, ranksOnHost: comm.localSize) : nil
         BLAS.setThreads(trainer.blasThreads)
         return (trainer, threads, reason, peak)
     }
