@@ -24,6 +24,11 @@ public enum PeakCache {
 
     static var file: String { directory + "/product-peaks.json" }
 
+    /// The 1-minute load average (/proc/loadavg), nil where there is none.
+    static var loadAverage: Double? {
+        (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.flatMap { Double($0) }
+    }
+
     /// This CPU as /proc/cpuinfo names it (model name, family and model).
     static var cpuName: String {
         guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown CPU" }
@@ -37,8 +42,10 @@ public enum PeakCache {
     /// The cached peak for `precision` on `threads` cores of this CPU, or, the first time, the
     /// best of three measurements, cached when they agree within 10% (a busy machine's samples
     /// spread, and a low peak cached would inflate every later MFU). A cache that cannot be
-    /// read or written is measured around, never an error. With `ranksOnHost` > 1 the other
-    /// ranks may take cores from the measurement, so it is used but not cached.
+    /// read or written is measured around, never an error. A measurement that other work may
+    /// have slowed is used but not cached: beside other ranks on the host (`ranksOnHost`), or
+    /// while the last minute's load average was half the cores or more (a machine busy
+    /// throughout gives samples that agree, all too low).
     public static func peak(_ precision: Precision, threads: Int, ranksOnHost: Int = 1) -> Peak {
         let kernel = precision == .fp32 ? ", OpenBLAS \(BLAS.coreName)" : ""
         let key = "\(cpuName), \(precision.rawValue)\(kernel), \(threads) thread(s)"
@@ -50,6 +57,9 @@ public enum PeakCache {
         let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
         guard ranksOnHost == 1 else {
             return Peak(gflops: gflops, source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)")
+        }
+        if let load = loadAverage, load >= Double(ProcessInfo.processInfo.activeProcessorCount) / 2 {
+            return Peak(gflops: gflops, source: String(format: "measured now under load %.1f (not cached: measured again on an idle machine)", load))
         }
         guard spread <= 0.1 else {
             return Peak(gflops: gflops, source: String(format: "measured now (not cached: three samples %.0f%% apart, the machine looks busy)", spread * 100))

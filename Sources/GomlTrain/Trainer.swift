@@ -128,6 +128,21 @@ public final class Trainer {
     /// Per worker: true during its last pass, whose backward makes its gradients final.
     private let finalPass: UnsafeMutableBufferPointer<Bool>
 
+    /// Bytes this rank holds for training: parameters, gradients, optimizer state, activations.
+    public var memoryPerRank: Int {
+        let memory = strategy.memory
+        return memory.parameters + memory.gradients + memory.optimizerState + activationBytes
+    }
+
+    /// The run header's memory line (train and bench print it).
+    public var memorySummary: String {
+        let memory = strategy.memory
+        let saved = memory.savedBySharding > 0 ? String(format: "; sharding saved %.1f MB", Double(memory.savedBySharding) / 1e6) : "; nothing sharded"
+        return String(format: "memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB, activations %.1f MB",
+                      Double(memory.parameters) / 1e6, Double(memory.gradients) / 1e6, Double(memory.optimizerState) / 1e6,
+                      Double(activationBytes) / 1e6) + saved
+    }
+
     /// Activation memory of this rank: every worker's model for one micro-batch.
     public var activationBytes: Int { models.reduce(0) { $0 + $1.activationBytes } }
     public var microBatch: Int { model.batch }

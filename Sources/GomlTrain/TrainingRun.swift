@@ -359,12 +359,8 @@ public final class TrainingRun {
         }
         log.line(String(format: "micro-batch %d sequence(s) × %d worker(s), each worker's products on %d thread(s): activations %.1f MB per rank",
                         trainer.microBatch, trainer.workers, trainer.productThreads, Double(trainer.activationBytes) / 1e6))
-        let memory = trainer.strategy.memory
-        let saved = memory.savedBySharding > 0 ? String(format: "; sharding saved %.1f MB", Double(memory.savedBySharding) / 1e6) : "; nothing sharded"
-        log.line(String(format: "memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB, activations %.1f MB",
-                        Double(memory.parameters) / 1e6, Double(memory.gradients) / 1e6, Double(memory.optimizerState) / 1e6,
-                        Double(trainer.activationBytes) / 1e6) + saved)
-        let perRank = memory.parameters + memory.gradients + memory.optimizerState + trainer.activationBytes
+        log.line(trainer.memorySummary)
+        let perRank = trainer.memoryPerRank
         if let available = settings.availableMemory, perRank * comm.localSize > available {
             log.line(String(format: "warning: %d rank(s) on this host need about %.1f MB (%.1f MB each) but %.1f MB is available; lower --batch, add --micro-batch, or use more hosts",
                             comm.localSize, Double(perRank * comm.localSize) / 1e6, Double(perRank) / 1e6, Double(available) / 1e6))

@@ -176,10 +176,9 @@ public enum TrainingSetup {
     }
 
     /// Collective over `comm`: the trainer `bench` times, on `--data` (or random bytes), set up
-    /// as `train` would set it up for a synchronous run; why its precision was chosen; and the
-    /// product rate MFU is quoted against (none unless `measurePeak`).
-    public static func benchTrainer(_ request: TrainingRequest, comm: Communicator, measurePeak: Bool)
-        -> (trainer: Trainer, threads: Int, precisionReason: String, peak: PeakCache.Peak?) {
+    /// as `train` would set it up for a synchronous run, and why its precision was chosen.
+    public static func benchTrainer(_ request: TrainingRequest, comm: Communicator)
+        -> (trainer: Trainer, threads: Int, precisionReason: String) {
         let threads = coresPerRank(request, comm)
         var reason = ""
         let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
@@ -192,10 +191,8 @@ public enum TrainingSetup {
             return (try Trainer(options: options, comm: comm, split: split, workers: threads, communication: request.communication), corpus)
         }
         if let corpus { agreeOnData(comm, corpus) }
-        // Measured before the run's BLAS threads are set: the measurement sets its own.
-        let peak = measurePeak ? PeakCache.peak(trainer.options.precision, threads: threads, ranksOnHost: comm.localSize) : nil
         BLAS.setThreads(trainer.blasThreads)
-        return (trainer, threads, reason, peak)
+        return (trainer, threads, reason)
     }
 
     /// Rank 0's read of --init-from: the checkpoint's weights, which must be of the run's model.

@@ -52,20 +52,31 @@ struct BenchCommand: ParsableCommand {
         if optimizer { return try benchOptimizer() }
         let comm = makeCommunicator(parallel)
         if collectives { return try benchCollectives(comm) }
-        // The ceiling MFU is quoted against: products at the run's precision on all of this rank's cores.
-        let (trainer, threads, precisionReason, peak) = TrainingSetup.benchTrainer(agreeOnSetup(comm) { try request() }, comm: comm,
-                                                                                   measurePeak: !sampling)
+        let (trainer, threads, precisionReason) = TrainingSetup.benchTrainer(agreeOnSetup(comm) { try request() }, comm: comm)
         if sampling {
             if comm.isRoot { try benchSampling(trainer, threads: threads) }
             comm.finalize()
             return
         }
+        let o = trainer.options
+        if comm.isRoot {
+            print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s): \(warmup) warm-up and \(steps) timed steps")
+            print(trainer.memorySummary + String(format: "; %.1f MB per rank in all", Double(trainer.memoryPerRank) / 1e6))
+        }
+        // The ceiling MFU is quoted against: products at the run's precision on all of this rank's
+        // cores (measured before the run's BLAS threads are set again: the measurement sets its own).
+        let peak = PeakCache.peak(o.precision, threads: threads, ranksOnHost: comm.localSize)
+        BLAS.setThreads(trainer.blasThreads)
+        if comm.isRoot {
+            let seconds = Double(o.batch * o.model.seqLen) * o.model.flopsPerToken / (peak.gflops * 1e9 * Double(comm.size))
+            print(String(format: "at the products' peak a step takes at least %.3f s: the run at least %.0f s", seconds, seconds * Double(warmup + steps)))
+        }
         trainer.initialiseParameters()
-        let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, peakGFLOPS: peak?.gflops ?? 0, slowRank: faultSlowRank)
+        let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, peakGFLOPS: peak.gflops, slowRank: faultSlowRank)
         if let allocations = r.allocations { print(allocations) }
         var context = BenchContext()
         context.config = try model.name(); context.threads = threads; context.ranks = comm.size
-        context.precisionReason = precisionReason; context.peakGFLOPS = peak?.gflops ?? 0; context.peakSource = peak?.source ?? ""
+        context.precisionReason = precisionReason; context.peakGFLOPS = peak.gflops; context.peakSource = peak.source
         context.gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
         context.gatherMBInFlight = parallel.gatherMBInFlight; context.bucketMB = parallel.bucketMB
         context.communication = try parallel.communication()
