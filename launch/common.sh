@@ -45,5 +45,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 # The mpirun options every launch uses: ranks that wait yield the core instead of spinning
-# (oversubscribed ranks would otherwise starve rank 0), and no core binding.
-MPIRUN_OPTS=(--bind-to none --mca mpi_yield_when_idle 1)
+# (oversubscribed ranks would otherwise starve rank 0), no core binding, and -q: a rank's own
+# one-line error stays the last line, without mpirun's paragraphs after it (the launchers
+# name a rank killed by a signal themselves).
+MPIRUN_OPTS=(-q --bind-to none --mca mpi_yield_when_idle 1)
