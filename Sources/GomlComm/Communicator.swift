@@ -74,19 +74,19 @@ public struct ShardedBucket {
     public let gradient: UnsafeMutableBufferPointer<Float>
     public let parameters: UnsafeMutableBufferPointer<Float>
     public let counts: [Int]
-    /// Ranges of `parameters` (from its start, ascending) all-gathered as bfloat16, rounded to
-    /// nearest even (matrices that bf16 products read, which round them so anyway), through the
-    /// bucket's `gradient` memory; the rest as float32.
-    public let bf16Parameters: [Range<Int>]
+    /// Ranges of `parameters` (from its start, ascending) that travel as bfloat16, rounded to
+    /// nearest even (goml_bfloat16.h), through the bucket's `gradient` memory, which is idle
+    /// then; the rest as float32. The caller says which values may round.
+    public let bf16Ranges: [Range<Int>]
     public init(gradient: UnsafeMutableBufferPointer<Float>, parameters: UnsafeMutableBufferPointer<Float>, counts: [Int],
-                bf16Parameters: [Range<Int>] = []) {
+                bf16Ranges: [Range<Int>] = []) {
         precondition(gradient.count == parameters.count && counts.reduce(0, +) == gradient.count)
-        precondition(zip(bf16Parameters, bf16Parameters.dropFirst()).allSatisfy { $0.upperBound <= $1.lowerBound }
-                     && bf16Parameters.allSatisfy { $0.lowerBound >= 0 && $0.upperBound <= parameters.count })
+        precondition(zip(bf16Ranges, bf16Ranges.dropFirst()).allSatisfy { $0.upperBound <= $1.lowerBound }
+                     && bf16Ranges.allSatisfy { $0.lowerBound >= 0 && $0.upperBound <= parameters.count })
         self.gradient = gradient
         self.parameters = parameters
         self.counts = counts
-        self.bf16Parameters = bf16Parameters
+        self.bf16Ranges = bf16Ranges
     }
 }
 

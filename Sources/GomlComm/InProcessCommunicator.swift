@@ -194,7 +194,7 @@ public final class InProcessCommunicator: Communicator {
     /// Each rank's part of the bucket's parameters reaches every other rank, its bf16 ranges
     /// rounded as they travel; a rank's own part stays as it is.
     public func startAllGather(bucket: Int) {
-        let counts = sharded[bucket].counts, bf16 = sharded[bucket].bf16Parameters
+        let counts = sharded[bucket].counts, bf16 = sharded[bucket].bf16Ranges
         inFlight.add(.allGather(bucket), join(.allGather(bucket), Part(sharded[bucket].parameters)) { parts in
             var start = 0
             for (owner, count) in counts.enumerated() {

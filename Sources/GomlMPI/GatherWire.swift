@@ -27,7 +27,7 @@ struct GatherWire {
                 mine.append(Piece(elements: elements, bf16: bf16, word: position))
                 position += (bf16 ? 1 : 2) * elements.count
             }
-            for range in bucket.bf16Parameters {
+            for range in bucket.bf16Ranges {
                 let part = range.clamped(to: slice)
                 guard !part.isEmpty else { continue }
                 add(at..<part.lowerBound, bf16: false)

@@ -255,7 +255,7 @@ public final class MPICommunicator: Communicator {
         allGathers = ProgressThread(owner: self, world: gatherWorld, node: nil, nodeBroadcast: nil, phases: [.allGather],
                                     buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts, pollMicroseconds: pollMicroseconds,
                                     maxBytesInFlight: gatherBytesInFlight,
-                                    gatherWires: buckets.map { $0.bf16Parameters.isEmpty ? nil : GatherWire($0) })
+                                    gatherWires: buckets.map { $0.bf16Ranges.isEmpty ? nil : GatherWire($0) })
     }
 
     public func startReduceScatter(bucket: Int) {

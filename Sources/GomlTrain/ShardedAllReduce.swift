@@ -88,7 +88,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
             let bucket = shards.buckets[b]
             return ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradients.sum.pointer[bucket]),
                                  parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[bucket]), counts: shards.counts(b),
-                                 bf16Parameters: operands.map { $0.clamped(to: bucket) }.filter { !$0.isEmpty }
+                                 bf16Ranges: operands.map { $0.clamped(to: bucket) }.filter { !$0.isEmpty }
                                     .map { ($0.lowerBound - bucket.lowerBound)..<($0.upperBound - bucket.lowerBound) })
         }, compression: communication.compression)
         reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, start: { comm.startReduceScatter(bucket: $0) },
