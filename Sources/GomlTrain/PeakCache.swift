@@ -53,7 +53,8 @@ public enum PeakCache {
         if let entry = entries[key], let gflops = entry["gflops"] as? Double, gflops > 0 {
             return Peak(gflops: gflops, source: "measured \(entry["measured"] as? String ?? "earlier") and cached in \(file) (delete it to measure again)")
         }
-        let samples = (0..<3).map { _ in ProductPeak.measure(precision, threads: threads) }
+        // 512³ products: start-up stays short on a first run (train measures before its first step).
+        let samples = (0..<3).map { _ in ProductPeak.measure(precision, threads: threads, size: 512, repeats: 4) }
         let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
         guard ranksOnHost == 1 else {
             return Peak(gflops: gflops, source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)")

@@ -40,7 +40,7 @@ extension StepBenchReport {
         var lines = [
             "bench \(c.config) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(c.ranks) rank(s) × \(c.threads) thread(s) (\(trainer.workers) worker(s) × \(trainer.productThreads) product thread(s), \(BLAS.threads) BLAS), reduction \(trainer.strategy.summary) (micro-batch \(trainer.microBatch), activations \(trainer.activationBytes / 1_000_000) MB), BLAS core \(BLAS.coreName)",
             "precision \(o.precision.rawValue) (\(c.precisionReason))",
-            String(format: "%@ products 1024³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against), ", o.precision.rawValue, c.threads, c.peakGFLOPS)
+            String(format: "%@ products 512³ on %d thread(s): %.1f GFLOP/s (the peak MFU is quoted against), ", o.precision.rawValue, c.threads, c.peakGFLOPS)
                 + c.peakSource,
             String(format: "median step %.2f ms over %d steps: ", ms, steps) + split.map { String(format: "%@ %.2f", $0.0, $0.1) }.joined(separator: ", ") + " ms",
             // Communication the step waited for: after backward (the reduce phase, against the time the
