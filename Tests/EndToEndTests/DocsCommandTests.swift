@@ -57,7 +57,15 @@ final class DocsCommandTests: XCTestCase {
         let line: Int
         let text: String
         let variables: [String: String]
+        var lines: [String] = []     // as printed, from `line` on
         var location: String { "\(file):\(line)" }
+        /// The command on one line, for messages.
+        var shown: String { text.replacingOccurrences(of: #"\s+"#, with: " ", options: .regularExpression) }
+        /// file:line of the printed line (of a joined command) that holds `word`.
+        func location(of word: String) -> String {
+            let i = lines.firstIndex { $0.range(of: "(^|\\s)" + NSRegularExpression.escapedPattern(for: word) + "(\\s|=|$)", options: .regularExpression) != nil } ?? 0
+            return "\(file):\(line + i)"
+        }
         func segments(pwd: String) -> [[String]] {
             DocsCommandTests.shellWords(text, variables: variables.merging(["PWD": pwd]) { $1 })
         }
@@ -75,7 +83,7 @@ final class DocsCommandTests: XCTestCase {
         for file in documents() {
             let text = try String(contentsOfFile: root + "/" + file, encoding: .utf8)
             var inBlock = false, variables: [String: String] = [:]
-            var pending = "", pendingLine = 0
+            var pending = "", pendingLine = 0, pendingLines: [String] = []
             for (index, raw) in text.components(separatedBy: "\n").enumerated() {
                 let trimmed = raw.trimmingCharacters(in: .whitespaces)
                 if !inBlock {
@@ -83,8 +91,9 @@ final class DocsCommandTests: XCTestCase {
                     continue
                 }
                 if trimmed.hasPrefix("```") { inBlock = false; continue }
-                if pending.isEmpty { pendingLine = index + 1 }
+                if pending.isEmpty { pendingLine = index + 1; pendingLines = [] }
                 let line = raw.replacingOccurrences(of: #"\s+$"#, with: "", options: .regularExpression)
+                pendingLines.append(line)
                 if line.hasSuffix("\\") { pending += String(line.dropLast()) + " "; continue }
                 let joined = pending + line
                 pending = ""
@@ -97,7 +106,8 @@ final class DocsCommandTests: XCTestCase {
                     continue
                 }
                 if !segments.isEmpty {
-                    result.append(DocCommand(file: file, line: pendingLine, text: joined.trimmingCharacters(in: .whitespaces), variables: variables))
+                    result.append(DocCommand(file: file, line: pendingLine, text: joined.trimmingCharacters(in: .whitespaces),
+                                             variables: variables, lines: pendingLines))
                 }
             }
         }
@@ -289,33 +299,36 @@ final class DocsCommandTests: XCTestCase {
             .prefix { $0.hasPrefix("#") }.joined(separator: "\n")
     }
 
+    /// A problem and the word it is about (to find its printed line).
+    typealias Problem = (word: String, message: String)
+
     /// What is wrong with a goml-dist command's subcommand and flags.
-    static func gomlProblems(_ arguments: [String]) -> [String] {
+    static func gomlProblems(_ arguments: [String]) -> [Problem] {
         let sub = arguments.first.flatMap { $0.hasPrefix("-") ? nil : $0 }
         let r = help(sub)
-        guard r.status == 0 else { return ["goml-dist has no subcommand \(sub ?? "?") (`goml-dist \(sub ?? "") --help-hidden` exits \(r.status))"] }
+        guard r.status == 0 else { return [(sub ?? "", "goml-dist has no subcommand \(sub ?? "?") (`goml-dist \(sub ?? "") --help-hidden` exits \(r.status))")] }
         let known = options(r.stdout).all
         let used = arguments.dropFirst(sub == nil ? 0 : 1).filter { $0.hasPrefix("--") && $0 != "--" }
             .map { String($0.split(separator: "=", maxSplits: 1)[0]) }
-        return used.filter { !known.contains($0) }.map { "goml-dist \(sub ?? "") has no flag \($0) (not in `goml-dist \(sub ?? "") --help-hidden`)" }
+        return used.filter { !known.contains($0) }.map { ($0, "goml-dist \(sub ?? "") has no flag \($0) (not in `goml-dist \(sub ?? "") --help-hidden`)") }
     }
 
-    static func scriptProblems(_ script: Program) -> [String] {
-        guard FileManager.default.isExecutableFile(atPath: root + "/" + script.path) else { return ["\(script.path) is not an executable file of the repository"] }
+    static func scriptProblems(_ script: Program) -> [Problem] {
+        guard FileManager.default.isExecutableFile(atPath: root + "/" + script.path) else { return [(script.path, "\(script.path) is not an executable file of the repository")] }
         let head = header(script.path)
         let own = script.path == "launch/train" ? Array(script.arguments.prefix { $0 != "--" })
             : script.path.hasSuffix(".sbatch") ? [] : script.arguments
-        var problems: [String] = []
+        var problems: [Problem] = []
         for flag in own where flag.hasPrefix("--") && flag != "--" {
             let name = String(flag.split(separator: "=", maxSplits: 1)[0])
             if head.range(of: "(^|[^A-Za-z0-9-])" + NSRegularExpression.escapedPattern(for: name) + "([^A-Za-z0-9-]|$)", options: .regularExpression) == nil {
-                problems.append("\(script.path) has no flag \(name) (not in its header comment, what --help prints)")
+                problems.append((name, "\(script.path) has no flag \(name) (not in its header comment, what --help prints)"))
             }
         }
         // Subcommands: the words the header shows right after the script's name (`launch/cluster up`).
         let listed = Set(matches(NSRegularExpression.escapedPattern(for: script.path) + " ([a-z][a-z0-9-]*)", in: head).map { $0[1] })
         if !listed.isEmpty, let first = own.first, first.range(of: #"^[a-z][a-z0-9-]*$"#, options: .regularExpression) != nil, !listed.contains(first) {
-            problems.append("\(script.path) has no subcommand \(first) (its header lists \(listed.sorted().joined(separator: ", ")))")
+            problems.append((first, "\(script.path) has no subcommand \(first) (its header lists \(listed.sorted().joined(separator: ", ")))"))
         }
         return problems
     }
@@ -330,11 +343,11 @@ final class DocsCommandTests: XCTestCase {
         for command in commands {
             for words in command.segments(pwd: Self.root) {
                 let a = Self.analyze(words)
-                var problems = a.problems
+                var problems = a.problems.map { (word: "mpirun", message: $0) }
                 if let goml = a.goml { problems += Self.gomlProblems(goml.arguments); checked += 1 }
                 for script in a.scripts { problems += Self.scriptProblems(script); checked += 1 }
                 if let train = a.trainArguments { problems += Self.gomlProblems(["train"] + train) }
-                for p in problems { XCTFail("\(command.location): \(p)\n    \(command.text)") }
+                for p in problems { XCTFail("\(command.location(of: p.word)): \(p.message)\n    \(command.shown)") }
             }
         }
         XCTAssertGreaterThan(checked, 30, "too few goml-dist and launch commands found")
@@ -349,7 +362,7 @@ final class DocsCommandTests: XCTestCase {
                 let np = options.firstIndex { ["-np", "-n", "--np"].contains($0) }.flatMap { Int(options[$0 + 1]) } ?? Self.cores
                 let placed = options.contains { ["--oversubscribe", "--hostfile", "-hostfile", "--host", "-H"].contains($0) }
                 XCTAssertTrue(np <= Self.cores || placed,
-                              "\(command.location): mpirun -np \(np) on a \(Self.cores)-core machine needs --oversubscribe or a hostfile\n    \(command.text)")
+                              "\(command.location): mpirun -np \(np) on a \(Self.cores)-core machine needs --oversubscribe or a hostfile\n    \(command.shown)")
             }
         }
     }
@@ -436,6 +449,12 @@ final class DocsCommandTests: XCTestCase {
 
     static var fixtureRun: String?
 
+    override class func tearDown() {
+        if let run = fixtureRun { try? FileManager.default.removeItem(atPath: (run as NSString).deletingLastPathComponent) }
+        fixtureRun = nil
+        super.tearDown()
+    }
+
     /// A 5-step tiny run (checkpoint, metrics.jsonl), made once.
     static func tinyRun() throws -> String {
         if let dir = fixtureRun { return dir }
@@ -493,8 +512,8 @@ final class DocsCommandTests: XCTestCase {
                     .first { FileManager.default.isExecutableFile(atPath: $0) } ?? words[0])
             let r = Harness.run(program, Array(words.dropFirst()), timeout: 300, environment: environment, directory: dir)
             ran.append("\(command.location) (\(Int(r.seconds.rounded())) s)")
-            XCTAssertFalse(r.timedOut, "\(command.location): timed out after \(Int(r.seconds)) s\n    \(command.text)\n    ran: \(words.joined(separator: " "))\n\(r.output.suffix(3000))")
-            XCTAssertEqual(r.status, 0, "\(command.location): exit \(r.status) on this \(ProcessInfo.processInfo.activeProcessorCount)-core machine\n    \(command.text)\n    ran: \(words.joined(separator: " "))\n\(r.output.suffix(3000))")
+            XCTAssertFalse(r.timedOut, "\(command.location): timed out after \(Int(r.seconds)) s\n    \(command.shown)\n    ran: \(words.joined(separator: " "))\n\(r.output.suffix(3000))")
+            XCTAssertEqual(r.status, 0, "\(command.location): exit \(r.status) on this \(ProcessInfo.processInfo.activeProcessorCount)-core machine\n    \(command.shown)\n    ran: \(words.joined(separator: " "))\n\(r.output.suffix(3000))")
             if r.status == 0 { try? FileManager.default.removeItem(atPath: dir) }
         }
         print("docs commands run: \(ran.count)\n  " + ran.joined(separator: "\n  "))
