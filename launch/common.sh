@@ -45,7 +45,18 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 # The mpirun options every launch uses: ranks that wait yield the core instead of spinning
-# (oversubscribed ranks would otherwise starve rank 0), no core binding, and -q: a rank's own
-# one-line error stays the last line, without mpirun's paragraphs after it (the launchers
-# name a rank killed by a signal themselves).
-MPIRUN_OPTS=(-q --bind-to none --mca mpi_yield_when_idle 1)
+# (oversubscribed ranks would otherwise starve rank 0), and no core binding.
+MPIRUN_OPTS=(--bind-to none --mca mpi_yield_when_idle 1)
+
+# Filters mpirun's stderr: drops its two paragraphs that only say a rank exited non-zero, so a
+# rank's own one-line error stays the last line; keeps every other note (a lost host, a signal).
+# (mpirun -q would drop those too.)
+mpirun_notes() {
+    awk '/^-------------------------------*$/ {
+             block = block $0 "\n"
+             if (open) { if (block !~ /Primary job +terminated normally|exited with non-zero status/) printf "%s", block; block = ""; fflush() }
+             open = !open; next }
+         open { block = block $0 "\n"; next }
+         { print; fflush() }
+         END { printf "%s", block }'
+}

@@ -272,6 +272,9 @@ public final class TrainingRun {
     /// failure on any ends the whole job, so no rank goes on alone.
     private func checkpoint() throws {
         trainer.waitForParameters()
+        // Rank 0's seconds so far, so that every replica holds the same bytes.
+        var seconds = [Date().timeIntervalSince(started), trainSeconds]
+        seconds.withUnsafeMutableBytes { comm.broadcast($0, root: 0) }
         var ok = true, message = ""
         mode.withCheckpointState(at: settings.replicaWriters) { state in
             do {
@@ -280,7 +283,7 @@ public final class TrainingRun {
                     params: state.params, m: state.m, v: state.v, adamStep: trainer.optimizer.step,
                     generators: ["batch": state.batchGenerator, "sample": sampleRNG.stateWords], keep: trainer.options.keep,
                     dataFingerprint: settings.dataFingerprint, outer: state.outer,
-                    progress: RunProgress(schedule: trainer.schedule, elapsedSeconds: Date().timeIntervalSince(started), trainSeconds: trainSeconds))
+                    progress: RunProgress(schedule: trainer.schedule, elapsedSeconds: seconds[0], trainSeconds: seconds[1]))
                 let others = settings.replicaWriters.dropFirst().map { settings.hosts.names[$0] }
                 log.line("checkpoint \(path)" + (state.note.map { " (\($0))" } ?? "")
                          + (others.isEmpty ? "" : " (replicas on \(settings.hosts.names[0]), \(others.joined(separator: ", ")))"))
