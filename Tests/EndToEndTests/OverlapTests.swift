@@ -57,7 +57,7 @@ final class OverlapTests: XCTestCase {
         let args = ["--grad-compression", "bf16", "--checksum-every", "5", "--bucket-mb", "0.05", "--lr", "3e-3", "--warmup", "5"]
         let r = Harness.mpirun(np: 4, Harness.tinyTrain(out, steps: 40, extra: args))
         Harness.assertSuccess(r, "bf16 np 4")
-        XCTAssertTrue(r.stdout.contains("bf16 on the wire"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("bf16 on the wire, AdamW on each rank's 1/4"), r.stdout)
         let losses = Harness.losses(out)
         XCTAssertEqual(losses.count, 40)
         XCTAssertLessThan(losses.suffix(5).reduce(0, +) / 5, losses.prefix(5).reduce(0, +) / 5 - 0.3, "loss did not fall: \(losses)")
