@@ -73,7 +73,7 @@ final class BenchTests: XCTestCase {
     /// `bench --optimizer`: one row per thread count up to --threads, each with AdamW's and the
     /// triad's bandwidth and their ratio.
     func testOptimizerBenchReportsAdamWAgainstTheMeasuredBandwidth() throws {
-        let json = try benchJSON(["--config", "tiny", "--optimizer", "--threads", "2"])
+        let json = try benchJSON(["--config", "tiny", "--precision", "fp32", "--optimizer", "--threads", "2"])
         XCTAssertEqual(json["parameters"] as? Int, 132_224, "\(json)")
         let rows = try XCTUnwrap(json["optimizer"] as? [[String: Any]], "\(json)")
         XCTAssertEqual(rows.compactMap { $0["threads"] as? Int }, [1, 2], "\(json)")
@@ -90,7 +90,7 @@ final class BenchTests: XCTestCase {
 /// buckets training makes. The tensor sizes come from the PyTorch fixture (tiny_step's model),
 /// not from goml-dist, so a bucketing or byte count of its own would show.
 final class CollectiveBenchTests: XCTestCase {
-    static let fixtureModel = ["--config", "tiny", "--dim", "32", "--heads", "4", "--ffn", "64", "--seq-len", "16"]
+    static let fixtureModel = ["--config", "tiny", "--dim", "32", "--heads", "4", "--ffn", "64", "--seq-len", "16", "--precision", "fp32"]
 
     /// Bytes of each parameter of tiny_step's model, in the layout's (PyTorch's parameter) order.
     func fixtureTensorBytes() throws -> [Int] {
@@ -157,7 +157,7 @@ final class CollectiveBenchTests: XCTestCase {
     }
 
     func testCollectivesRefuseOneProcess() {
-        let r = Harness.goml(["bench", "--collectives", "--single", "--config", "tiny"])
+        let r = Harness.goml(["bench", "--collectives", "--single", "--config", "tiny", "--precision", "fp32"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--collectives times communication between ranks, and this is one process; run it under mpirun -np 2 or more"), r.stderr)
     }

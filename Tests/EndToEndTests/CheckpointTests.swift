@@ -1,5 +1,7 @@
-// Checkpoints that never lose work: exact resume (same and other world sizes), restarts after
-// a rank is killed, writers killed mid-write, corrupt files refused, and sampling from them.
+// Checkpoints that never lose work: resume on a larger world size, restarts after a rank is
+// killed, writers killed mid-write, corrupt files refused, and sampling from them. (Resumed at
+// the same world size, bit for bit, is StrategyTableTests in one process and StopSignalTests
+// under mpirun; on a smaller one, ShardingTests.)
 
 import Foundation
 import GomlCore
@@ -7,30 +9,6 @@ import GomlIO
 import XCTest
 
 final class CheckpointTests: XCTestCase {
-    func run(_ out: String, steps: Int = 40, extra: [String] = []) -> [String] {
-        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-         "--log-every", "10", "--precision", "fp32", "--data", Harness.corpus, "--out", out] + extra
-    }
-
-    func testResumedRunIsIdenticalToAnUninterruptedOne() throws {
-        let a = Harness.temporaryDirectory("runA")
-        Harness.assertSuccess(Harness.mpirun(np: 2, run(a)), "run A")
-        let b = Harness.temporaryDirectory("runB")
-        Harness.assertSuccess(Harness.mpirun(np: 2, run(b, extra: ["--stop-after", "20"])), "run B to 20")
-        XCTAssertEqual(Harness.losses(b).count, 20)
-        Harness.assertSuccess(Harness.mpirun(np: 2, run(b, extra: ["--resume", b])), "run B resumed")
-        XCTAssertEqual(Harness.lossTexts(b), Harness.lossTexts(a), "per-step losses, bit for bit")
-        XCTAssertEqual(try Harness.checkpointTensorBytes(b), try Harness.checkpointTensorBytes(a), "final parameter bytes")
-
-        // Resumed on another world size: 2 ranks to 20, then 1 rank; equal to float32 summation order.
-        let c = Harness.temporaryDirectory("runC")
-        Harness.assertSuccess(Harness.mpirun(np: 2, run(c, extra: ["--stop-after", "20"])), "run C to 20")
-        Harness.assertSuccess(Harness.goml(run(c, extra: ["--resume", c, "--single"])), "run C resumed on 1 rank")
-        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.losses(c), Harness.losses(a)), 1e-5)
-        XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(c), Harness.gradNorms(a)), 1e-5, "gradient norms")
-        XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(try Harness.finalParameters(c), try Harness.finalParameters(a)), 1e-5)
-    }
-
     /// Resumed on a larger world size (1 rank to step 20 then 2; 2 ranks then 4): rank 0 reads
     /// the checkpoint and broadcasts it to ranks that never saw it; equal to the uninterrupted
     /// run to float32 summation order.
@@ -44,16 +22,15 @@ final class CheckpointTests: XCTestCase {
     }
 
     private func checkResumeOnALargerWorldSize(precision: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let options = ["--precision", precision]
         let tolerance = precision == "bf16" ? 5e-5 : 1e-5   // README: how closely splits agree at each precision
         let reference = Harness.temporaryDirectory("grow-\(precision)")
-        Harness.assertSuccess(Harness.mpirun(np: 2, run(reference, extra: options)), "uninterrupted run", file: file, line: line)
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(reference, steps: 40, precision: precision)), "uninterrupted run", file: file, line: line)
         for (from, to) in [(1, 2), (2, 4)] {
             let out = Harness.temporaryDirectory("grow-\(precision)-\(from)to\(to)")
-            let first = run(out, extra: options + ["--stop-after", "20"])
+            let first = Harness.tinyTrain(out, steps: 40, precision: precision, extra: ["--stop-after", "20"])
             Harness.assertSuccess(from == 1 ? Harness.goml(first + ["--single"]) : Harness.mpirun(np: from, first), "\(from) rank(s) to 20",
                                   file: file, line: line)
-            let resumed = Harness.mpirun(np: to, run(out, extra: options + ["--resume", out]))
+            let resumed = Harness.mpirun(np: to, Harness.tinyTrain(out, steps: 40, precision: precision, extra: ["--resume", out]))
             Harness.assertSuccess(resumed, "resumed on \(to) ranks", file: file, line: line)
             XCTAssertTrue(resumed.stdout.contains("at step 20") && resumed.stdout.contains("world \(to) rank(s)"), resumed.stdout, file: file, line: line)
             XCTAssertEqual(Harness.losses(out).count, 40, "\(from)→\(to)", file: file, line: line)
@@ -66,34 +43,29 @@ final class CheckpointTests: XCTestCase {
 
     func testResumeRefusesDifferentOptions() {
         let out = Harness.temporaryDirectory("opts")
-        Harness.assertSuccess(Harness.goml(run(out, extra: ["--stop-after", "5", "--single"])), "first part")
-        let r = Harness.goml(run(out, extra: ["--resume", out, "--single", "--lr", "5e-3"]))
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(out, steps: 40, extra: ["--stop-after", "5", "--single"])), "first part")
+        let r = Harness.goml(Harness.tinyTrain(out, steps: 40, extra: ["--resume", out, "--single", "--lr", "5e-3"]))
         XCTAssertEqual(r.status, 2, r.output)
         XCTAssertTrue(r.stderr.contains("different options") && r.stderr.contains("lr"), r.output)
-        let other = Harness.goml(["train", "--config", "nano", "--resume", out, "--single", "--data", Harness.corpus, "--out", out])
+        let other = Harness.goml(["train", "--config", "nano", "--precision", "fp32", "--resume", out, "--single", "--data", Harness.corpus, "--out", out])
         XCTAssertEqual(other.status, 2, other.output)
         XCTAssertTrue(other.stderr.contains("holds model C64"), other.output)
     }
 
     /// A rank killed with SIGKILL mid-run: launch/train relaunches from the latest checkpoint and
-    /// ends with the parameters of a run that was never interrupted.
+    /// ends with the parameters of a run that was never interrupted. The kill follows the first
+    /// checkpoint (step 50) at once, with 350 steps still to run.
     func testLauncherRestartsAfterARankIsKilled() throws {
-        let steps = 1500
+        let steps = 400
         let reference = Harness.temporaryDirectory("uninterrupted")
-        Harness.assertSuccess(Harness.mpirun(np: 2, run(reference, steps: steps, extra: ["--log-every", "500"]), timeout: 600), "reference")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(reference, steps: steps, logEvery: 500), timeout: 600), "reference")
         let out = Harness.temporaryDirectory("killed")
-        let launcher = Process()
-        launcher.executableURL = URL(fileURLWithPath: Harness.packageRoot + "/launch/train")
         // --bin: the launcher must not build (`swift test` holds the build directory's lock).
-        launcher.arguments = ["--bin", Harness.binary, "--np", "2", "--max-restarts", "1", "--"]
-            + run(out, steps: steps, extra: ["--ckpt-every", "100", "--log-every", "500"]).dropFirst()   // launch/train adds `train`
-        launcher.environment = Harness.environment.merging(["GOML_DIST_BIN": Harness.binary]) { $1 }
-        let log = Harness.temporaryDirectory("launchlog") + "/log"
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let logHandle = FileHandle(forWritingAtPath: log)   // one handle: one file offset for both streams
-        launcher.standardOutput = logHandle
-        launcher.standardError = logHandle
-        try launcher.run()
+        let job = try Harness.start(Harness.packageRoot + "/launch/train",
+                                    ["--bin", Harness.binary, "--np", "2", "--max-restarts", "1", "--"]
+                                        + Harness.tinyTrain(out, steps: steps, logEvery: 500, extra: ["--ckpt-every", "50"]).dropFirst(),   // launch/train adds `train`
+                                    environment: ["GOML_DIST_BIN": Harness.binary])
+        let launcher = job.process
         // Wait for a checkpoint, then kill one rank of the job.
         let deadline = Date().addingTimeInterval(300)
         while !FileManager.default.fileExists(atPath: out + "/latest") && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
@@ -102,13 +74,13 @@ final class CheckpointTests: XCTestCase {
         guard let pid = Int32(victim) else {
             kill(launcher.processIdentifier, SIGKILL)
             launcher.waitUntilExit()
-            return XCTFail("no rank found to kill; launcher output:\n\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+            return XCTFail("no rank found to kill; launcher output:\n\(job.output)")
         }
         kill(pid, SIGKILL)
         while launcher.isRunning && Date() < deadline.addingTimeInterval(300) { Thread.sleep(forTimeInterval: 0.2) }
         if launcher.isRunning { kill(launcher.processIdentifier, SIGKILL) }
         launcher.waitUntilExit()
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let text = job.output
         XCTAssertEqual(launcher.terminationStatus, 0, text.suffix(3000).description)
         XCTAssertTrue(text.contains("restart 1 of 1"), text.suffix(3000).description)
         XCTAssertEqual(try Harness.checkpointTensorBytes(out), try Harness.checkpointTensorBytes(reference))
@@ -130,7 +102,7 @@ final class CheckpointTests: XCTestCase {
             let resume = FileManager.default.fileExists(atPath: out + "/latest") ? ["--resume", out] : []
             let process = Process()
             process.executableURL = URL(fileURLWithPath: Harness.binary)
-            process.arguments = ["train", "--single", "--config", "nano", "--steps", "100000", "--eval-every", "0",
+            process.arguments = ["train", "--single", "--config", "nano", "--steps", "100000", "--eval-every", "0", "--precision", "fp32",
                                  "--ckpt-every", "1", "--keep", "2", "--data", Harness.corpus, "--out", out] + resume
             process.environment = Harness.environment
             process.standardOutput = FileHandle.nullDevice
@@ -152,7 +124,7 @@ final class CheckpointTests: XCTestCase {
 
     func testCorruptCheckpointsAreRefusedClearly() throws {
         let out = Harness.temporaryDirectory("corrupt")
-        Harness.assertSuccess(Harness.goml(run(out, steps: 3, extra: ["--single"])), "train")
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(out, steps: 3, extra: ["--single"])), "train")
         let good = try Checkpoint.resolve(out)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
         let dir = Harness.temporaryDirectory("bad")
@@ -182,7 +154,7 @@ final class CheckpointTests: XCTestCase {
             XCTAssertFalse(r.stderr.contains("Fatal error"), r.stderr)
         }
         // A checkpoint whose config disagrees with the run's options.
-        let r = Harness.goml(["train", "--single", "--config", "tiny", "--dim", "32", "--resume", out, "--data", Harness.corpus, "--out", out])
+        let r = Harness.goml(["train", "--single", "--config", "tiny", "--dim", "32", "--precision", "fp32", "--resume", out, "--data", Harness.corpus, "--out", out])
         XCTAssertEqual(r.status, 2, r.output)
         XCTAssertTrue(r.stderr.contains("holds model C64") && r.stderr.contains("C32"), r.stderr)
     }
@@ -215,7 +187,7 @@ final class CheckpointTests: XCTestCase {
     /// stdio's buffer, so text held back until the end would arrive in one read).
     func testSamplingIsDeterministicAndStreams() throws {
         let out = Harness.temporaryDirectory("sample")
-        Harness.assertSuccess(Harness.goml(run(out, steps: 30, extra: ["--single"])), "train")
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(out, steps: 30, extra: ["--single"])), "train")
         let tokens = 3000, prompt = Array("ROMEO:".utf8)
         func sample(seed: Int) throws -> (generated: [UInt8], firstRead: Int) {
             let r = try streamedSample(["--ckpt", out, "--prompt", "ROMEO:", "--tokens", String(tokens), "--seed", String(seed)])

@@ -7,11 +7,6 @@ import GomlIO
 import XCTest
 
 final class DataTests: XCTestCase {
-    func tinyRun(_ out: String, data: [String], steps: Int = 20) -> [String] {
-        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "10", "--eval-batches", "2",
-         "--log-every", "10", "--precision", "fp32", "--out", out, "--data"] + data
-    }
-
     func corpusBytes() throws -> [UInt8] {
         [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: Harness.corpus), "missing corpus \(Harness.corpus)"))
     }
@@ -38,8 +33,8 @@ final class DataTests: XCTestCase {
         try write(ArraySlice(Array("hidden, not corpus".utf8)), to: dir + "/corpus/a/.junk")
 
         let one = Harness.temporaryDirectory("onefile"), many = Harness.temporaryDirectory("manyfiles")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(one, data: [Harness.corpus])), "one file")
-        let r = Harness.mpirun(np: 2, tinyRun(many, data: [dir + "/corpus", dir + "/last.txt"]))
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(one, steps: 20, evalEvery: 10, data: [Harness.corpus])), "one file")
+        let r = Harness.mpirun(np: 2, Harness.tinyTrain(many, steps: 20, evalEvery: 10, data: [dir + "/corpus", dir + "/last.txt"]))
         Harness.assertSuccess(r, "a directory and a file")
         XCTAssertTrue(r.stdout.contains("(\(starts.count) files, \(bytes.count) bytes, fingerprint "), r.stdout)
         XCTAssertEqual(Harness.lossTexts(one).count, 20)
@@ -57,8 +52,8 @@ final class DataTests: XCTestCase {
         try write(bytes[..<cut], to: dir + "/train.txt")
         try write(bytes[cut...], to: dir + "/val.txt")
         let whole = dir + "/whole", parts = dir + "/parts"
-        Harness.assertSuccess(Harness.goml(tinyRun(whole, data: [Harness.corpus]) + ["--single"]), "whole file")
-        let r = Harness.goml(tinyRun(parts, data: [dir + "/train.txt"]) + ["--val-data", dir + "/val.txt", "--single"])
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(whole, steps: 20, evalEvery: 10, data: [Harness.corpus]) + ["--single"]), "whole file")
+        let r = Harness.goml(Harness.tinyTrain(parts, steps: 20, evalEvery: 10, data: [dir + "/train.txt"]) + ["--val-data", dir + "/val.txt", "--single"])
         Harness.assertSuccess(r, "--val-data")
         XCTAssertTrue(r.stdout.contains("\(cut) train / \(bytes.count - cut) validation bytes"), r.stdout)
         XCTAssertEqual(Harness.lossTexts(parts), Harness.lossTexts(whole))
@@ -81,15 +76,18 @@ final class DataTests: XCTestCase {
         try write(ArraySlice(Array("only hidden".utf8)), to: dir + "/hidden-only/.notes")
         try write(try corpusBytes()[..<64], to: dir + "/64-bytes.txt")
         let out = dir + "/out"
-        let base = ["train", "--config", "tiny", "--steps", "2", "--out", out]
-        expectFailure(Harness.mpirun(np: 2, base), message: "no training data: pass --data PATH… (files or directories; the repository ships data/tinyshakespeare.txt)")
-        expectFailure(Harness.mpirun(np: 2, base + ["--data", dir + "/empty"]), message: "data directory \(dir)/empty holds no files")
-        expectFailure(Harness.mpirun(np: 2, base + ["--data", Harness.corpus, dir + "/hidden-only"]), message: "data directory \(dir)/hidden-only holds no files (hidden names are skipped)")
-        expectFailure(Harness.mpirun(np: 2, base + ["--data", Harness.corpus, "--val-data", dir + "/missing.txt"]),
-                      message: "data file \(dir)/missing.txt not found on")
-        expectFailure(Harness.mpirun(np: 2, base + ["--data", "/dev/null"]), message: "data path /dev/null is neither a regular file nor a directory")
-        expectFailure(Harness.mpirun(np: 2, base + ["--data", Harness.corpus, "--val-data", dir + "/64-bytes.txt"]),
-                      message: "--val-data \(dir)/64-bytes.txt has 64 bytes but needs at least seq-len + 1 = 65")
+        let base = ["train", "--config", "tiny", "--steps", "2", "--precision", "fp32", "--out", out]
+        let cases: [(data: [String], message: String)] = [
+            ([], "no training data: pass --data PATH… (files or directories; the repository ships data/tinyshakespeare.txt)"),
+            (["--data", dir + "/empty"], "data directory \(dir)/empty holds no files"),
+            (["--data", Harness.corpus, dir + "/hidden-only"], "data directory \(dir)/hidden-only holds no files (hidden names are skipped)"),
+            (["--data", Harness.corpus, "--val-data", dir + "/missing.txt"], "data file \(dir)/missing.txt not found on"),
+            (["--data", "/dev/null"], "data path /dev/null is neither a regular file nor a directory"),
+            (["--data", Harness.corpus, "--val-data", dir + "/64-bytes.txt"], "--val-data \(dir)/64-bytes.txt has 64 bytes but needs at least seq-len + 1 = 65"),
+        ]
+        // At once: each job mostly waits for mpirun to end it.
+        let results = Harness.concurrently(cases) { Harness.mpirun(np: 2, base + $0.data, timeout: 60) }
+        for (c, r) in zip(cases, results) { expectFailure(r, message: c.message) }
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/metrics.jsonl"), "nothing is written before the checks pass")
     }
 
@@ -101,7 +99,7 @@ final class DataTests: XCTestCase {
         try write(bytes[..<50_000], to: dir + "/a.txt")
         try write(bytes[50_000..<100_000], to: dir + "/b.txt")
         func rank(_ data: String) -> [String] {
-            ["-np", "1", Harness.binary] + ["train", "--config", "tiny", "--steps", "2", "--out", dir + "/out", "--data", data]
+            ["-np", "1", Harness.binary] + ["train", "--config", "tiny", "--steps", "2", "--precision", "fp32", "--out", dir + "/out", "--data", data]
         }
         let r = Harness.run("/usr/bin/mpirun", Harness.mpirunOptions + rank(dir + "/a.txt") + [":"] + rank(dir + "/b.txt"), timeout: 60)
         expectFailure(r, message: "rank 1 on ")
@@ -127,7 +125,7 @@ final class DataTests: XCTestCase {
             truncated.fulfill()
         }
         let r = Harness.mpirun(np: 2, ["train", "--config", "tiny", "--steps", "1000000", "--eval-every", "0", "--log-every", "1",
-                                      "--data", data, "--out", out], timeout: 120)
+                                      "--precision", "fp32", "--data", data, "--out", out], timeout: 120)
         wait(for: [truncated], timeout: 1)
         XCTAssertFalse(r.timedOut, "the job went on after its data shrank\n\(r.output.suffix(2000))")
         XCTAssertEqual(r.status, 8, r.output.suffix(2000).description)
@@ -143,18 +141,18 @@ final class DataTests: XCTestCase {
         try write(bytes[..<200_000], to: dir + "/first.txt")
         try write(bytes[200_000..<400_000], to: dir + "/second.txt")
         let out = dir + "/out"
-        Harness.assertSuccess(Harness.goml(tinyRun(out, data: [dir + "/first.txt"], steps: 3) + ["--single"]), "first run")
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(out, steps: 3, evalEvery: 10, data: [dir + "/first.txt"]) + ["--single"]), "first run")
         let fingerprint = try XCTUnwrap(Checkpoint.loadTraining(Checkpoint.resolve(out)).dataFingerprint)
         XCTAssertEqual(fingerprint.count, 16)
-        let refused = Harness.goml(tinyRun(out, data: [dir + "/second.txt"], steps: 6) + ["--single", "--resume", out])
+        let refused = Harness.goml(Harness.tinyTrain(out, steps: 6, evalEvery: 10, data: [dir + "/second.txt"]) + ["--single", "--resume", out])
         expectFailure(refused, message: "was trained on data with fingerprint \(fingerprint), but this run's is ")
         XCTAssertTrue(refused.stderr.contains("--allow-data-change"), refused.stderr)
-        let allowed = Harness.goml(tinyRun(out, data: [dir + "/second.txt"], steps: 6) + ["--single", "--resume", out, "--allow-data-change"])
+        let allowed = Harness.goml(Harness.tinyTrain(out, steps: 6, evalEvery: 10, data: [dir + "/second.txt"]) + ["--single", "--resume", out, "--allow-data-change"])
         Harness.assertSuccess(allowed, "--allow-data-change")
         XCTAssertTrue(allowed.stderr.contains("warning: checkpoint") && allowed.stderr.contains("continuing (--allow-data-change)"), allowed.stderr)
         XCTAssertEqual(try Checkpoint.loadTraining(Checkpoint.resolve(out)).step, 6)
         XCTAssertNotEqual(try Checkpoint.loadTraining(Checkpoint.resolve(out)).dataFingerprint, fingerprint)
-        let same = Harness.goml(tinyRun(out, data: [dir + "/second.txt"], steps: 8) + ["--single", "--resume", out])
+        let same = Harness.goml(Harness.tinyTrain(out, steps: 8, evalEvery: 10, data: [dir + "/second.txt"]) + ["--single", "--resume", out])
         Harness.assertSuccess(same, "resuming on the corpus the checkpoint names")
     }
 }

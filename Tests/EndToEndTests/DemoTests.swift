@@ -32,7 +32,7 @@ final class DemoTests: XCTestCase {
 
     func testProgressIsLiveOnATerminalAndPlainWhenPiped() {
         let dir = Harness.temporaryDirectory("progress")
-        let train = "\(Harness.binary) train --config tiny --batch 4 --steps 40 --log-every 20 --eval-every 0 --data \(Harness.corpus)"
+        let train = "\(Harness.binary) train --config tiny --batch 4 --steps 40 --log-every 20 --eval-every 0 --eval-batches 2 --precision fp32 --data \(Harness.corpus)"
         let live = "\u{1B}[K", eta = "| ETA "
         let single = onTerminal(train + " --single --out \(dir)/a")
         Harness.assertSuccess(single, "train on a terminal")

@@ -1,36 +1,18 @@
-// --reduction exact: the same bits at any world size (losses, gradient norms, validation
-// losses, checkpoints), resuming on another world size without changing the future, and world
-// sizes the tree cannot split refused.
+// --reduction exact through real mpirun: stopped on four ranks and resumed on one, the future
+// does not change (losses, gradient norms, validation losses, checkpoints, bit for bit); world
+// sizes the tree cannot split are refused. (The same bits at every world size, 1 to 8 ranks,
+// is StrategyTableTests, in one process, and MultiHostTests across hosts.)
 
 import Foundation
 import XCTest
 
 final class ExactReductionTests: XCTestCase {
     func exactRun(_ out: String, extra: [String] = []) -> [String] {
-        ["train", "--config", "tiny", "--batch", "8", "--steps", "30", "--eval-every", "10", "--eval-batches", "2",
-         "--log-every", "10", "--reduction", "exact", "--data", Harness.corpus, "--out", out] + extra
+        Harness.tinyTrain(out, steps: 30, evalEvery: 10, extra: ["--reduction", "exact"] + extra)
     }
 
     func validationTexts(_ out: String) -> [String] { Harness.fieldTexts(out, "val_loss") }
     func gradNormTexts(_ out: String) -> [String] { Harness.fieldTexts(out, "grad_norm") }
-
-    func testEveryWorldSizeGivesTheSameBits() throws {
-        let single = Harness.temporaryDirectory("exact-single")
-        Harness.assertSuccess(Harness.goml(exactRun(single) + ["--single"]), "--single")
-        let losses = Harness.lossTexts(single), validation = validationTexts(single), norms = gradNormTexts(single)
-        let tensors = try Harness.checkpointTensorBytes(single)
-        XCTAssertEqual(losses.count, 30)
-        XCTAssertEqual(validation.count, 3)
-        XCTAssertEqual(norms.count, 30)
-        for np in [1, 2, 4, 8] {
-            let out = Harness.temporaryDirectory("exact-np\(np)")
-            Harness.assertSuccess(Harness.mpirun(np: np, exactRun(out)), "np \(np)")
-            XCTAssertEqual(Harness.lossTexts(out), losses, "losses at np \(np)")
-            XCTAssertEqual(gradNormTexts(out), norms, "gradient norms at np \(np)")
-            XCTAssertEqual(validationTexts(out), validation, "validation losses at np \(np)")
-            XCTAssertEqual(try Harness.checkpointTensorBytes(out), tensors, "checkpoint tensors at np \(np)")
-        }
-    }
 
     func testStoppedOnFourRanksAndResumedOnOneMatchesTheFourRankRun() throws {
         let four = Harness.temporaryDirectory("exact-four")

@@ -23,6 +23,8 @@ enum Harness {
         let timedOut: Bool
         let seconds: Double
         var output: String { stdout + stderr }
+        /// The end of the output, for failure messages.
+        var tail: String { String(output.suffix(3000)) }
     }
 
     /// Environment for child processes: mpirun may run as root here; tests keep the AVX2 kernels.
@@ -59,6 +61,65 @@ enum Harness {
         let err = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
         return Result(status: process.terminationStatus, stdout: out, stderr: err, timedOut: timedOut,
                       seconds: Date().timeIntervalSince(start))
+    }
+
+    /// `body` of every item at once, each on a thread of its own, the results in the items'
+    /// order: for runs that mostly wait (errors, timeouts), which would otherwise wait in turn.
+    /// Assert on the results afterwards, on the test's thread.
+    static func concurrently<T, R>(_ items: [T], _ body: @escaping (T) -> R) -> [R] {
+        let slots = ResultSlots<R>(items.count), done = DispatchSemaphore(value: 0)
+        for (i, item) in items.enumerated() {
+            Thread {
+                let result = body(item)
+                slots.lock.lock(); slots.results[i] = result; slots.lock.unlock()
+                done.signal()
+            }.start()
+        }
+        for _ in items { done.wait() }
+        return slots.results.map { $0! }
+    }
+
+    /// `concurrently`'s results, each written once by its own thread under the lock.
+    final class ResultSlots<R>: @unchecked Sendable {
+        let lock = NSLock()
+        var results: [R?]
+        init(_ count: Int) { results = Array(repeating: nil, count: count) }
+    }
+
+    /// A program started in the background (`start`), its stdout and stderr together in one file.
+    struct Job {
+        let process: Process
+        let log: String
+        let started: Date
+
+        /// What the job has written so far.
+        var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+        /// Waits for the exit (ended past `timeout` seconds from now); its output as stdout.
+        func wait(timeout: Double) -> Result {
+            let timedOut = waitForExit(process, started: Date(), timeout: timeout)
+            return Result(status: process.terminationStatus, stdout: output, stderr: "", timedOut: timedOut,
+                          seconds: Date().timeIntervalSince(started))
+        }
+    }
+
+    /// Starts a program in the background, its stdout and stderr together in one file.
+    static func start(_ executable: String, _ arguments: [String], environment extra: [String: String] = [:],
+                      directory: String? = nil) throws -> Job {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        process.environment = environment.merging(extra) { $1 }
+        let log = temporaryDirectory("job") + "/log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = FileHandle(forWritingAtPath: log)   // one handle: one file offset for both streams
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        try? handle?.close()   // the child has its own copy
+        return Job(process: process, log: log, started: Date())
     }
 
     /// Waits for `process` to end; past `timeout` seconds from `started`, ends it (TERM, then
@@ -122,6 +183,15 @@ enum Harness {
         run("/usr/bin/mpirun", ["-np", String(np)] + mpirunOptions + mpiOptions + [binary] + arguments, timeout: timeout)
     }
 
+    /// `train` of tiny as most tests run it: float32 products unless `precision` says otherwise (so
+    /// the run is the same whatever bf16 units the CPU has), `evalBatches` validation batches
+    /// (every `evalEvery` steps, and at the last), a console line every `logEvery` steps.
+    static func tinyTrain(_ out: String, steps: Int = 20, batch: Int = 8, evalEvery: Int = 0, evalBatches: Int = 2, logEvery: Int = 10,
+                          precision: String = "fp32", data: [String] = [corpus], extra: [String] = []) -> [String] {
+        ["train", "--config", "tiny", "--batch", String(batch), "--steps", String(steps), "--eval-every", String(evalEvery),
+         "--eval-batches", String(evalBatches), "--log-every", String(logEvery), "--precision", precision, "--out", out, "--data"] + data + extra
+    }
+
     static func temporaryDirectory(_ name: String) -> String {
         let path = NSTemporaryDirectory() + "goml-test-\(name)-\(UUID().uuidString.prefix(8))"
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
@@ -171,6 +241,27 @@ enum Harness {
     static func lastJSON(_ output: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
         let last = try XCTUnwrap(output.split(separator: "\n").last { $0.hasPrefix("{") }, "no JSON line:\n\(output.suffix(3000))", file: file, line: line)
         return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any], String(last), file: file, line: line)
+    }
+
+    /// The run in `out` against `reference`: `steps` losses and gradient norms each (and the
+    /// validation losses logged), within `tolerance` relative (norms: `normTolerance`), and the
+    /// final parameters within `parameterTolerance` of the largest (both default: `tolerance`).
+    static func assertClose(_ out: String, _ reference: String, steps: Int, _ what: String, tolerance: Double = 1e-5,
+                            normTolerance: Double? = nil, parameterTolerance: Double? = nil,
+                            file: StaticString = #filePath, line: UInt = #line) throws {
+        for field in ["loss", "grad_norm", "val_loss"] {
+            let a = fieldTexts(out, field).compactMap(Double.init), b = fieldTexts(reference, field).compactMap(Double.init)
+            if field != "val_loss" { XCTAssertEqual(a.count, steps, "\(what): \(field)", file: file, line: line) }
+            XCTAssertEqual(a.count, b.count, "\(what): \(field)", file: file, line: line)
+            guard !a.isEmpty else { continue }
+            XCTAssertLessThanOrEqual(maxRelativeDifference(a, b), field == "grad_norm" ? normTolerance ?? tolerance : tolerance,
+                                     "\(what): \(field)", file: file, line: line)
+        }
+        let p = try finalParameters(out), q = try finalParameters(reference)
+        XCTAssertEqual(p.count, q.count, "\(what): parameter count", file: file, line: line)
+        let scale = q.map { abs($0) }.max() ?? 1
+        XCTAssertLessThanOrEqual(Double(maxAbsoluteDifference(p, q) / scale), parameterTolerance ?? tolerance, "\(what): parameters",
+                                 file: file, line: line)
     }
 
     /// Asserts the run succeeded, showing its output otherwise.

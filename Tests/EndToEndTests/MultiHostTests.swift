@@ -66,7 +66,8 @@ final class MultiHostTests: XCTestCase {
         let rate = cluster.script(["rate", "1gbit"], timeout: 60)
         XCTAssertEqual(rate.status, 0, "launch/cluster rate 1gbit failed\n\(rate.tail)")
         func bench(_ extra: [String]) throws -> [String: Any] {
-            let json = try cluster.benchJSON(["--config", "tiny", "--batch", "32", "--threads", "1", "--bucket-mb", "0.05", "--steps", "10", "--warmup", "3"] + extra)
+            let json = try cluster.benchJSON(["--config", "tiny", "--batch", "32", "--threads", "1", "--precision", "fp32", "--bucket-mb", "0.05",
+                                              "--steps", "10", "--warmup", "3"] + extra)
             XCTAssertEqual(json["overlap"] as? Bool, !extra.contains("--no-overlap"), "\(json)")
             return json
         }
@@ -87,7 +88,8 @@ final class MultiHostTests: XCTestCase {
         let rate = cluster.script(["rate", "1gbit"], timeout: 60)
         XCTAssertEqual(rate.status, 0, "launch/cluster rate 1gbit failed\n\(rate.tail)")
         func peakInFlight(_ extra: [String]) throws -> Double {
-            let json = try cluster.benchJSON(["--config", "small", "--batch", "2", "--threads", "1", "--precision", "fp32", "--steps", "2", "--warmup", "1"] + extra)
+            // One timed step: every step gathers the same buckets the same way.
+            let json = try cluster.benchJSON(["--config", "small", "--batch", "2", "--threads", "1", "--precision", "fp32", "--steps", "1", "--warmup", "1"] + extra)
             return try XCTUnwrap(json["gather_peak_mb_in_flight"] as? Double, "\(json)")
         }
         let capped = try peakInFlight([]), uncapped = try peakInFlight(["--gather-mb-in-flight", "1000"])
@@ -139,7 +141,7 @@ final class MultiHostTests: XCTestCase {
         }
         let out = cluster.local + "/run"
         var arguments = multiHostTinyArguments(out: out, steps: 10_000_000)
-        arguments += ["--collective-timeout", "20"] + extra
+        arguments += ["--collective-timeout", String(multiHostCollectiveTimeout)] + extra
         let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments)
         // Wait until training is under way on both hosts: steps appear in rank 0's metrics.
         let metrics = cluster.disk("host1") + "/run/metrics.jsonl"
@@ -185,7 +187,7 @@ final class MultiHostTests: XCTestCase {
         let cluster = try multiHostStartCluster()
         let out = cluster.local + "/run", steps = 400
         var arguments = multiHostTinyArguments(out: out, steps: steps)
-        arguments += ["--collective-timeout", "20", "--ckpt-every", "20", "--log-every", "1000"]
+        arguments += ["--collective-timeout", String(multiHostCollectiveTimeout), "--ckpt-every", "20", "--log-every", "1000"]
         let job = try cluster.startTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, launcherOptions: ["--max-restarts", "2"])
         func waitFor(_ what: String, _ condition: () -> Bool) -> Bool {
             let deadline = Date().addingTimeInterval(120)
@@ -239,7 +241,7 @@ final class MultiHostTests: XCTestCase {
     func testCorruptReplicaIsSkippedForTheOtherHosts() throws {
         let cluster = try multiHostStartCluster()
         let extra = ["--reduction", "exact", "--ckpt-every", "5", "--sample-every", "5"]
-        func train(_ name: String, _ more: [String]) -> MultiHostResult {
+        func train(_ name: String, _ more: [String]) -> Harness.Result {
             let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: multiHostTinyArguments(out: cluster.local + "/" + name) + extra + more,
                                         timeout: 180)
             XCTAssertFalse(r.timedOut, "\(name) \(more) hung\n\(r.tail)")
@@ -291,15 +293,11 @@ final class MultiHostTests: XCTestCase {
         try elasticRun(cluster, lose: "host1", exact: true)
     }
 
-    /// The default reduction: the run finished on one host after losing the other ends within
-    /// 0.01 of the uninterrupted run's validation loss.
-    func testLostHostDefaultReductionKeepsTheValidationLoss() throws {
-        let cluster = try multiHostStartCluster()
-        try elasticRun(cluster, lose: "host2", exact: false)
-    }
-
     /// Three hosts, one rank each, --batch 12: losing host2 relaunches on host1 and host3 at
-    /// world size 2, the largest that keeps the batch.
+    /// world size 2, the largest that keeps the batch; with the default reduction, the run ends
+    /// within 0.01 of the uninterrupted run's validation loss. (Losing one of two hosts at the
+    /// default reduction, 2 → 1 ranks, was a test of its own: the exact tests above relaunch
+    /// 2 → 1, and ShardingTests resumes a sharded run on one rank.)
     func testThreeHostsLoseOneKeepTheLargestWorldSize() throws {
         let cluster = try multiHostStartCluster(hosts: 3)
         let hostfile = cluster.dir + "/three"
@@ -353,9 +351,8 @@ final class MultiHostTests: XCTestCase {
     /// Trains tiny on the two hosts from `local/data.txt`, each host reading its own disk, and
     /// expects the set-up error (exit 2) that `problem` causes, not a hang.
     private func trainOnHostData(_ cluster: MultiHostCluster, _ problem: String,
-                                 file: StaticString = #filePath, line: UInt = #line) throws -> MultiHostResult {
-        var arguments = multiHostTinyArguments(out: cluster.local + "/run")
-        arguments[arguments.firstIndex(of: "--data")! + 1] = cluster.local + "/data.txt"
+                                 file: StaticString = #filePath, line: UInt = #line) throws -> Harness.Result {
+        let arguments = multiHostTinyArguments(out: cluster.local + "/run", data: cluster.local + "/data.txt")
         let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts", trainArguments: arguments, timeout: 90)
         XCTAssertFalse(r.timedOut, "the job hung on \(problem)\n\(r.tail)", file: file, line: line)
         XCTAssertEqual(r.status, 2, "expected exit 2 (set-up error)\n\(r.tail)", file: file, line: line)
@@ -403,63 +400,22 @@ final class MultiHostTests: XCTestCase {
 
 private let multiHostSubnet = "10.231.0.0/24"
 
+/// --collective-timeout of the runs that lose a host. launch/train sets mpirun's keepalive from
+/// it (time timeout/4 = 3 s, interval timeout/8 = 1 s, 3 probes: a 6 s window, against 11 s at
+/// the 20 s these tests used), so mpirun notices the lost host and ends the job (205) well
+/// before a rank's collective gives up (measured: the job dies about 10.5 s after the cut, 15.5
+/// s at 20); a healthy step waits milliseconds.
+private let multiHostCollectiveTimeout = 15
 
-private func multiHostTinyArguments(out: String, steps: Int = 20) -> [String] {
-    ["--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-     "--log-every", steps > 100 ? "1000" : "1", "--precision", "fp32", "--data", Harness.corpus, "--out", out]
+
+/// Harness.tinyTrain without `train`, which launch/train adds.
+private func multiHostTinyArguments(out: String, steps: Int = 20, batch: Int = 8, evalBatches: Int = 2, data: String = Harness.corpus) -> [String] {
+    Array(Harness.tinyTrain(out, steps: steps, batch: batch, evalBatches: evalBatches, logEvery: steps > 100 ? 1000 : 1, data: [data]).dropFirst())
 }
 
-private struct MultiHostResult {
-    let status: Int32
-    let output: String
-    let timedOut: Bool
-    let seconds: Double
-    var tail: String { String(output.suffix(3000)) }
-}
-
-/// A started process whose stdout and stderr go to one file.
-private struct MultiHostJob {
-    let process: Process
-    let outputPath: String
-    let started: Date
-
-    /// What the job has written so far.
-    var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
-
-    /// Waits for the exit, or kills the process after `timeout` seconds.
-    func wait(timeout: Double) -> MultiHostResult {
-        let timedOut = Harness.waitForExit(process, started: started, timeout: timeout)
-        let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
-        try? FileManager.default.removeItem(atPath: outputPath)
-        return MultiHostResult(status: process.terminationStatus, output: output, timedOut: timedOut,
-                               seconds: Date().timeIntervalSince(started))
-    }
-}
-
-private func multiHostStart(_ executable: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> MultiHostJob {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.currentDirectoryURL = URL(fileURLWithPath: Harness.packageRoot)
-    process.environment = Harness.environment.merging(extra) { $1 }
-    let outputPath = NSTemporaryDirectory() + "goml-multihost-\(UUID().uuidString.prefix(8)).log"
-    _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
-    let handle = FileHandle(forWritingAtPath: outputPath)!
-    process.standardOutput = handle
-    process.standardError = handle
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    try? handle.close()   // the child has its own copy
-    return MultiHostJob(process: process, outputPath: outputPath, started: Date())
-}
-
-/// Runs a program to completion, or kills it after `timeout` seconds.
-private func multiHostRun(_ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double) -> MultiHostResult {
-    do {
-        return try multiHostStart(executable, arguments, environment: environment).wait(timeout: timeout)
-    } catch {
-        return MultiHostResult(status: -1, output: "cannot start \(executable): \(error)", timedOut: false, seconds: 0)
-    }
+/// A program run on the head's side of the cluster, from the repository (hostfiles are relative to it).
+private func multiHostRun(_ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double) -> Harness.Result {
+    Harness.run(executable, arguments, timeout: timeout, environment: environment, directory: Harness.packageRoot)
 }
 
 private func multiHostLineCount(_ path: String) -> Int {
@@ -476,7 +432,7 @@ private struct MultiHostCluster {
     /// HOST's private disk, as seen from here.
     func disk(_ host: String) -> String { dir + "/disks/" + host }
 
-    func script(_ arguments: [String], timeout: Double) -> MultiHostResult {
+    func script(_ arguments: [String], timeout: Double) -> Harness.Result {
         multiHostRun("/bin/bash", [Harness.packageRoot + "/launch/cluster"] + arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
     }
 
@@ -486,22 +442,22 @@ private struct MultiHostCluster {
     }
 
     /// launch/train --hosts on the head node.
-    func launchTrain(hostfile: String, trainArguments: [String], binary: String = Harness.binary, timeout: Double) -> MultiHostResult {
+    func launchTrain(hostfile: String, trainArguments: [String], binary: String = Harness.binary, timeout: Double) -> Harness.Result {
         script(trainCommand(hostfile: hostfile, trainArguments: trainArguments, binary: binary), timeout: timeout)
     }
 
-    func startTrain(hostfile: String, trainArguments: [String], launcherOptions: [String] = []) throws -> MultiHostJob {
-        try multiHostStart("/bin/bash", [Harness.packageRoot + "/launch/cluster"]
-                           + trainCommand(hostfile: hostfile, trainArguments: trainArguments, launcherOptions: launcherOptions),
-                           environment: ["GOML_CLUSTER": name])
+    func startTrain(hostfile: String, trainArguments: [String], launcherOptions: [String] = []) throws -> Harness.Job {
+        try Harness.start("/bin/bash", [Harness.packageRoot + "/launch/cluster"]
+                          + trainCommand(hostfile: hostfile, trainArguments: trainArguments, launcherOptions: launcherOptions),
+                          environment: ["GOML_CLUSTER": name], directory: Harness.packageRoot)
     }
 
     /// mpirun alone on the head node, with the agent and the subnet but no checks.
-    func rawMpirun(hostfile: String, ranks: Int, trainArguments: [String], timeout: Double) -> MultiHostResult {
+    func rawMpirun(hostfile: String, ranks: Int, trainArguments: [String], timeout: Double) -> Harness.Result {
         rawMpirun(hostfile: hostfile, ranks: ranks, gomlArguments: ["train"] + trainArguments, timeout: timeout)
     }
 
-    func rawMpirun(hostfile: String, ranks: Int, gomlArguments: [String], timeout: Double) -> MultiHostResult {
+    func rawMpirun(hostfile: String, ranks: Int, gomlArguments: [String], timeout: Double) -> Harness.Result {
         script(["run", "--", "mpirun", "-np", String(ranks), "--hostfile", hostfile, "--bind-to", "none",
                 "--mca", "plm_rsh_agent", Harness.packageRoot + "/launch/netns-agent",
                 "--mca", "btl_tcp_if_include", multiHostSubnet, "--mca", "oob_tcp_if_include", multiHostSubnet,
@@ -665,9 +621,8 @@ extension MultiHostTests {
     fileprivate func elasticRun(_ cluster: MultiHostCluster, lose: String, exact: Bool, hostfile: String = "hostfiles/netns-2hosts",
                                 hosts: [String] = ["host1", "host2"], batch: Int = 8) throws {
         let steps = 300, ckptEvery = 20
-        var arguments = multiHostTinyArguments(out: cluster.local + "/full", steps: steps)
-        arguments[arguments.firstIndex(of: "--batch")! + 1] = String(batch)
-        arguments += ["--collective-timeout", "20", "--ckpt-every", String(ckptEvery), "--eval-batches", "8"]
+        var arguments = multiHostTinyArguments(out: cluster.local + "/full", steps: steps, batch: batch, evalBatches: 8)
+        arguments += ["--collective-timeout", String(multiHostCollectiveTimeout), "--ckpt-every", String(ckptEvery)]
         if exact { arguments += ["--reduction", "exact"] }
         let full = cluster.launchTrain(hostfile: hostfile, trainArguments: arguments, timeout: 300)
         XCTAssertEqual(full.status, 0, "the uninterrupted run failed\n\(full.tail)")

@@ -41,10 +41,8 @@ final class PlotTests: XCTestCase {
     /// Two short real runs with validation losses, A and B (another learning rate).
     static let runs: (String, String) = {
         let root = Harness.temporaryDirectory("plot")
-        let base = ["train", "--single", "--config", "tiny", "--batch", "4", "--steps", "30", "--eval-every", "10",
-                    "--eval-batches", "2", "--log-every", "10", "--data", Harness.corpus]
         for (name, lr) in [("runA", "1e-3"), ("runB", "3e-3")] {
-            let r = Harness.goml(base + ["--lr", lr, "--out", root + "/" + name], timeout: 300)
+            let r = Harness.goml(Harness.tinyTrain(root + "/" + name, steps: 30, batch: 4, evalEvery: 10, extra: ["--single", "--lr", lr]), timeout: 300)
             Harness.assertSuccess(r, "train \(name)")
         }
         return (root + "/runA", root + "/runB")

@@ -7,11 +7,6 @@ import XCTest
 final class PrecisionTests: XCTestCase {
     let withoutBF16 = ["ONEDNN_MAX_CPU_ISA": "AVX2"]
 
-    func tinyRun(_ out: String, steps: Int = 12, precision: String = "bf16", extra: [String] = []) -> [String] {
-        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-         "--log-every", "1", "--data", Harness.corpus, "--out", out, "--precision", precision] + extra
-    }
-
     func testBF16VerifyPassesOnEveryFixture() throws {
         try Harness.requireBF16Products()
         for (name, quantities) in Harness.fixtureQuantities {
@@ -71,9 +66,9 @@ final class PrecisionTests: XCTestCase {
     func testSingleAndTwoRanksAgreeInBF16() throws {
         try Harness.requireBF16Products()
         let single = Harness.temporaryDirectory("bf16-single")
-        Harness.assertSuccess(Harness.goml(tinyRun(single) + ["--single"]), "--single")
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(single, steps: 12, precision: "bf16") + ["--single"]), "--single")
         let two = Harness.temporaryDirectory("bf16-np2")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(two)), "np 2")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(two, steps: 12, precision: "bf16")), "np 2")
         let reference = Harness.losses(single), losses = Harness.losses(two)
         XCTAssertEqual(reference.count, 12)
         XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(losses, reference), 1e-5, "losses")
@@ -83,10 +78,10 @@ final class PrecisionTests: XCTestCase {
     func testBF16ResumeIsBitwiseAtTheSameWorldSize() throws {
         try Harness.requireBF16Products()
         let a = Harness.temporaryDirectory("bf16-runA")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(a)), "run A")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(a, steps: 12, precision: "bf16")), "run A")
         let b = Harness.temporaryDirectory("bf16-runB")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(b, extra: ["--stop-after", "6"])), "run B to 6")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(b, extra: ["--resume", b])), "run B resumed")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(b, steps: 12, precision: "bf16", extra: ["--stop-after", "6"])), "run B to 6")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(b, steps: 12, precision: "bf16", extra: ["--resume", b])), "run B resumed")
         XCTAssertEqual(Harness.lossTexts(b), Harness.lossTexts(a), "per-step losses, bit for bit")
         XCTAssertEqual(try Harness.checkpointTensorBytes(b), try Harness.checkpointTensorBytes(a), "final parameter bytes")
     }
@@ -94,8 +89,8 @@ final class PrecisionTests: XCTestCase {
     func testResumingWithAnotherPrecisionIsRefused() throws {
         try Harness.requireBF16Products()
         let out = Harness.temporaryDirectory("bf16-to-fp32")
-        Harness.assertSuccess(Harness.goml(tinyRun(out, steps: 4, extra: ["--single", "--stop-after", "2"])), "bf16 to step 2")
-        let r = Harness.goml(tinyRun(out, steps: 4, precision: "fp32", extra: ["--single", "--resume", out]))
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(out, steps: 4, precision: "bf16", extra: ["--single", "--stop-after", "2"])), "bf16 to step 2")
+        let r = Harness.goml(Harness.tinyTrain(out, steps: 4, precision: "fp32", extra: ["--single", "--resume", out]))
         XCTAssertEqual(r.status, 2, r.output)
         XCTAssertTrue(r.stderr.contains("precision bf16 → fp32"), r.output)
     }
@@ -123,10 +118,10 @@ final class PrecisionTests: XCTestCase {
         try Harness.requireBF16Products()
         let cappedISA = ["ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"]
         let single = Harness.temporaryDirectory("emulated-single"), two = Harness.temporaryDirectory("emulated-np2")
-        let r = Harness.run(Harness.binary, tinyRun(single) + ["--single"], timeout: 300, environment: cappedISA)
+        let r = Harness.run(Harness.binary, Harness.tinyTrain(single, steps: 12, precision: "bf16") + ["--single"], timeout: 300, environment: cappedISA)
         Harness.assertSuccess(r, "bf16 emulated, --single")
         XCTAssertTrue(r.stdout.contains("precision bf16 (requested; emulated: oneDNN reports avx512_core_vnni, no native bf16 dot products, so slower than fp32)"), r.stdout)
-        let m = Harness.mpirun(np: 2, tinyRun(two), mpiOptions: ["-x", "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI"])
+        let m = Harness.mpirun(np: 2, Harness.tinyTrain(two, steps: 12, precision: "bf16"), mpiOptions: ["-x", "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI"])
         Harness.assertSuccess(m, "bf16 emulated, np 2")
         XCTAssertTrue(m.stdout.contains("precision bf16 (requested; emulated"), m.stdout)
         XCTAssertEqual(Harness.losses(single).count, 12)

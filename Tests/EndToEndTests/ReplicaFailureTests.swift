@@ -10,41 +10,34 @@ final class ReplicaFailureTests: XCTestCase {
     /// all-gather every parameter each step, so there a drifted value is overwritten.
     func testADivergedReplicaStopsTheJob() {
         let out = Harness.temporaryDirectory("diverge")
-        let r = Harness.mpirun(np: 4, ["train", "--config", "tiny", "--steps", "30", "--eval-every", "0", "--checksum-every", "5",
-                                      "--fault-diverge-rank", "2", "--no-shard", "--data", Harness.corpus, "--out", out], timeout: 120)
+        let r = Harness.mpirun(np: 4, Harness.tinyTrain(out, steps: 30, extra: ["--checksum-every", "5", "--fault-diverge-rank", "2", "--no-shard"]),
+                               timeout: 120)
         XCTAssertFalse(r.timedOut)
         XCTAssertEqual(r.status, 6, r.output)
         XCTAssertTrue(r.stderr.contains("ranks 0 and 2 disagree on the parameter checksum before step 6"), r.output)
         XCTAssertEqual(Harness.losses(out).count, 5, "stopped at the first check after the divergence")
     }
 
-    /// Sharded: a rank lost during the all-gather (it starts none and stops responding) leaves
-    /// the other's next forward waiting for a parameter bucket; that wait is watched, so the job
-    /// ends with the timeout message naming the all-gather instead of a hang.
-    func testARankLostDuringTheAllGatherEndsTheJobAfterTheTimeout() {
-        let out = Harness.temporaryDirectory("lost-gather")
-        let r = Harness.mpirun(np: 2, ["train", "--config", "tiny", "--steps", "20", "--eval-every", "0", "--collective-timeout", "8",
-                                      "--fault-lost-gather-rank", "1", "--data", Harness.corpus, "--out", out], timeout: 90)
-        XCTAssertFalse(r.timedOut, "the job hung with rank 1 lost during the all-gather\n\(r.output)")
-        XCTAssertEqual(r.status, 4, r.output)
-        XCTAssertTrue(r.stderr.contains("rank 0 (") && r.stderr.contains("waited 8 s in MPI_Allgatherv (updated parameter buckets) at step 2 without progress"),
-                      r.output)
-    }
-
-    /// DiLoCo: a rank lost during the outer all-reduce (it starts none and stops responding)
-    /// leaves the other worker waiting for the pseudo-gradient's sum; that wait is watched, so
-    /// the job ends with the timeout message naming it. Overlapped, the other worker goes on
-    /// into the next step and waits in its first collective instead: the same end, named so.
-    func testARankLostDuringTheOuterAllReduceEndsTheJobAfterTheTimeout() {
-        for (extra, call) in [([], "MPI_Iallreduce (DiLoCo's outer pseudo-gradient)"), (["--overlap-outer"], "MPI_Allgather")] {
-            let out = Harness.temporaryDirectory("lost-outer")
-            let r = Harness.mpirun(np: 2, ["train", "--config", "tiny", "--steps", "20", "--eval-every", "0", "--collective-timeout", "8",
-                                          "--sync-every", "2", "--worker-size", "1", "--fault-lost-outer-rank", "1",
-                                          "--data", Harness.corpus, "--out", out] + extra, timeout: 90)
-            XCTAssertFalse(r.timedOut, "\(extra): the job hung with rank 1 lost during the outer all-reduce\n\(r.output)")
-            XCTAssertEqual(r.status, 4, "\(extra)\n\(r.output)")
-            XCTAssertTrue(r.stderr.contains("rank 0 (") && r.stderr.contains("waited 8 s in \(call) at step"),
-                          "\(extra)\n\(r.output)")
+    /// A rank lost during a collective (it starts none and stops responding) leaves the other
+    /// waiting; that wait is watched, so the job ends with the timeout message naming the call
+    /// instead of a hang. Sharded, during the all-gather: the other's next forward waits for a
+    /// parameter bucket. DiLoCo, during the outer all-reduce: the other worker waits for the
+    /// pseudo-gradient's sum; overlapped, it goes on into the next step and waits in its first
+    /// collective instead, named so. The three jobs run at once (each mostly waits).
+    func testARankLostDuringACollectiveEndsTheJobAfterTheTimeout() {
+        let diloco = ["--sync-every", "2", "--worker-size", "1", "--fault-lost-outer-rank", "1"]
+        let cases: [(what: String, extra: [String], call: String)] = [
+            ("all-gather", ["--fault-lost-gather-rank", "1"], "MPI_Allgatherv (updated parameter buckets) at step 2 without progress"),
+            ("outer all-reduce", diloco, "MPI_Iallreduce (DiLoCo's outer pseudo-gradient) at step"),
+            ("outer all-reduce, overlapped", diloco + ["--overlap-outer"], "MPI_Allgather at step"),
+        ]
+        let results = Harness.concurrently(cases) { c in
+            Harness.mpirun(np: 2, Harness.tinyTrain(Harness.temporaryDirectory("lost"), extra: ["--collective-timeout", "8"] + c.extra), timeout: 90)
+        }
+        for (c, r) in zip(cases, results) {
+            XCTAssertFalse(r.timedOut, "\(c.what): the job hung with rank 1 lost\n\(r.output)")
+            XCTAssertEqual(r.status, 4, "\(c.what)\n\(r.output)")
+            XCTAssertTrue(r.stderr.contains("rank 0 (") && r.stderr.contains("waited 8 s in \(c.call)"), "\(c.what)\n\(r.output)")
         }
     }
 
@@ -52,34 +45,25 @@ final class ReplicaFailureTests: XCTestCase {
     func testAStoppedRankEndsTheJobAfterTheTimeout() throws {
         let out = Harness.temporaryDirectory("sigstop")
         let timeout = 8.0
-        let job = Process()
-        job.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
-        job.arguments = ["-np", "2"] + Harness.mpirunOptions + [Harness.binary, "train", "--config", "tiny", "--steps", "1000000",
-                         "--eval-every", "0", "--log-every", "100000", "--collective-timeout", String(Int(timeout)),
-                         "--data", Harness.corpus, "--out", out]
-        job.environment = Harness.environment
-        let errPath = out + "-stderr"
-        FileManager.default.createFile(atPath: errPath, contents: nil)
-        job.standardOutput = FileHandle.nullDevice
-        job.standardError = FileHandle(forWritingAtPath: errPath)
-        try job.run()
+        let job = try Harness.start("/usr/bin/mpirun", ["-np", "2"] + Harness.mpirunOptions + [Harness.binary]
+                                    + Harness.tinyTrain(out, steps: 1_000_000, logEvery: 100_000, extra: ["--collective-timeout", String(Int(timeout))]))
         // Stop one rank once training is under way.
         let deadline = Date().addingTimeInterval(60)
         while Harness.metrics(out).count < 5 && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
         let pid = Harness.run("/usr/bin/pgrep", ["-n", "-f", "goml-dist train .*--out \(out)"], timeout: 10).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
         guard let victim = Int32(pid) else {
-            job.terminate(); job.waitUntilExit()
+            job.process.terminate(); job.process.waitUntilExit()
             return XCTFail("no rank found to stop")
         }
         let stoppedAt = Date()
         kill(victim, SIGSTOP)
-        while job.isRunning && Date().timeIntervalSince(stoppedAt) < timeout + 30 { Thread.sleep(forTimeInterval: 0.2) }
+        while job.process.isRunning && Date().timeIntervalSince(stoppedAt) < timeout + 30 { Thread.sleep(forTimeInterval: 0.2) }
         let elapsed = Date().timeIntervalSince(stoppedAt)
-        if job.isRunning { kill(victim, SIGCONT); job.terminate() }
-        job.waitUntilExit()
-        let stderr = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
-        XCTAssertEqual(job.terminationStatus, 4, stderr)
+        if job.process.isRunning { kill(victim, SIGCONT); job.process.terminate() }
+        job.process.waitUntilExit()
+        let stderr = job.output
+        XCTAssertEqual(job.process.terminationStatus, 4, stderr)
         XCTAssertLessThan(elapsed, timeout + 20, "the job took \(Int(elapsed)) s to end")
         XCTAssertTrue(stderr.contains("without progress") && stderr.contains("--collective-timeout"), stderr)
         // Gone, or a zombie waiting for its reaper: not stopped or running.

@@ -1,66 +1,16 @@
-// Sharded data parallelism (the default allreduce on several ranks): the replicated run's
-// numbers to float32 rounding at several world sizes and worker counts and with bf16 on the
-// wire, resumption bit for bit at the same world size and at another one, and checkpoints as
-// the replicated run writes them.
+// Sharded data parallelism (the default allreduce on several ranks) through real mpirun: the
+// replicated run's numbers at bf16 products, bf16 weights on the wire changing no bit,
+// resumption at another world size, and checkpoints as the replicated run writes them. (At
+// float32, sharded against replicated at every world size, worker count and compression, and
+// resumed at the same world size, is StrategyTableTests, in one process.)
 
 import Foundation
 import GomlIO
 import XCTest
 
 final class ShardingTests: XCTestCase {
-    /// tiny at fp32, with 50 kB buckets: several buckets, some cut through tensors.
-    func tinyRun(_ out: String, steps: Int = 50, extra: [String] = []) -> [String] {
-        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--log-every", "10",
-         "--precision", "fp32", "--bucket-mb", "0.05", "--data", Harness.corpus, "--out", out] + extra
-    }
-
-    func values(_ out: String, _ field: String) -> [Double] { Harness.fieldTexts(out, field).compactMap(Double.init) }
-
-    /// Losses, gradient norms and final parameters of `out` against `reference`, within `tolerance` relative.
-    func assertClose(_ out: String, _ reference: String, steps: Int = 50, _ what: String, tolerance: Double = 1e-5,
-                     normTolerance: Double? = nil, parameterTolerance: Double? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
-        for field in ["loss", "grad_norm"] {
-            let a = values(out, field), b = values(reference, field)
-            XCTAssertEqual(a.count, steps, "\(what): \(field)", file: file, line: line)
-            XCTAssertEqual(a.count, b.count, "\(what): \(field)", file: file, line: line)
-            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(a, b), field == "loss" ? tolerance : normTolerance ?? tolerance,
-                                     "\(what): \(field)", file: file, line: line)
-        }
-        let p = try Harness.finalParameters(out), q = try Harness.finalParameters(reference)
-        XCTAssertEqual(p.count, q.count, what, file: file, line: line)
-        let scale = q.map { abs($0) }.max() ?? 1
-        XCTAssertLessThanOrEqual(Double(Harness.maxAbsoluteDifference(p, q) / scale), parameterTolerance ?? tolerance, "\(what): parameters", file: file, line: line)
-    }
-
-    /// Sharded at np 2, np 4 and np 2 × 2 workers against the replicated all-reduce (--no-shard).
-    func testShardedMatchesReplicated() throws {
-        for (np, threads) in [(2, 1), (4, 1), (2, 2)] {
-            let what = "np \(np) × \(threads) thread(s)"
-            let replicated = Harness.temporaryDirectory("replicated-np\(np)-t\(threads)")
-            let sharded = Harness.temporaryDirectory("sharded-np\(np)-t\(threads)")
-            let r = Harness.mpirun(np: np, tinyRun(replicated, extra: ["--threads", String(threads), "--no-shard"]))
-            Harness.assertSuccess(r, "replicated \(what)")
-            XCTAssertTrue(r.stdout.contains("replicated: every rank holds the whole optimizer state"), r.stdout)
-            let s = Harness.mpirun(np: np, tinyRun(sharded, extra: ["--threads", String(threads)]))
-            Harness.assertSuccess(s, "sharded \(what)")
-            XCTAssertTrue(s.stdout.contains("allreduce sharded over \(np) ranks"), s.stdout)
-            XCTAssertTrue(s.stdout.contains("sharding saved"), s.stdout)
-            try assertClose(sharded, replicated, what)
-        }
-    }
-
-    /// With bf16 on the wire at np 2 each sum is one bf16 addition either way, but the norm is
-    /// summed in another order (slices in rank order), and a float32 difference can move a later
-    /// gradient across a bf16 rounding boundary: the README's bf16 tolerance, 5e-5 (measured
-    /// 1.07e-5 on the parameters after 50 steps).
-    func testCompressedShardedMatchesCompressedReplicated() throws {
-        let replicated = Harness.temporaryDirectory("bf16-replicated"), sharded = Harness.temporaryDirectory("bf16-sharded")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(replicated, extra: ["--grad-compression", "bf16", "--no-shard"])), "replicated bf16")
-        let s = Harness.mpirun(np: 2, tinyRun(sharded, extra: ["--grad-compression", "bf16"]))
-        Harness.assertSuccess(s, "sharded bf16")
-        XCTAssertTrue(s.stdout.contains("bf16 on the wire, AdamW on each rank's 1/2"), s.stdout)
-        try assertClose(sharded, replicated, "bf16 on the wire", tolerance: 5e-5)
-    }
+    /// 50 kB buckets: tiny's gradient in several, some cut through tensors.
+    static let buckets = ["--bucket-mb", "0.05"]
 
     /// At bf16 products, sharded against replicated at each layout: the sums are the same as at
     /// fp32, but a float32 difference (the norm's order) can move a later operand across a bf16
@@ -74,12 +24,13 @@ final class ShardingTests: XCTestCase {
             let what = "bf16, np \(np) × \(threads) thread(s)"
             let replicated = Harness.temporaryDirectory("bf16p-replicated-np\(np)-t\(threads)")
             let sharded = Harness.temporaryDirectory("bf16p-sharded-np\(np)-t\(threads)")
-            let bf16 = ["--threads", String(threads), "--precision", "bf16"]
-            Harness.assertSuccess(Harness.mpirun(np: np, tinyRun(replicated, extra: bf16 + ["--no-shard"])), "replicated \(what)")
-            let s = Harness.mpirun(np: np, tinyRun(sharded, extra: bf16))
+            let threads = ["--threads", String(threads)]
+            Harness.assertSuccess(Harness.mpirun(np: np, Harness.tinyTrain(replicated, steps: 50, precision: "bf16", extra: Self.buckets + threads + ["--no-shard"])),
+                                  "replicated \(what)")
+            let s = Harness.mpirun(np: np, Harness.tinyTrain(sharded, steps: 50, precision: "bf16", extra: Self.buckets + threads))
             Harness.assertSuccess(s, "sharded \(what)")
             XCTAssertTrue(s.stdout.contains("matrices gathered as bf16"), s.stdout)
-            try assertClose(sharded, replicated, what, tolerance: 5e-5, normTolerance: 5e-4, parameterTolerance: 1e-4)
+            try Harness.assertClose(sharded, replicated, steps: 50, what, tolerance: 5e-5, normTolerance: 5e-4, parameterTolerance: 1e-4)
         }
     }
 
@@ -92,7 +43,7 @@ final class ShardingTests: XCTestCase {
             let bf16Wire = Harness.temporaryDirectory("bf16-weights-np\(np)"), fp32Wire = Harness.temporaryDirectory("fp32-weights-np\(np)")
             // Replicas compare checksums every 5 steps: a rank's own slices (float32) and the
             // others' (bf16) must agree as the products read them.
-            let args = { (out: String) in self.tinyRun(out, steps: 20, extra: ["--precision", "bf16", "--ckpt-every", "10", "--checksum-every", "5"]) }
+            let args = { (out: String) in Harness.tinyTrain(out, precision: "bf16", extra: Self.buckets + ["--ckpt-every", "10", "--checksum-every", "5"]) }
             Harness.assertSuccess(Harness.mpirun(np: np, args(bf16Wire)), "bf16 weights, np \(np)")
             Harness.assertSuccess(Harness.mpirun(np: np, args(fp32Wire) + ["--gather-fp32-weights"]), "fp32 weights, np \(np)")
             XCTAssertEqual(Harness.lossTexts(bf16Wire).count, 20)
@@ -114,31 +65,26 @@ final class ShardingTests: XCTestCase {
         XCTAssertLessThan(bf16MB, 0.6 * fp32MB, "MB gathered per step: bf16 weights \(bf16MB), float32 \(fp32MB)")
     }
 
-    /// Stopped at step 25 and resumed at the same world size: the uninterrupted run's bits.
-    /// Resumed at another world size (2 → 4, and 4 → one process without MPI): its numbers.
+    /// Resumed at another world size (2 → 4, and 4 → one process without MPI): the
+    /// uninterrupted run's numbers.
     func testResumeReshards() throws {
-        let whole = Harness.temporaryDirectory("whole"), split = Harness.temporaryDirectory("split")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(whole)), "uninterrupted np 2")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(split, extra: ["--stop-after", "25"])), "first half np 2")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(split, extra: ["--resume", split])), "resumed np 2")
-        XCTAssertEqual(Harness.lossTexts(split), Harness.lossTexts(whole))
-        XCTAssertEqual(try Harness.checkpointTensorBytes(split), try Harness.checkpointTensorBytes(whole), "resumed checkpoint")
-
+        let whole = Harness.temporaryDirectory("whole")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(whole, extra: Self.buckets)), "uninterrupted np 2")
         let grown = Harness.temporaryDirectory("grown"), shrunk = Harness.temporaryDirectory("shrunk")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(grown, extra: ["--stop-after", "25"])), "first half np 2")
-        Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(grown, extra: ["--resume", grown])), "resumed np 4")
-        try assertClose(grown, whole, "np 2 → 4")
-        Harness.assertSuccess(Harness.mpirun(np: 4, tinyRun(shrunk, extra: ["--stop-after", "25"])), "first half np 4")
-        Harness.assertSuccess(Harness.goml(tinyRun(shrunk, extra: ["--resume", shrunk, "--single"])), "resumed --single")
-        try assertClose(shrunk, whole, "np 4 → 1")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(grown, extra: Self.buckets + ["--stop-after", "10"])), "first half np 2")
+        Harness.assertSuccess(Harness.mpirun(np: 4, Harness.tinyTrain(grown, extra: Self.buckets + ["--resume", grown])), "resumed np 4")
+        try Harness.assertClose(grown, whole, steps: 20, "np 2 → 4")
+        Harness.assertSuccess(Harness.mpirun(np: 4, Harness.tinyTrain(shrunk, extra: Self.buckets + ["--stop-after", "10"])), "first half np 4")
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(shrunk, extra: Self.buckets + ["--resume", shrunk, "--single"])), "resumed --single")
+        try Harness.assertClose(shrunk, whole, steps: 20, "np 4 → 1")
     }
 
     /// The sharded run's checkpoint holds the replicated run's parameters and moments (gathered
     /// from the ranks' slices), and `sample` decodes it.
     func testCheckpointHoldsWholeState() throws {
         let replicated = Harness.temporaryDirectory("ckpt-replicated"), sharded = Harness.temporaryDirectory("ckpt-sharded")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(replicated, steps: 10, extra: ["--no-shard"])), "replicated")
-        Harness.assertSuccess(Harness.mpirun(np: 2, tinyRun(sharded, steps: 10)), "sharded")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(replicated, steps: 10, extra: Self.buckets + ["--no-shard"])), "replicated")
+        Harness.assertSuccess(Harness.mpirun(np: 2, Harness.tinyTrain(sharded, steps: 10, extra: Self.buckets)), "sharded")
         let a = try Checkpoint.loadTraining(try Checkpoint.resolve(sharded))
         let b = try Checkpoint.loadTraining(try Checkpoint.resolve(replicated))
         XCTAssertEqual(a.adamStep, 10)
@@ -156,7 +102,7 @@ final class ShardingTests: XCTestCase {
     /// `--reduction exact` stays unsharded and says why.
     func testExactStaysUnsharded() throws {
         let out = Harness.temporaryDirectory("exact")
-        let r = Harness.mpirun(np: 2, tinyRun(out, steps: 2, extra: ["--reduction", "exact"]))
+        let r = Harness.mpirun(np: 2, Harness.tinyTrain(out, steps: 2, extra: Self.buckets + ["--reduction", "exact"]))
         Harness.assertSuccess(r, "exact np 2")
         XCTAssertTrue(r.stdout.contains("reduction exact, unsharded: its bits come from adding whole gradients along one tree"), r.stdout)
         XCTAssertTrue(r.stdout.contains("nothing sharded"), r.stdout)

@@ -8,8 +8,7 @@ import XCTest
 
 /// The tiny training every stop test runs: long enough to be signalled mid-run.
 func stopTestArguments(_ out: String, steps: Int = 300) -> [String] {
-    ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--threads", "1", "--eval-every", "0",
-     "--eval-batches", "2", "--log-every", "50", "--precision", "fp32", "--data", Harness.corpus, "--out", out]
+    Harness.tinyTrain(out, steps: steps, logEvery: 50, extra: ["--threads", "1"])
 }
 
 /// Steps recorded so far in OUT/metrics.jsonl.
@@ -24,31 +23,9 @@ func waitForTraining(_ out: String, past steps: Int = 0, running: () -> Bool, ti
 }
 
 final class StopSignalTests: XCTestCase {
-    /// A background `mpirun -np 2 goml-dist …` with its output in one file.
-    struct Job {
-        let process: Process
-        let log: String
-        var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
-    }
-
-    /// Starts `executable` in the background, its stdout and stderr together in one file.
-    func startJob(_ executable: String, _ arguments: [String]) throws -> Job {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = Harness.environment
-        let log = Harness.temporaryDirectory("stoplog") + "/log"
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = FileHandle(forWritingAtPath: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        return Job(process: process, log: log)
-    }
-
-    func startMpirun(_ arguments: [String], mpiOptions: [String] = []) throws -> Job {
-        try startJob("/usr/bin/mpirun", ["-np", "2"] + Harness.mpirunOptions + mpiOptions + [Harness.binary] + arguments)
+    /// `mpirun -np 2 goml-dist ARGS` in the background, its output in one file.
+    func startMpirun(_ arguments: [String], mpiOptions: [String] = []) throws -> Harness.Job {
+        try Harness.start("/usr/bin/mpirun", ["-np", "2"] + Harness.mpirunOptions + mpiOptions + [Harness.binary] + arguments)
     }
 
     /// The ranks of the job writing to `out` (their command lines name it).
@@ -62,7 +39,7 @@ final class StopSignalTests: XCTestCase {
             }
     }
 
-    func finish(_ job: Job, timeout: Double = 120) -> Bool {
+    func finish(_ job: Harness.Job, timeout: Double = 120) -> Bool {
         Harness.waitForExit(job.process, started: Date(), timeout: timeout)
     }
 
@@ -133,7 +110,7 @@ final class StopSignalTests: XCTestCase {
     func testSigtermToTheLauncherStopsTheJob() throws {
         let out = Harness.temporaryDirectory("launcherstop")
         // --bin: the launcher must not build (`swift test` holds the build directory's lock).
-        let job = try startJob(Harness.packageRoot + "/launch/train",
+        let job = try Harness.start(Harness.packageRoot + "/launch/train",
                                ["--bin", Harness.binary, "--np", "2", "--max-restarts", "2", "--"] + stopTestArguments(out, steps: 100_000).dropFirst())
         let launcher = job.process
         guard waitForTraining(out, running: { launcher.isRunning }) else {

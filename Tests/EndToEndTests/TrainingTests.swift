@@ -1,34 +1,40 @@
 // Data-parallel training through real mpirun: the same run (losses, gradient norms, final
-// parameters) at every world size and over TCP, errors that end the whole job with one clear
-// message, and a loss that falls.
+// parameters) at every world size, over TCP and through each way of splitting a step, errors
+// that end the whole job with one clear message, and a loss that falls.
 
 import XCTest
 
 final class TrainingTests: XCTestCase {
-    func tinyRun(_ out: String, steps: Int = 20) -> [String] {
-        ["train", "--config", "tiny", "--batch", "8", "--steps", String(steps), "--eval-every", "0", "--eval-batches", "2",
-         "--log-every", "1", "--precision", "fp32", "--data", Harness.corpus, "--out", out]
-    }
-
+    /// One process (--single) against every world size, both transports, and the MPI paths of
+    /// each way of splitting a step: 50 kB buckets overlapped with backward (sharded: reduce-
+    /// scatter, all-gather), two workers summing their micro-batches before a bucket leaves,
+    /// after backward, and replicated (--no-shard). Every case gives the same losses, gradient
+    /// norms, validation loss and final parameters to float32 rounding, and its header says
+    /// how it split the step. (Every combination of these is StrategyTableTests, in one
+    /// process; here the MPI communicator carries them.)
     func testEveryWorldSizeAndTransportGivesTheSameRun() throws {
         let single = Harness.temporaryDirectory("single")
-        Harness.assertSuccess(Harness.goml(tinyRun(single) + ["--single"]), "--single")
-        let reference = Harness.losses(single), referenceNorms = Harness.gradNorms(single)
-        XCTAssertEqual(reference.count, 20)
-        XCTAssertEqual(referenceNorms.count, 20)
-        let referenceParams = try Harness.finalParameters(single)
-        for (np, transport) in [(1, "shared memory"), (2, "shared memory"), (4, "shared memory"), (2, "tcp")] {
+        Harness.assertSuccess(Harness.goml(Harness.tinyTrain(single, extra: ["--single"])), "--single")
+        XCTAssertEqual(Harness.losses(single).count, 20)
+        let buckets = ["--bucket-mb", "0.05"], sharded = "allreduce sharded over", overlapped = "overlapped with backward in 0.1 MB buckets"
+        let replicated = "replicated: every rank holds the whole optimizer state"
+        let cases: [(np: Int, transport: String, extra: [String], header: [String])] = [
+            (1, "shared memory", [], ["world 1 rank(s)"]),
+            (2, "shared memory", buckets, ["\(sharded) 2 ranks", overlapped, "sharding saved"]),
+            (2, "shared memory", buckets + ["--threads", "2", "--micro-batch", "1"], [overlapped, "micro-batch 1 sequence(s) × 2 worker(s)"]),
+            (2, "shared memory", ["--no-shard", "--no-overlap", "--threads", "1"], [replicated, "allreduce, after backward", "micro-batch 4 sequence(s) × 1 worker(s)"]),
+            (4, "shared memory", buckets + ["--no-shard"], [replicated, overlapped]),
+            (4, "shared memory", ["--no-overlap", "--threads", "2"], ["\(sharded) 4 ranks (reduce-scatter after backward"]),
+            (2, "tcp", buckets, ["\(sharded) 2 ranks", overlapped]),
+        ]
+        for (np, transport, extra, header) in cases {
+            let what = "np \(np) \(transport) \(extra.joined(separator: " "))"
             let out = Harness.temporaryDirectory("np\(np)")
             let mca = transport == "tcp" ? ["--mca", "btl", "self,tcp"] : []
-            Harness.assertSuccess(Harness.mpirun(np: np, tinyRun(out), mpiOptions: mca), "np \(np) \(transport)")
-            let losses = Harness.losses(out)
-            XCTAssertEqual(losses.count, 20, "np \(np) \(transport)")
-            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(losses, reference), 1e-5, "losses, np \(np) \(transport)")
-            XCTAssertLessThanOrEqual(Harness.maxRelativeDifference(Harness.gradNorms(out), referenceNorms), 1e-5,
-                                     "gradient norms, np \(np) \(transport)")
-            let params = try Harness.finalParameters(out)
-            XCTAssertEqual(params.count, referenceParams.count)
-            XCTAssertLessThanOrEqual(Harness.maxAbsoluteDifference(params, referenceParams), 1e-5, "final parameters, np \(np) \(transport)")
+            let r = Harness.mpirun(np: np, Harness.tinyTrain(out, extra: extra), mpiOptions: mca)
+            Harness.assertSuccess(r, what)
+            for line in header { XCTAssertTrue(r.stdout.contains(line), "\(what): the header lacks '\(line)'\n\(r.stdout)") }
+            try Harness.assertClose(out, single, steps: 20, what)
         }
     }
 
@@ -44,24 +50,24 @@ final class TrainingTests: XCTestCase {
     }
 
     func testBatchNotDivisibleByWorldSize() {
-        expectFailure(np: 4, tinyRun(Harness.temporaryDirectory("div")) + ["--batch", "6"], message: "not divisible by the world size 4")
+        expectFailure(np: 4, Harness.tinyTrain(Harness.temporaryDirectory("div"), batch: 6), message: "not divisible by the world size 4")
     }
 
     func testMissingDataFile() {
-        expectFailure(np: 2, ["train", "--config", "tiny", "--data", "/nonexistent/input.txt", "--out", Harness.temporaryDirectory("nodata")],
+        expectFailure(np: 2, Harness.tinyTrain(Harness.temporaryDirectory("nodata"), data: ["/nonexistent/input.txt"]),
                       message: "/nonexistent/input.txt not found")
     }
 
     func testDataShorterThanAContext() {
         let dir = Harness.temporaryDirectory("short")
         FileManager.default.createFile(atPath: dir + "/short.txt", contents: Data(String(repeating: "to be or not ", count: 30).utf8))
-        expectFailure(np: 2, ["train", "--config", "tiny", "--data", dir + "/short.txt", "--out", dir], message: "validation split has")
+        expectFailure(np: 2, Harness.tinyTrain(dir, data: [dir + "/short.txt"]), message: "validation split has")
     }
 
     func testInvalidConfig() {
-        expectFailure(np: 2, ["train", "--config", "tiny", "--dim", "30", "--data", Harness.corpus, "--out", Harness.temporaryDirectory("cfg")],
+        expectFailure(np: 2, Harness.tinyTrain(Harness.temporaryDirectory("cfg"), extra: ["--dim", "30"]),
                       message: "dim 30 is not divisible by heads 4")
-        expectFailure(np: 0, ["train", "--config", "tiny", "--dim", "60", "--data", Harness.corpus, "--out", Harness.temporaryDirectory("cfg2")],
+        expectFailure(np: 0, Harness.tinyTrain(Harness.temporaryDirectory("cfg2"), extra: ["--dim", "60"]),
                       message: "head size dim/heads = 15 is odd")
     }
 
@@ -69,7 +75,7 @@ final class TrainingTests: XCTestCase {
         let out = Harness.temporaryDirectory("nan")
         // Step 1 is taken at the initial parameters (finite), recorded and checkpointed; its
         // update blows them up, so step 2's loss is not finite: not recorded, not saved.
-        expectFailure(np: 2, tinyRun(out) + ["--lr", "1e38", "--warmup", "0", "--ckpt-every", "1"], message: "non-finite loss at step 2", status: 5)
+        expectFailure(np: 2, Harness.tinyTrain(out, extra: ["--lr", "1e38", "--warmup", "0", "--ckpt-every", "1"]), message: "non-finite loss at step 2", status: 5)
         XCTAssertEqual(Harness.fieldTexts(out, "step"), ["1"], "only step 1 is recorded")
         let losses = Harness.losses(out)
         XCTAssertEqual(losses.count, 1)
@@ -83,17 +89,20 @@ final class TrainingTests: XCTestCase {
     func testHeaderCheckNamesARankWhoseOptionsOrDataPositionDiffer() {
         for (field, what) in [("options", "options/config"), ("data", "data position")] {
             let out = Harness.temporaryDirectory("header-\(field)")
-            expectFailure(np: 4, tinyRun(out) + ["--fault-header-rank", "3", "--fault-header-field", field],
+            expectFailure(np: 4, Harness.tinyTrain(out, extra: ["--fault-header-rank", "3", "--fault-header-field", field]),
                           message: "goml-dist: error: ranks 0 and 3 disagree on the \(what) before step 1; replicas diverged — stopping", status: 6)
             XCTAssertEqual(Harness.losses(out), [], "\(field): a step ran")
         }
     }
 
+    /// 300 steps of tiny at lr 3e-3 on two ranks take the validation loss from 5.5 to under 2.5
+    /// (measured 2.23; nano's 300 steps, which reach 2.09, cost ten times as much, and the demo
+    /// trains nano further).
     func testLossFalls() {
-        let out = Harness.temporaryDirectory("nano300")
-        let r = Harness.mpirun(np: 2, ["train", "--config", "nano", "--steps", "300", "--eval-every", "300", "--eval-batches", "50",
-                                      "--log-every", "50", "--data", Harness.corpus, "--out", out], timeout: 900)
-        Harness.assertSuccess(r, "300 steps of nano")
+        let out = Harness.temporaryDirectory("tiny300")
+        let r = Harness.mpirun(np: 2, Harness.tinyTrain(out, steps: 300, evalBatches: 50, logEvery: 50, extra: ["--lr", "3e-3", "--warmup", "30"]),
+                               timeout: 300)
+        Harness.assertSuccess(r, "300 steps of tiny")
         let validation = Harness.metrics(out).compactMap { $0["val_loss"] as? Double }
         XCTAssertEqual(validation.count, 1)
         XCTAssertLessThan(validation.last ?? .infinity, 2.5, r.stdout)
@@ -104,7 +113,7 @@ final class TrainingTests: XCTestCase {
     /// rank's stated need (so the warning counts both ranks), and as the real MemAvailable.
     func testHeaderWarnsWhenTheHostsRanksNeedMoreMemoryThanIsAvailable() throws {
         func header(_ extra: [String]) -> String {
-            let r = Harness.mpirun(np: 2, tinyRun(Harness.temporaryDirectory("memory"), steps: 1) + extra)
+            let r = Harness.mpirun(np: 2, Harness.tinyTrain(Harness.temporaryDirectory("memory"), steps: 1, extra: extra))
             Harness.assertSuccess(r, "memory \(extra)")
             return r.stdout
         }

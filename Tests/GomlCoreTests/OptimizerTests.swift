@@ -1,5 +1,6 @@
 // AdamW split into per-thread parts: the same bits as one thread's update, clip included, for
-// the whole layout and for a rank's owned slices; and how the parts cut each range.
+// the whole layout and for a rank's owned slices; and how the parts cut each range. DiLoCo's
+// outer Nesterov step against PyTorch's.
 
 import Foundation
 @testable import GomlCore
@@ -85,5 +86,34 @@ final class OptimizerTests: XCTestCase {
         // Balanced: no piece of a long range is more than a cache line longer than its share.
         let pieces = (0..<3).map { AdamW.piece($0, of: 3, 0..<30_000) }
         XCTAssertTrue(pieces.allSatisfy { abs($0.count - 10_000) <= AdamW.partAlignment }, "\(pieces)")
+    }
+
+    /// Two outer steps against PyTorch's SGD(nesterov=True) written out in double, on a length
+    /// (37) that leaves a partial vector chunk; lr 1 and μ 0 replace θ by θ − g (plain averaging).
+    func testNesterovSGDFollowsPyTorchsNesterov() {
+        let n = 37, lr = 0.7, mu = 0.9
+        var rng = Xoshiro256(seed: 5)
+        let theta = (0..<n).map { _ in Float(rng.nextUnit() - 0.5) }
+        let deltas = (0..<2).map { _ in (0..<n).map { _ in Float(rng.nextUnit() - 0.5) } }
+        let sgd = NesterovSGD(count: n, lr: lr, momentum: mu)
+        let params = UnsafeMutableBufferPointer<Float>.allocate(capacity: n)
+        defer { params.deallocate() }
+        _ = params.initialize(from: theta)
+        var expected = theta.map(Double.init), buffer = [Double](repeating: 0, count: n)
+        for delta in deltas {
+            // The sum of two workers' Δ, averaged by the scale.
+            let summed = delta.map { 2 * $0 }
+            summed.withUnsafeBufferPointer { sgd.update(params, pseudoGradient: $0, gradScale: 0.5) }
+            for i in 0..<n {
+                let g = Double(delta[i])
+                buffer[i] = mu * buffer[i] + g
+                expected[i] -= lr * (g + mu * buffer[i])
+            }
+        }
+        for i in 0..<n { XCTAssertEqual(Double(params[i]), expected[i], accuracy: 1e-6, "element \(i)") }
+        let averaging = NesterovSGD(count: n, lr: 1, momentum: 0)
+        _ = params.update(fromContentsOf: theta)
+        deltas[0].withUnsafeBufferPointer { averaging.update(params, pseudoGradient: $0, gradScale: 1) }
+        for i in 0..<n { XCTAssertEqual(params[i], theta[i] - deltas[0][i], "averaging, element \(i)") }
     }
 }
