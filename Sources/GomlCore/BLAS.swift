@@ -2,10 +2,19 @@
 // model FLOPs utilisation is quoted against).
 
 import CBLAS
+import Foundation
 import Dispatch
 
 public enum BLAS {
-    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+    /// OpenBLAS's thread count is process-wide, and changing it while another thread calls
+    /// into OpenBLAS (ranks as threads in the tests) corrupts its buffers: calls are serialized,
+    /// and a count already in force is left alone.
+    public static func setThreads(_ n: Int) {
+        threadsLock.lock()
+        defer { threadsLock.unlock() }
+        if Int(openblas_get_num_threads()) != n { openblas_set_num_threads(Int32(n)) }
+    }
+    private static let threadsLock = NSLock()
     public static var threads: Int { Int(openblas_get_num_threads()) }
 
     /// The OpenBLAS core type in use (e.g. "Haswell", "Cooperlake").
