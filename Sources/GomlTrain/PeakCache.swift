@@ -54,14 +54,15 @@ public enum PeakCache {
             return Peak(gflops: gflops, source: "measured \(entry["measured"] as? String ?? "earlier") and cached in \(file) (delete it to measure again)")
         }
         // 512³ products: start-up stays short on a first run (train measures before its first step).
-        let samples = (0..<3).map { _ in ProductPeak.measure(precision, threads: threads, size: 512, repeats: 4) }
-        let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
+        func sample() -> Double { ProductPeak.measure(precision, threads: threads, size: 512, repeats: 4) }
         guard ranksOnHost == 1 else {
-            return Peak(gflops: gflops, source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)")
+            return Peak(gflops: sample(), source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)")
         }
         if let load = loadAverage, load >= Double(ProcessInfo.processInfo.activeProcessorCount) / 2 {
-            return Peak(gflops: gflops, source: String(format: "measured now under load %.1f (not cached: measured again on an idle machine)", load))
+            return Peak(gflops: sample(), source: String(format: "measured now under load %.1f (not cached: measured again on an idle machine)", load))
         }
+        let samples = (0..<3).map { _ in sample() }
+        let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
         guard spread <= 0.1 else {
             return Peak(gflops: gflops, source: String(format: "measured now (not cached: three samples %.0f%% apart, the machine looks busy)", spread * 100))
         }
