@@ -24,9 +24,21 @@ public enum PeakCache {
 
     static var file: String { directory + "/product-peaks.json" }
 
-    /// The 1-minute load average (/proc/loadavg), nil where there is none.
-    static var loadAverage: Double? {
-        (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.flatMap { Double($0) }
+    /// The share of all cores busy over the next 0.2 s (/proc/stat), while this process sleeps:
+    /// what other processes take. Nil where there is no /proc/stat.
+    static func othersBusyShare() -> Double? {
+        func times() -> (busy: Double, total: Double)? {
+            guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return nil }
+            let fields = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+            guard fields.count >= 5 else { return nil }
+            let total = fields.prefix(8).reduce(0, +), idle = fields[3] + fields[4]
+            return (total - idle, total)
+        }
+        guard let before = times() else { return nil }
+        Thread.sleep(forTimeInterval: 0.2)
+        guard let after = times(), after.total > before.total else { return nil }
+        return (after.busy - before.busy) / (after.total - before.total)
     }
 
     /// This CPU as /proc/cpuinfo names it (model name, family and model).
@@ -44,8 +56,8 @@ public enum PeakCache {
     /// spread, and a low peak cached would inflate every later MFU). A cache that cannot be
     /// read or written is measured around, never an error. A measurement that other work may
     /// have slowed is used but not cached: beside other ranks on the host (`ranksOnHost`), or
-    /// while the last minute's load average was half the cores or more (a machine busy
-    /// throughout gives samples that agree, all too low).
+    /// while other processes keep a quarter of the cores busy (a machine busy throughout gives
+    /// samples that agree, all too low).
     public static func peak(_ precision: Precision, threads: Int, ranksOnHost: Int = 1) -> Peak {
         let kernel = precision == .fp32 ? ", OpenBLAS \(BLAS.coreName)" : ""
         let key = "\(cpuName), \(precision.rawValue)\(kernel), \(threads) thread(s)"
@@ -58,8 +70,8 @@ public enum PeakCache {
         guard ranksOnHost == 1 else {
             return Peak(gflops: sample(), source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)")
         }
-        if let load = loadAverage, load >= Double(ProcessInfo.processInfo.activeProcessorCount) / 2 {
-            return Peak(gflops: sample(), source: String(format: "measured now under load %.1f (not cached: measured again on an idle machine)", load))
+        if let busy = othersBusyShare(), busy >= 0.25 {
+            return Peak(gflops: sample(), source: String(format: "measured now while other processes kept %.0f%% of the cores busy (not cached: measured again on an idle machine)", busy * 100))
         }
         let samples = (0..<3).map { _ in sample() }
         let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
