@@ -8,9 +8,12 @@ public enum ProductPeak {
     /// GFLOP/s of square n×n×n products at `precision` on `threads` cores, best of `repeats`:
     /// OpenBLAS sgemm on `threads` BLAS threads (fp32), or one bf16 product per core at once
     /// (the kernel's rate on every core: products split among cores share it, never exceed it).
+    /// OpenBLAS's process-wide thread count is left as it was found.
     public static func measure(_ precision: Precision, threads: Int, size n: Int = 1024, repeats: Int = 6) -> Double {
         switch precision {
         case .fp32:
+            let before = BLAS.threads
+            defer { BLAS.setThreads(before) }
             BLAS.setThreads(threads)
             return BLAS.measureSgemmGFLOPS(size: n, repeats: repeats)
         case .bf16:

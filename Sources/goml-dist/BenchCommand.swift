@@ -52,7 +52,8 @@ struct BenchCommand: ParsableCommand {
         if optimizer { return try benchOptimizer() }
         let comm = makeCommunicator(parallel)
         if collectives { return try benchCollectives(comm) }
-        let (trainer, threads, precisionReason) = TrainingSetup.benchTrainer(agreeOnSetup(comm) { try request() }, comm: comm)
+        let request = agreeOnSetup(comm) { try self.request() }
+        let (trainer, threads, precisionReason) = TrainingSetup.benchTrainer(request, comm: comm)
         if sampling {
             if comm.isRoot { try benchSampling(trainer, threads: threads) }
             comm.finalize()
@@ -63,10 +64,8 @@ struct BenchCommand: ParsableCommand {
             print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s): \(warmup) warm-up and \(steps) timed steps")
             print(trainer.memorySummary + String(format: "; %.1f MB per rank in all", Double(trainer.memoryPerRank) / 1e6))
         }
-        // The ceiling MFU is quoted against: products at the run's precision on all of this rank's
-        // cores (measured before the run's BLAS threads are set again: the measurement sets its own).
+        // The ceiling MFU is quoted against: products at the run's precision on all of this rank's cores.
         let peak = PeakCache.peak(o.precision, threads: threads, ranksOnHost: comm.localSize)
-        BLAS.setThreads(trainer.blasThreads)
         if comm.isRoot {
             let seconds = Double(o.batch * o.model.seqLen) * o.model.flopsPerToken / (peak.gflops * 1e9 * Double(comm.size))
             print(String(format: "at the products' peak a step takes at least %.3f s: the run at least %.0f s", seconds, seconds * Double(warmup + steps)))
@@ -79,7 +78,7 @@ struct BenchCommand: ParsableCommand {
         context.precisionReason = precisionReason; context.peakGFLOPS = peak.gflops; context.peakSource = peak.source
         context.gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
         context.gatherMBInFlight = parallel.gatherMBInFlight; context.bucketMB = parallel.bucketMB
-        context.communication = try parallel.communication()
+        context.communication = request.communication
         comm.finalize()
         if comm.isRoot { try r.lines(trainer, context, steps: steps).forEach { print($0) } }
     }
