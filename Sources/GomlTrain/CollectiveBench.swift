@@ -26,10 +26,7 @@ public struct CollectiveMeasurement {
     /// Per repetition, the slowest rank's seconds (each rank starts after a barrier).
     public let seconds: [Double]
 
-    public var medianSeconds: Double {
-        let s = seconds.sorted()
-        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-    }
+    public var medianSeconds: Double { median(seconds) }
 
     /// Gbit/s each rank sends at the lower bound: bound bytes × 8 / median time.
     public var achievedGbitPerSecond: Double { boundBytesPerRank * 8 / medianSeconds / 1e9 }

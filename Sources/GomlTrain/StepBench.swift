@@ -106,10 +106,6 @@ public enum StepBench {
         var everyRanksWaits = [Double](repeating: 0, count: waits.count * comm.size)
         waits.withUnsafeBufferPointer { mine in everyRanksWaits.withUnsafeMutableBufferPointer { comm.allGather(mine, into: $0) } }
         let lastRankWaits = waits.indices.map { step in (0..<comm.size).map { everyRanksWaits[$0 * waits.count + step] }.min()! }
-        func median(_ xs: [Double]) -> Double {
-            let s = xs.sorted()
-            return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-        }
         func phase(_ path: KeyPath<StepTimings, Double>) -> Double { median(phases.map { $0[keyPath: path] }) * 1000 }
         let busy = phase(\.communication), exposed = phase(\.reduce), ms = median(totals) * 1000
         let o = trainer.options, tokensPerSecond = Double(o.batch * o.model.seqLen) / (ms / 1000)
@@ -140,6 +136,12 @@ public enum StepBench {
         }
         return (rates[0], rates[1])
     }
+}
+
+/// The middle value, or the mean of the two middle ones (bench's and CollectiveBench's figures).
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
 /// Heap allocations so far, when a counting malloc shim exporting `goml_heap_allocations` is
