@@ -41,7 +41,7 @@ let package = Package(
         ),
         .testTarget(name: "GomlCoreTests", dependencies: ["GomlCore", "CBFloat16"]),
         .testTarget(name: "GomlIOTests", dependencies: ["GomlIO"]),
-        .testTarget(name: "GomlTrainTests", dependencies: ["GomlComm", "GomlCore", "GomlIO", "GomlTrain"]),
+        .testTarget(name: "GomlTrainTests", dependencies: ["CBFloat16", "GomlComm", "GomlCore", "GomlIO", "GomlTrain"]),
         .testTarget(name: "EndToEndTests", dependencies: ["GomlCore", "GomlIO"]),
     ],
     // The numerical code shares raw buffers single-threaded; Swift 6's strict concurrency

@@ -8,6 +8,7 @@
 // (plain averaging or Nesterov momentum, blocking or overlapped) are held against an outer step
 // computed here, from one-process workers.
 
+import CBFloat16
 import Foundation
 import GomlComm
 import GomlCore
@@ -294,7 +295,7 @@ final class StrategyTableTests: XCTestCase {
                 var delta: Float = 0
                 for t in trainers {
                     let x = global[i] - t.params.pointer[i]
-                    delta += d.compression == .bf16 ? Float(bitPattern: UInt32(bf16(x)) << 16) : x
+                    delta += d.compression == .bf16 ? goml_bf16_to_float(goml_bf16_from_float(x)) : x
                 }
                 return delta
             }
@@ -335,12 +336,6 @@ final class StrategyTableTests: XCTestCase {
             }
         }
         return Outcome(losses: losses, gradNorms: norms, validation: validation, parameters: global)
-    }
-
-    /// Round to nearest even bfloat16 bits (goml_bfloat16.h's rule, finite values).
-    static func bf16(_ x: Float) -> UInt16 {
-        let bits = x.bitPattern
-        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
     }
 
     static var corpus: String {
