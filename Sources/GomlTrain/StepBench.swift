@@ -21,6 +21,10 @@ public struct StepBenchReport {
     public let allocations: String?
     /// Throughput at the median step, and its share of the product peak the ranks measured.
     public let tokensPerSecond: Double, modelGFLOPS: Double, mfu: Double?
+    /// This process's peak resident memory so far, in MB, as the kernel counts it (VmHWM).
+    /// Read by the process itself: a parent's rusage of a child spawned by vfork counts the
+    /// parent's own peak from before the exec.
+    public let peakResidentMB: Double?
 }
 
 /// Where a `bench` run ran, for its report.
@@ -55,6 +59,9 @@ extension StepBenchReport {
             lines.append(String(format: "after backward, the rank that finished it last waited %.2f ms (communication); rank 0's other %.2f ms was waiting for slower ranks",
                                 lastRankMS, slowerRanksMS))
         }
+        if let peak = peakResidentMB {
+            lines.append(String(format: "peak resident memory %.1f MB (%@; the header's estimate excludes code and libraries)", peak, c.ranks > 1 ? "rank 0" : "this process"))
+        }
         lines.append(String(format: "%.0f tokens/s, %.1f GFLOP/s of model FLOPs, ", tokensPerSecond, modelGFLOPS) + ProductPeak.describe(mfu))
         func rounded(_ x: Double, _ places: Double) -> Double { (x * places).rounded() / places }
         let json: [String: Any] = [
@@ -67,7 +74,7 @@ extension StepBenchReport {
             "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": reduceMS, "exposed_backward_last_rank_ms": lastRankMS,
             "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": c.gatherPeakMB, "hidden_comm_share": rounded(hiddenShare, 1000),
             "overlap": c.communication.overlap, "bucket_mb": c.bucketMB, "grad_compression": c.communication.compression.rawValue,
-            "micro_batch": trainer.microBatch,
+            "micro_batch": trainer.microBatch, "peak_resident_mb": peakResidentMB.map { rounded($0, 10) } ?? NSNull(),
         ]
         return lines + [String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self)]
     }
@@ -116,7 +123,16 @@ public enum StepBench {
                                exposedMS: median(phases.map { $0.forwardWait + $0.reduce }) * 1000,
                                lastRankMS: median(lastRankWaits) * 1000, slowerRanksMS: median(zip(waits, lastRankWaits).map { $0 - $1 }) * 1000,
                                allocations: allocations, tokensPerSecond: tokensPerSecond, modelGFLOPS: modelGFLOPS,
-                               mfu: ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peakGFLOPS * Double(comm.size)))
+                               mfu: ProductPeak.utilization(modelGFLOPS: modelGFLOPS, peakGFLOPS: peakGFLOPS * Double(comm.size)),
+                               peakResidentMB: peakResidentMegabytes())
+    }
+
+    /// VmHWM from /proc/self/status (nil where there is none).
+    static func peakResidentMegabytes() -> Double? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kB = Double(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kB * 1024 / 1_000_000
     }
 
     /// Generation speed with and without the KV cache (tokens/s), `tokens` bytes ending at the

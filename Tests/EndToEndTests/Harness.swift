@@ -140,38 +140,6 @@ enum Harness {
         return timedOut
     }
 
-    /// Runs a program to completion (killed after `timeout` seconds) and returns its result
-    /// with its peak resident memory in kB (ru_maxrss, which wait4 reports for that child alone).
-    static func runMeasuringPeakMemory(_ executable: String, _ arguments: [String], timeout: Double = 300) -> (Result, peakKB: Int) {
-        let dir = temporaryDirectory("rss")
-        let outPath = dir + "/stdout", errPath = dir + "/stderr"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        let start = Date()
-        var pid: pid_t = 0
-        guard posix_spawn(&pid, executable, &actions, nil, argv, envp) == 0 else {
-            return (Result(status: -1, stdout: "", stderr: "cannot start \(executable)", timedOut: false, seconds: 0), 0)
-        }
-        var status: Int32 = 0, usage = rusage(), timedOut = false
-        while wait4(pid, &status, WNOHANG, &usage) == 0 {
-            if !timedOut && Date().timeIntervalSince(start) > timeout { timedOut = true; kill(pid, SIGKILL) }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        let out = String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
-        let err = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
-        // The exit code when it exited, else 128 + the signal, as a shell shows it.
-        let exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + status & 0x7f
-        return (Result(status: exitStatus, stdout: out, stderr: err, timedOut: timedOut, seconds: Date().timeIntervalSince(start)),
-                usage.ru_maxrss)
-    }
-
     static func goml(_ arguments: [String], timeout: Double = 300) -> Result {
         run(binary, arguments, timeout: timeout)
     }
