@@ -50,4 +50,11 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
             name += c.uppercased()
         }
     }
+
+    /// `goml-dist exit-codes`: every status as a NAME=CODE assignment, then those launch/train
+    /// does not relaunch.
+    public static var shellAssignments: [String] {
+        allCases.map { "\($0.shellName)=\($0.code)  # \($0.meaning)" }
+            + ["EXIT_NO_RELAUNCH=\"\(allCases.filter { !$0.relaunch }.map { String($0.code) }.joined(separator: " "))\"  # launch/train does not relaunch these"]
+    }
 }

@@ -43,6 +43,23 @@ public enum GradientCheck {
         return problem.check(problem.analyticGradient(fault: backwardFault), step: h)
     }
 
+    /// `goml-dist gradcheck`'s lines for each FFN kind's small model, and whether every tensor's
+    /// worst relative error stays within `tolerance`.
+    public static func report(kinds: [FFNKind], seed: UInt64, tolerance: Double, backwardFault: BackwardFault?) -> (lines: [String], passed: Bool) {
+        var lines: [String] = [], worstOverall = 0.0
+        for kind in kinds {
+            let config = smallConfig(kind)
+            lines.append("gradcheck \(config.summary), batch 2, central differences")
+            for r in run(config: config, seed: seed, backwardFault: backwardFault) {
+                worstOverall = max(worstOverall, r.worstRelativeError)
+                let flag = r.worstRelativeError <= tolerance ? "ok" : "FAIL"
+                lines.append("  \(r.tensor.padding(toLength: 36, withPad: " ", startingAt: 0)) worst rel err \(String(format: "%.2e", r.worstRelativeError)) over \(r.probes) probes  \(flag)")
+            }
+        }
+        lines.append("gradcheck: worst relative error \(String(format: "%.2e", worstOverall)), tolerance \(tolerance)")
+        return (lines, worstOverall <= tolerance && !worstOverall.isNaN)
+    }
+
     /// A random model, parameters and batch, and the finite-difference probes of a gradient on them.
     struct Problem {
         let layout: ParameterLayout

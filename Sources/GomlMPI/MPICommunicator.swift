@@ -302,3 +302,20 @@ public final class MPICommunicator: Communicator {
         MPI_Finalize()
     }
 }
+
+extension MPICommunicator {
+    /// True under mpirun (OpenMPI) or another PMI launcher; otherwise a job runs as one process.
+    public static var launchedByMPI: Bool {
+        let env = ProcessInfo.processInfo.environment
+        return ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].contains { env[$0] != nil }
+    }
+
+    /// The job's communicator: MPI under a launcher, unless `single`; else this process alone.
+    /// `gatherMBInFlight` ≤ 0 leaves the parameter all-gathers uncapped.
+    public static func forThisJob(single: Bool, collectiveTimeout: Double, pollMicroseconds: UInt32, gatherMBInFlight: Double) -> Communicator {
+        setvbuf(stdout, nil, _IOLBF, 0)   // lines appear live under mpirun
+        guard !single && launchedByMPI else { return SingleProcessCommunicator() }
+        return MPICommunicator(collectiveTimeout: collectiveTimeout, pollMicroseconds: pollMicroseconds,
+                               gatherBytesInFlight: gatherMBInFlight > 0 ? Int(min(gatherMBInFlight, 1e6) * 1e6) : 0)
+    }
+}

@@ -76,7 +76,7 @@ extension StepBenchReport {
             "overlap": c.communication.overlap, "bucket_mb": c.bucketMB, "grad_compression": c.communication.compression.rawValue,
             "micro_batch": trainer.microBatch, "peak_resident_mb": peakResidentMB.map { rounded($0, 10) } ?? NSNull(),
         ]
-        return lines + [String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self)]
+        return lines + [try jsonLine(json)]
     }
 }
 

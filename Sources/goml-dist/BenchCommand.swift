@@ -49,52 +49,34 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        if optimizer { return try benchOptimizer() }
-        let comm = makeCommunicator(parallel)
+        if optimizer {
+            let threads = parallel.threads ?? ProcessInfo.processInfo.activeProcessorCount
+            return try OptimizerBandwidth.report(config: try model.name(), layout: ParameterLayout(try model.model()), threads: threads, repeats: steps).forEach { print($0) }
+        }
+        let comm = parallel.communicator()
         if collectives { return try benchCollectives(comm) }
         let request = agreeOnSetup(comm) { try self.request() }
         let (trainer, threads, precisionReason) = TrainingSetup.benchTrainer(request, comm: comm)
+        let config = try model.name()
         if sampling {
-            if comm.isRoot { try benchSampling(trainer, threads: threads) }
-            comm.finalize()
-            return
+            if comm.isRoot { try StepBench.samplingReport(trainer, config: config, threads: threads, tokens: sampleTokens).forEach { print($0) } }
+            return comm.finalize()
         }
-        let o = trainer.options
-        if comm.isRoot {
-            print("bench \(try model.name()) (\(o.model.summary)), batch \(o.batch) × \(o.model.seqLen), \(comm.size) rank(s) × \(threads) thread(s): \(warmup) warm-up and \(steps) timed steps")
-            print(trainer.memorySummary + String(format: "; %.1f MB per rank in all", Double(trainer.memoryPerRank) / 1e6))
-        }
+        if comm.isRoot { StepBench.headerLines(trainer, config: config, ranks: comm.size, threads: threads, warmup: warmup, steps: steps).forEach { print($0) } }
         // The ceiling MFU is quoted against: products at the run's precision on all of this rank's cores.
-        let peak = PeakCache.peak(o.precision, threads: threads, ranksOnHost: comm.localSize)
-        if comm.isRoot {
-            let seconds = Double(o.batch * o.model.seqLen) * o.model.flopsPerToken / (peak.gflops * 1e9 * Double(comm.size))
-            print(String(format: "at the products' peak a step takes at least %.3f s: the run at least %.0f s", seconds, seconds * Double(warmup + steps)))
-        }
+        let peak = PeakCache.peak(trainer.options.precision, threads: threads, ranksOnHost: comm.localSize)
+        if comm.isRoot { print(StepBench.floorLine(trainer, ranks: comm.size, steps: warmup + steps, peakGFLOPS: peak.gflops)) }
         trainer.initialiseParameters()
         let r = StepBench.run(trainer, comm: comm, warmup: warmup, steps: steps, peakGFLOPS: peak.gflops, slowRank: faultSlowRank)
         if let allocations = r.allocations { print(allocations) }
         var context = BenchContext()
-        context.config = try model.name(); context.threads = threads; context.ranks = comm.size
+        context.config = config; context.threads = threads; context.ranks = comm.size
         context.precisionReason = precisionReason; context.peakGFLOPS = peak.gflops; context.peakSource = peak.source
         context.gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
         context.gatherMBInFlight = parallel.gatherMBInFlight; context.bucketMB = parallel.bucketMB
         context.communication = request.communication
         comm.finalize()
         if comm.isRoot { try r.lines(trainer, context, steps: steps).forEach { print($0) } }
-    }
-
-    private func benchOptimizer() throws {
-        let config = try model.model(), threads = parallel.threads ?? ProcessInfo.processInfo.activeProcessorCount
-        var rows: [[String: Any]] = []
-        for t in 1...threads {
-            let r = OptimizerBandwidth.measure(layout: ParameterLayout(config), threads: t, repeats: steps)
-            print(String(format: "AdamW %@ (%d parameters), %d thread(s): %.2f GB/s (28 B/parameter), triad %.2f GB/s (12 B/element): %.0f%% of the measured bandwidth",
-                         try model.name(), r.parameters, t, r.adamWBytesPerSecond / 1e9, r.triadBytesPerSecond / 1e9, r.share * 100))
-            rows.append(["threads": t, "adamw_gbps": (r.adamWBytesPerSecond / 1e7).rounded() / 100,
-                         "stream_gbps": (r.triadBytesPerSecond / 1e7).rounded() / 100, "share": (r.share * 1000).rounded() / 1000])
-        }
-        let json: [String: Any] = ["config": try model.name(), "parameters": ParameterLayout(config).count, "optimizer": rows]
-        print(String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
     }
 
     private func benchCollectives(_ comm: Communicator) throws {
@@ -106,30 +88,9 @@ struct BenchCommand: ParsableCommand {
         }
         let results = CollectiveBench.run(comm: comm, layout: ParameterLayout(config), communication: communication, warmup: warmup, repeats: steps)
         comm.finalize()
-        guard comm.isRoot else { return }
-        for r in results {
-            var json: [String: Any] = [
-                "config": try model.name(), "ranks": comm.size, "collective": r.collective, "grad_compression": parallel.gradCompression,
-                "bucket_mb": parallel.bucketMB, "buckets": r.bucketBytes.count, "bucket_bytes": r.bucketBytes, "buffer_bytes": r.bufferBytes,
-                "wire_bytes": r.wireBytes, "bound_bytes_per_rank": r.boundBytesPerRank.rounded(), "bound": r.bound,
-                "median_ms": (r.medianSeconds * 1e6).rounded() / 1000, "ms": r.seconds.map { ($0 * 1e6).rounded() / 1000 },
-                "achieved_gbit_s": (r.achievedGbitPerSecond * 1000).rounded() / 1000,
-                "poll_us": Int(parallel.progressPollMicroseconds), "gather_mb_in_flight": parallel.gatherMBInFlight,
-            ]
-            if let linkGbit {
-                json["link_gbit"] = linkGbit
-                json["share_of_link"] = (r.achievedGbitPerSecond / linkGbit * 1000).rounded() / 1000
-            }
-            print(String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
-        }
-    }
-
-    private func benchSampling(_ trainer: Trainer, threads: Int) throws {
-        let config = trainer.options.model, r = try StepBench.sampling(trainer, threads: threads, tokens: sampleTokens)
-        print(String(format: "sampling %@ (%@), %d tokens ending at %d of context, %d thread(s): KV cache %.0f tokens/s, full recompute %.0f tokens/s",
-                     try model.name(), config.summary, sampleTokens, config.seqLen, threads, r.kvCache, r.noCache))
-        let json: [String: Any] = ["config": try model.name(), "threads": threads, "tokens": sampleTokens, "seq_len": config.seqLen,
-                                   "kv_cache_tokens_per_s": r.kvCache.rounded(), "no_cache_tokens_per_s": r.noCache.rounded()]
-        print(String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]), as: UTF8.self))
+        var s = CollectiveBenchSettings()
+        s.config = try model.name(); s.ranks = comm.size; s.compression = communication.compression; s.bucketMB = parallel.bucketMB
+        s.pollMicroseconds = Int(parallel.progressPollMicroseconds); s.gatherMBInFlight = parallel.gatherMBInFlight; s.linkGbit = linkGbit
+        if comm.isRoot { try results.forEach { print(try $0.jsonLine(s)) } }
     }
 }

@@ -2,7 +2,6 @@
 // which launch/train evaluates instead of repeating the codes.
 
 import ArgumentParser
-import GomlTrain
 import GomlComm
 
 struct ExitCodesCommand: ParsableCommand {
@@ -11,11 +10,5 @@ struct ExitCodesCommand: ParsableCommand {
         abstract: "Print the exit statuses as NAME=CODE lines for launch scripts.",
         shouldDisplay: false)
 
-    func run() {
-        for status in ExitStatus.allCases {
-            print("\(status.shellName)=\(status.code)  # \(status.meaning)")
-        }
-        let final = ExitStatus.allCases.filter { !$0.relaunch }.map { String($0.code) }
-        print("EXIT_NO_RELAUNCH=\"\(final.joined(separator: " "))\"  # launch/train does not relaunch these")
-    }
+    func run() { ExitStatus.shellAssignments.forEach { print($0) } }
 }

@@ -25,28 +25,15 @@ struct GradcheckCommand: ParsableCommand {
     var faultBackward: String?
 
     func run() throws {
-        let kinds: [FFNKind]
-        if ffn == "all" { kinds = FFNKind.allCases } else if let k = FFNKind(rawValue: ffn) { kinds = [k] } else {
-            fail("unknown --ffn '\(ffn)': use swiglu, gelu or all")
-        }
-        var fault: BackwardFault?
-        if let name = faultBackward {
+        guard let kinds = ffn == "all" ? FFNKind.allCases : FFNKind(rawValue: ffn).map({ [$0] }) else { fail("unknown --ffn '\(ffn)': use swiglu, gelu or all") }
+        let fault = try faultBackward.map { name in
             guard let known = BackwardFault(rawValue: name) else {
                 fail("unknown --fault-backward '\(name)': use \(BackwardFault.allCases.map(\.rawValue).joined(separator: " or "))")
             }
-            fault = known
+            return known
         }
-        var worstOverall = 0.0
-        for kind in kinds {
-            let config = GradientCheck.smallConfig(kind)
-            print("gradcheck \(config.summary), batch 2, central differences")
-            for r in GradientCheck.run(config: config, seed: seed, backwardFault: fault) {
-                worstOverall = max(worstOverall, r.worstRelativeError)
-                let flag = r.worstRelativeError <= tolerance ? "ok" : "FAIL"
-                print("  \(r.tensor.padding(toLength: 36, withPad: " ", startingAt: 0)) worst rel err \(String(format: "%.2e", r.worstRelativeError)) over \(r.probes) probes  \(flag)")
-            }
-        }
-        print("gradcheck: worst relative error \(String(format: "%.2e", worstOverall)), tolerance \(tolerance)")
-        if worstOverall > tolerance || worstOverall.isNaN { throw ExitCode(ExitStatus.failed.code) }
+        let report = GradientCheck.report(kinds: kinds, seed: seed, tolerance: tolerance, backwardFault: fault)
+        report.lines.forEach { print($0) }
+        if !report.passed { throw ExitCode(ExitStatus.failed.code) }
     }
 }

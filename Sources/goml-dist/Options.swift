@@ -84,6 +84,10 @@ struct ParallelOptions: ParsableArguments {
     @Flag(help: ArgumentHelp("With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).", visibility: .hidden))
     var hierarchical = false
 
+    func communicator() -> Communicator {
+        MPICommunicator.forThisJob(single: single, collectiveTimeout: collectiveTimeout, pollMicroseconds: progressPollMicroseconds, gatherMBInFlight: gatherMBInFlight)
+    }
+
     /// The requested reduction (TrainingSetup decides whether it is sharded).
     func mode() throws -> ReductionMode {
         guard let mode = ReductionMode(rawValue: reduction), mode != .sharded else {

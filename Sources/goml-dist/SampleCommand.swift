@@ -24,31 +24,27 @@ struct SampleCommand: ParsableCommand {
     func run() throws {
         if tokens < 0 { fail("--tokens must be ≥ 0") }
         if threads <= 0 { fail("--threads must be positive") }
-        let options = SamplingOptions(temperature: temperature, topK: topK, topP: topP)
-        do { try options.validate() } catch { fail("\(error)") }
-        let chosen: (precision: Precision, reason: String)
-        do { chosen = try precision.resolve() } catch { fail("\(error)") }
-        BLAS.setThreads(threads)
-        let model: (config: ModelConfig, step: Int, metadata: [String: String], params: [Float])
-        do { model = try Checkpoint.loadModel(try Checkpoint.resolve(ckpt)) } catch { fail("\(error)") }
-        let generator: TextGenerator
-        do { generator = try TextGenerator(config: model.config, parameters: model.params, precision: chosen.precision, threads: threads) } catch { fail("\(error)") }
-        let promptBytes = Array(prompt.utf8)
-        if promptBytes.count > model.config.seqLen {
-            FileHandle.standardError.write(Data("goml-dist: note: the prompt is \(promptBytes.count) bytes; the model sees only the last \(model.config.seqLen)\n".utf8))
-        }
-        fwrite(promptBytes, 1, promptBytes.count, stdout)
-        let start = Date()
+        let options = SamplingOptions(temperature: temperature, topK: topK, topP: topP), promptBytes = Array(prompt.utf8)
         do {
+            try options.validate()
+            let chosen = try precision.resolve()
+            BLAS.setThreads(threads)
+            let model = try Checkpoint.loadModel(try Checkpoint.resolve(ckpt))
+            let generator = try TextGenerator(config: model.config, parameters: model.params, precision: chosen.precision, threads: threads)
+            if promptBytes.count > model.config.seqLen {
+                FileHandle.standardError.write(Data("goml-dist: note: the prompt is \(promptBytes.count) bytes; the model sees only the last \(model.config.seqLen)\n".utf8))
+            }
+            fwrite(promptBytes, 1, promptBytes.count, stdout)
+            let start = Date()
             try generator.generate(prompt: promptBytes, count: tokens, options: options, seed: seed, useCache: !noCache) { byte in
                 putchar(Int32(byte))
                 fflush(stdout)
             }
+            print("")
+            fflush(stdout)
+            let seconds = Date().timeIntervalSince(start)
+            FileHandle.standardError.write(Data(String(format: "goml-dist: %d bytes in %.2f s (%.0f tokens/s), precision %@ (%@)\n", tokens, seconds, Double(tokens) / seconds,
+                                                              chosen.precision.rawValue, chosen.reason).utf8))
         } catch { fail("\(error)") }
-        print("")
-        fflush(stdout)
-        let seconds = Date().timeIntervalSince(start)
-        FileHandle.standardError.write(Data(String(format: "goml-dist: %d bytes in %.2f s (%.0f tokens/s), precision %@ (%@)\n", tokens, seconds, Double(tokens) / seconds,
-                                                          chosen.precision.rawValue, chosen.reason).utf8))
     }
 }

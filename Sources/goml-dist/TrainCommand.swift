@@ -60,7 +60,7 @@ struct TrainCommand: ParsableCommand {
         // Before MPI's set-up, so that a stop request during start-up does not kill the rank
         // (SIGUSR1's default), and again after it, so that ours stays the handler.
         _ = goml_stop_signal_install()
-        let comm = makeCommunicator(parallel)
+        let comm = parallel.communicator()
         _ = goml_stop_signal_install()
         let request = agreeOnSetup(comm) { try self.request() }
         let training = TrainingSetup.run(request, comm: comm)

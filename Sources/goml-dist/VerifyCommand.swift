@@ -28,32 +28,21 @@ struct VerifyCommand: ParsableCommand {
     var faultAttention: String?
 
     func run() throws {
-        let dump: ReferenceDump
-        let results: [Comparison]
-        let chosen: (precision: Precision, reason: String)
+        func parse<Fault: RawRepresentable>(_ name: String?, _ flag: String) throws -> Fault? where Fault.RawValue == String {
+            try name.map { guard let f = Fault(rawValue: $0) else { throw ValidationError("unknown \(flag) '\($0)'") }; return f }
+        }
+        let dump: ReferenceDump, results: [Comparison], chosen: (precision: Precision, reason: String)
         do {
             chosen = try PrecisionOptions(precision: precision).resolve()
-            let fault = try faultBF16.map { name in
-                guard let f = BF16Fault(rawValue: name) else { throw ValidationError("unknown --fault-bf16 '\(name)'") }
-                return f
-            }
-            let attentionFault = try faultAttention.map { name in
-                guard let f = AttentionFault(rawValue: name) else { throw ValidationError("unknown --fault-attention '\(name)'") }
-                return f
-            }
             dump = try ReferenceDump(path: reference)
-            results = try dump.compare(gradientFault: faultGradient, precision: chosen.precision, bf16Fault: fault,
-                                       attentionFault: attentionFault)
+            results = try dump.compare(gradientFault: faultGradient, precision: chosen.precision, bf16Fault: try parse(faultBF16, "--fault-bf16"),
+                                       attentionFault: try parse(faultAttention, "--fault-attention"))
         } catch { fail("\(error)") }
         print("reference \(reference): \(dump.config.summary), batch \(dump.batch)")
         if chosen.precision != .fp32 || precision != "fp32" { print("precision \(chosen.precision.rawValue) (\(chosen.reason))") }
         for r in results { print(r.line) }
         let failed = results.filter { !$0.passed }
-        if failed.isEmpty {
-            print("verify: all \(results.count) quantities within tolerance")
-        } else {
-            print("verify: \(failed.count) of \(results.count) quantities out of tolerance")
-            throw ExitCode(ExitStatus.failed.code)
-        }
+        print(failed.isEmpty ? "verify: all \(results.count) quantities within tolerance" : "verify: \(failed.count) of \(results.count) quantities out of tolerance")
+        if !failed.isEmpty { throw ExitCode(ExitStatus.failed.code) }
     }
 }
