@@ -38,6 +38,8 @@ public enum OneDNN {
     /// True when bf16 products can run here, natively or emulated (AVX-512 F, BW, VL, DQ).
     public static var hasBF16Products: Bool { has(dnnl_cpu_isa_avx512_core) }
 
+    public static var hasAVX2: Bool { has(dnnl_cpu_isa_avx2) }
+
     private static func has(_ isa: dnnl_cpu_isa_t) -> Bool {
         dnnl_get_effective_cpu_isa().rawValue & isa.rawValue == isa.rawValue
     }

@@ -20,6 +20,17 @@ public enum BLAS {
     /// The OpenBLAS core type in use (e.g. "Haswell", "Cooperlake").
     public static var coreName: String { String(cString: openblas_get_corename()) }
 
+    /// The core type OpenBLAS should have chosen, when it fell back to its oldest kernels
+    /// (Prescott, SSE3) on a CPU newer than it knows (OpenBLAS 0.3.21 on Intel family 6 model
+    /// 207, Emerald Rapids) and nobody chose one (OPENBLAS_CORETYPE): SkylakeX on AVX-512,
+    /// Haswell on AVX2, as oneDNN reports the CPU. nil: keep OpenBLAS's choice. OpenBLAS reads
+    /// the variable once, as it loads, so the process must start again with it set.
+    public static var coreTypeToRestartWith: String? {
+        guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil, coreName == "Prescott" else { return nil }
+        if OneDNN.hasBF16Products { return "SkylakeX" }
+        return OneDNN.hasAVX2 ? "Haswell" : nil
+    }
+
     /// GFLOP/s of a square sgemm of size n on the current threads: best of a few timed calls.
     public static func measureSgemmGFLOPS(size n: Int = 1024, repeats: Int = 6) -> Double {
         let a = [Float](repeating: 0.5, count: n * n), b = [Float](repeating: 0.25, count: n * n)

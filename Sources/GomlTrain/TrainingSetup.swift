@@ -69,9 +69,22 @@ public struct FaultInjection: Sendable {
 public enum PrecisionChoice: String, CaseIterable, Sendable {
     case auto, bf16, fp32
 
+    /// `auto` runs bf16 only where its products are at least this much faster than float32's:
+    /// native bf16 dot products are not faster on every CPU (on an Intel Xeon family 6 model
+    /// 207 without AMX they ran at half OpenBLAS's AVX-512 sgemm; on Zen 4 and 5 at twice it).
+    public static let bf16Margin = 1.3
+
+    /// bf16 products' rate over float32's on `threads` cores of this CPU (PeakCache: measured
+    /// once per CPU, precision and thread count).
+    public static func measuredBF16Speedup(threads: Int, ranksOnHost: Int = 1) -> Double {
+        PeakCache.peak(.bf16, threads: threads, ranksOnHost: ranksOnHost).gflops / PeakCache.peak(.fp32, threads: threads, ranksOnHost: ranksOnHost).gflops
+    }
+
     /// The precision to run and why (for the run header); throws when bf16 cannot run here.
-    /// `float32Reason`: why the run's strategy needs float32, if it does.
-    public func resolve(float32Reason: String? = nil) throws -> (precision: Precision, reason: String) {
+    /// `float32Reason`: why the run's strategy needs float32, if it does. `bf16Speedup`: for
+    /// `auto` on a CPU with native bf16, bf16 products' rate over float32's (every rank must
+    /// pass the same: set-up takes the ranks' least).
+    public func resolve(float32Reason: String? = nil, bf16Speedup: @autoclosure () -> Double = measuredBF16Speedup(threads: 1)) throws -> (precision: Precision, reason: String) {
         let isa = OneDNN.isaName
         switch self {
         case .fp32: return (.fp32, "requested")
@@ -84,8 +97,11 @@ public enum PrecisionChoice: String, CaseIterable, Sendable {
                 : (.bf16, "requested; emulated: oneDNN reports \(isa), no native bf16 dot products, so slower than fp32")
         case .auto:
             if let float32Reason { return (.fp32, "auto: \(float32Reason)") }
-            return OneDNN.hasNativeBF16 ? (.bf16, "auto: oneDNN reports \(isa), native bf16 dot products")
-                : (.fp32, "auto: oneDNN reports \(isa), no native bf16 dot products")
+            guard OneDNN.hasNativeBF16 else { return (.fp32, "auto: oneDNN reports \(isa), no native bf16 dot products") }
+            let speedup = bf16Speedup()
+            return speedup >= Self.bf16Margin
+                ? (.bf16, String(format: "auto: oneDNN reports %@; bf16 products run %.2f× float32's here", isa, speedup))
+                : (.fp32, String(format: "auto: oneDNN reports %@, but bf16 products run only %.2f× float32's here (bf16 needs %.1f×)", isa, speedup, Self.bf16Margin))
         }
     }
 }
@@ -103,11 +119,12 @@ public enum TrainingSetup {
         let workerComm = baseOptions.outer == nil ? comm : comm.split(color: group.index)
         let peers = baseOptions.outer == nil ? nil : comm.split(color: workerComm.rank)
         var local = LocalResumeCandidate()
+        let speedup = bf16Speedup(request, comm, threads: threads)
         let (trainer, settings, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunSettings, RunData) in
             var settings = RunSettings()
             var options = baseOptions
             options.reduction = reduction(request, options.reduction, worldSize: workerComm.size)
-            (options.precision, settings.precisionReason) = try request.precision.resolve(float32Reason: options.reduction.strategy.float32Reason)
+            (options.precision, settings.precisionReason) = try request.precision.resolve(float32Reason: options.reduction.strategy.float32Reason, bf16Speedup: speedup)
             settings.outDirectory = request.out
             settings.threads = threads
             settings.stopAfter = request.stopAfter
@@ -177,14 +194,25 @@ public enum TrainingSetup {
 
     /// Collective over `comm`: the trainer `bench` times, on `--data` (or random bytes), set up
     /// as `train` would set it up for a synchronous run, and why its precision was chosen.
+    /// `auto`'s bf16 speedup, the same on every rank (collective): each rank measures it on its
+    /// cores where the CPU has native bf16, and the least counts (0 elsewhere, or not `auto`).
+    static func bf16Speedup(_ request: TrainingRequest, _ comm: Communicator, threads: Int) -> Double {
+        guard request.precision == .auto else { return 0 }
+        let mine = [OneDNN.hasNativeBF16 ? PrecisionChoice.measuredBF16Speedup(threads: threads, ranksOnHost: comm.localSize) : 0]
+        var all = [Double](repeating: 0, count: comm.size)
+        mine.withUnsafeBufferPointer { m in all.withUnsafeMutableBufferPointer { comm.allGather(m, into: $0) } }
+        return all.min()!
+    }
+
     public static func benchTrainer(_ request: TrainingRequest, comm: Communicator)
         -> (trainer: Trainer, threads: Int, precisionReason: String) {
         let threads = coresPerRank(request, comm)
         var reason = ""
+        let speedup = bf16Speedup(request, comm, threads: threads)
         let (trainer, corpus) = agreeOnSetup(comm) { () throws -> (Trainer, RunData?) in
             var options = request.options
             options.reduction = reduction(request, options.reduction, worldSize: comm.size)
-            (options.precision, reason) = try request.precision.resolve(float32Reason: options.reduction.strategy.float32Reason)
+            (options.precision, reason) = try request.precision.resolve(float32Reason: options.reduction.strategy.float32Reason, bf16Speedup: speedup)
             let corpus = request.data.isEmpty ? nil : try openData(request.data, validation: [])
             var rng = Xoshiro256(seed: 99)
             let split = corpus?.split ?? TextSplit(bytes: (0..<200_000).map { _ in UInt8(rng.nextBelow(256)) })

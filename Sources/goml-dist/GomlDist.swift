@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import Foundation
+import GomlCore
 import GomlTrain
 import GomlComm
 
@@ -15,6 +16,14 @@ struct GomlDist: ParsableCommand {
                       ExitCodesCommand.self])
 
     static let version = "0.1"
+
+    static func main() {
+        if let core = BLAS.coreTypeToRestartWith {
+            setenv("OPENBLAS_CORETYPE", core, 1)
+            execv("/proc/self/exe", CommandLine.unsafeArgv)   // returns only if it fails: then run as we are
+        }
+        main(nil)
+    }
 
     /// The commit the launch scripts built this binary from: they write it beside the binary
     /// (BINARY.commit), since SwiftPM has no way to stamp it in without rebuilding every target.

@@ -124,8 +124,10 @@ struct PrecisionOptions: ParsableArguments {
         return choice
     }
 
-    /// The precision to run and why (for the header); throws when bf16 cannot run here.
-    func resolve() throws -> (precision: Precision, reason: String) { try choice().resolve() }
+    /// The precision one process runs on `threads` cores and why; throws when bf16 cannot run here.
+    func resolve(threads: Int = 1) throws -> (precision: Precision, reason: String) {
+        try choice().resolve(bf16Speedup: PrecisionChoice.measuredBF16Speedup(threads: threads))
+    }
 }
 
 struct LowCommunicationOptions: ParsableArguments {

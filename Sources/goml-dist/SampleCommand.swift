@@ -27,7 +27,7 @@ struct SampleCommand: ParsableCommand {
         let options = SamplingOptions(temperature: temperature, topK: topK, topP: topP), promptBytes = Array(prompt.utf8)
         do {
             try options.validate()
-            let chosen = try precision.resolve()
+            let chosen = try precision.resolve(threads: threads)
             BLAS.setThreads(threads)
             let model = try Checkpoint.loadModel(try Checkpoint.resolve(ckpt))
             let generator = try TextGenerator(config: model.config, parameters: model.params, precision: chosen.precision, threads: threads)

@@ -31,6 +31,24 @@ final class BenchTests: XCTestCase {
         try assertMFUQuotedAgainstPeak(of: "bf16")
     }
 
+    /// OpenBLAS 0.3.21 falls back to its SSE3 kernels (Prescott) on a CPU newer than it knows
+    /// (Intel family 6 model 207): float32 products then ran 2.6× slower. goml-dist restarts
+    /// itself with the core type OpenBLAS should have chosen, unless the user chose one.
+    func testOpenBLASNeverRunsItsFallbackKernelsWhereTheCPUHasAVX2() throws {
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        guard cpuinfo.contains(" avx2") else { throw XCTSkip("this CPU has no AVX2: Prescott may be OpenBLAS's right choice") }
+        let r = Harness.run("/usr/bin/env", ["-u", "OPENBLAS_CORETYPE", "-u", "OPENBLAS_L2_SIZE", Harness.binary, "bench", "--single",
+                                             "--config", "tiny", "--precision", "fp32", "--warmup", "1", "--steps", "1"])
+        Harness.assertSuccess(r, "bench without OPENBLAS_CORETYPE")
+        let after = try XCTUnwrap(r.stdout.range(of: "BLAS core "), r.stdout).upperBound
+        let core = r.stdout[after...].prefix { $0.isLetter || $0.isNumber }
+        XCTAssertFalse(core.isEmpty, r.stdout)
+        XCTAssertNotEqual(core, "Prescott", r.stdout)
+        let chosen = Harness.run(Harness.binary, ["bench", "--single", "--config", "tiny", "--precision", "fp32", "--warmup", "1", "--steps", "1"],
+                                 environment: ["OPENBLAS_CORETYPE": "Prescott"])
+        XCTAssertTrue(chosen.stdout.contains("BLAS core Prescott"), "a core type the user chose is kept:\n\(chosen.stdout)")
+    }
+
     func testConfigNamesThePresetOnlyWhenNothingIsOverridden() throws {
         XCTAssertEqual(try benchJSON(["--config", "tiny", "--precision", "fp32"])["config"] as? String, "tiny")
         XCTAssertEqual(try benchJSON(["--config", "tiny", "--dim", "32", "--precision", "fp32"])["config"] as? String,
