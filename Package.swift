@@ -29,8 +29,8 @@ let package = Package(
         .target(name: "GomlIO", dependencies: ["GomlCore", "CCorpusGuard"], swiftSettings: optimise),
         // The Communicator protocol alone, so the MPI side needs neither the maths nor the trainer.
         .target(name: "GomlComm", dependencies: ["CBFloat16"], swiftSettings: optimise),
-        .target(name: "GomlTrain", dependencies: ["GomlCore", "GomlIO", "GomlComm"], swiftSettings: optimise),
-        .target(name: "GomlMPI", dependencies: ["CMPI", "CBFloat16", "GomlComm"], swiftSettings: optimise),
+        .target(name: "GomlTrain", dependencies: ["CBFloat16", "GomlCore", "GomlIO", "GomlComm"], swiftSettings: optimise),
+        .target(name: "GomlMPI", dependencies: ["CMPI", "GomlComm"], swiftSettings: optimise),
         .executableTarget(
             name: "goml-dist",
             dependencies: [

@@ -29,38 +29,28 @@ public protocol Communicator: AnyObject {
     /// one's order (a low-communication run's workers, and the peers across them).
     func split(color: Int) -> Communicator
 
-    /// Registers the buckets that `startAllReduceSum` will sum (once, before the first step:
-    /// requests and staging buffers are made here, not per step). Every rank registers the same.
-    /// With `.bf16` the values travel between hosts as bfloat16 and are added in float32.
-    /// `hierarchical`: sum within each host through shared memory first, so one copy per host
-    /// crosses the network (ignored with one rank per host or one host). `what` names the sums
-    /// in the message of a rank that waited too long for them.
-    func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String)
-    /// Starts summing registered bucket `bucket` over ranks in place and returns at once; the
-    /// communicator owns progress. Callable from any thread, one at a time, while no blocking
-    /// collective runs; every rank must start the same buckets in the same order. Every rank
-    /// ends with the same values.
-    func startAllReduceSum(bucket: Int)
-    /// Waits until every started sum has completed; returns the seconds from the first start
-    /// to the last completion (how long the network was busy).
-    func waitForAllReduces() -> Double
+    // Non-blocking collectives on fixed buffers, for GomlTrain's Reducer: made once, started
+    // every step, tested until complete (the engine progresses only inside these calls). Start
+    // and test from one thread at a time; every rank makes and starts the same requests in the
+    // same order. In place throughout.
 
-    /// Registers the buckets of a sharded reduction (once, before the first step; every rank
-    /// registers the same). Rank r owns `counts[r]` elements of each bucket, the ranks' parts
-    /// contiguous in rank order. With `.bf16` the gradients travel as bfloat16, added in float32.
-    func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression)
-    /// Starts summing registered bucket `bucket`'s gradient over ranks; each rank receives only
-    /// the sum of its own part, in place (the other parts are left as they were). Callable from any thread, one at a time, while no blocking collective runs;
-    /// every rank starts the same buckets in the same order.
-    func startReduceScatter(bucket: Int)
-    /// Waits for every started reduce-scatter; returns the seconds the network was busy.
-    func waitForReduceScatters() -> Double
-    /// Starts gathering registered bucket `bucket`'s parameters: each rank's part, in place,
-    /// to every rank. Same calling rules as `startReduceScatter`.
-    func startAllGather(bucket: Int)
-    /// Waits for registered bucket `bucket`'s all-gather, started this step, to complete; returns
-    /// at once when it has been waited for already. Callable from any thread, one at a time.
-    func waitForAllGather(bucket: Int)
+    /// Sums `count` elements at `buffer` over ranks; every rank ends with the sum.
+    func makeAllReduceSum(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement) -> CollectiveRequest
+    /// Sums `count` elements at `buffer` over ranks into `root`'s (the others' stay as they were).
+    /// Not `persistent`: made anew at each start (the engine may keep a buffer while a request lives).
+    func makeReduceSum(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement, root: Int, persistent: Bool) -> CollectiveRequest
+    /// `root`'s `count` elements at `buffer` to every rank.
+    func makeBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement, root: Int) -> CollectiveRequest
+    /// Rank r's `counts[r]` elements, which start at element `counts[..<r].sum()` of `buffer`, to every rank.
+    func makeAllGather(_ buffer: UnsafeMutableRawPointer, counts: [Int], of element: WireElement) -> CollectiveRequest
+    /// A communicator made with this one, so that getting it is no collective (reducers are
+    /// built during set-up, where a rank that failed early must not leave the others waiting).
+    /// nil where this rank is not among its ranks.
+    func companion(_ kind: Companion) -> Communicator?
+    /// Runs `wait` (for requests this rank started) under the collective timeout, which ends the
+    /// job naming `what` when no rank makes progress.
+    func whileWaiting(for what: String, _ wait: () -> Void)
+
     /// Rank r's `send` (`counts[r]` values) placed at its part of `receive` on `root`, the
     /// parts contiguous in rank order (blocking; `receive` is read on `root` only).
     func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int)
@@ -68,26 +58,28 @@ public protocol Communicator: AnyObject {
     func scatter(_ send: UnsafeBufferPointer<Float>, counts: [Int], into receive: UnsafeMutableBufferPointer<Float>, root: Int)
 }
 
-/// One bucket of a sharded reduction: the whole bucket of gradient and of parameters (the same
-/// elements), and how many elements of it each rank owns.
-public struct ShardedBucket {
-    public let gradient: UnsafeMutableBufferPointer<Float>
-    public let parameters: UnsafeMutableBufferPointer<Float>
-    public let counts: [Int]
-    /// Ranges of `parameters` (from its start, ascending) that travel as bfloat16, rounded to
-    /// nearest even (goml_bfloat16.h), through the bucket's `gradient` memory, which is idle
-    /// then; the rest as float32. The caller says which values may round.
-    public let bf16Ranges: [Range<Int>]
-    public init(gradient: UnsafeMutableBufferPointer<Float>, parameters: UnsafeMutableBufferPointer<Float>, counts: [Int],
-                bf16Ranges: [Range<Int>] = []) {
-        precondition(gradient.count == parameters.count && counts.reduce(0, +) == gradient.count)
-        precondition(zip(bf16Ranges, bf16Ranges.dropFirst()).allSatisfy { $0.upperBound <= $1.lowerBound }
-                     && bf16Ranges.allSatisfy { $0.lowerBound >= 0 && $0.upperBound <= parameters.count })
-        self.gradient = gradient
-        self.parameters = parameters
-        self.counts = counts
-        self.bf16Ranges = bf16Ranges
-    }
+/// One non-blocking collective (see `Communicator.makeAllReduceSum` and the others).
+public protocol CollectiveRequest: AnyObject {
+    func start()
+    /// True once the collective started last has completed on this rank.
+    func test() -> Bool
+}
+
+/// The communicators a job's communicator comes with (`Communicator.companion`).
+public enum Companion: CaseIterable, Sendable {
+    /// The same ranks, whose collectives need no common order with the original's.
+    case apart
+    /// This host's ranks, in the original's order; and those again, apart.
+    case host, hostApart
+    /// One rank per host, each host's first.
+    case hostFirsts
+}
+
+/// What one element of a non-blocking collective is: a float32, or a bfloat16 (goml_bfloat16.h),
+/// whose sums are added in float32 and rounded again.
+public enum WireElement: Sendable {
+    case float32, bfloat16
+    public var bytes: Int { self == .float32 ? 4 : 2 }
 }
 
 /// How gradient buckets travel: float32 as computed, or bfloat16 (half the bytes).
@@ -130,21 +122,25 @@ public final class SingleProcessCommunicator: Communicator {
     public func finalize() {}
     public func noteStep(_ step: Int) {}
     public func split(color: Int) -> Communicator { self }
-    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String) {}
-    public func startAllReduceSum(bucket: Int) {}
-    public func waitForAllReduces() -> Double { 0 }
-    // One rank owns every bucket whole: its sum is its gradient, its gather its parameters.
-    public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {}
-    public func startReduceScatter(bucket: Int) {}
-    public func waitForReduceScatters() -> Double { 0 }
-    public func startAllGather(bucket: Int) {}
-    public func waitForAllGather(bucket: Int) {}
+    // One rank: every sum is its own values, every gather and broadcast its own.
+    public func makeAllReduceSum(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement) -> CollectiveRequest { CompletedRequest() }
+    public func makeReduceSum(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement, root: Int, persistent: Bool) -> CollectiveRequest { CompletedRequest() }
+    public func makeBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement, root: Int) -> CollectiveRequest { CompletedRequest() }
+    public func makeAllGather(_ buffer: UnsafeMutableRawPointer, counts: [Int], of element: WireElement) -> CollectiveRequest { CompletedRequest() }
+    public func companion(_ kind: Companion) -> Communicator? { self }
+    public func whileWaiting(for what: String, _ wait: () -> Void) { wait() }
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
         _ = receive.update(fromContentsOf: send)
     }
     public func scatter(_ send: UnsafeBufferPointer<Float>, counts: [Int], into receive: UnsafeMutableBufferPointer<Float>, root: Int) {
         _ = receive.update(fromContentsOf: send)
     }
+}
+
+/// A collective with one rank: complete as soon as started.
+private final class CompletedRequest: CollectiveRequest {
+    func start() {}
+    func test() -> Bool { true }
 }
 
 /// A 64-bit word as its two 32-bit halves, each exact in a Double, so that checksums,

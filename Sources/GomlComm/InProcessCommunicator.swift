@@ -1,10 +1,9 @@
 // InProcessCommunicator: ranks as threads of one process (PyTorch's multi-threaded process
 // group, for tests). It keeps MPICommunicator's contract: collectives match across ranks in
-// the order each rank calls them, non-blocking sums return at once and complete when every
-// rank has started them (the last rank to start one does the arithmetic for all), a wait past
-// the collective timeout ends the process naming the call, and bf16 compression rounds the
-// values on the wire as goml_bfloat16.h does. Sums are added in rank order, so every run of the
-// same ranks gives the same bits.
+// the order each rank calls them, a request completes once every rank has started it (the last
+// rank to start one does the arithmetic for all), a wait past the collective timeout ends the
+// process naming the call, and bf16 elements are summed as MPI's bf16 operator sums them. Sums
+// are added in rank order, so every run of the same ranks gives the same bits.
 
 import CBFloat16
 import Foundation
@@ -138,92 +137,109 @@ public final class InProcessCommunicator: Communicator {
     public func finalize() {}
     public func noteStep(_ step: Int) { self.step = step }
 
-    // MARK: Non-blocking sums of registered buckets (a channel per bucket, as each MPI request is its own)
+    // MARK: Non-blocking requests (a channel each, as each MPI request is its own)
 
-    private var sumBuckets: [UnsafeMutableBufferPointer<Float>] = []
-    private var sumCompression = GradientCompression.none
-    private var sumsWhat = ""
-    private let inFlight = InFlight()
+    /// Requests this rank has made: the next one's number, the same on every rank.
+    private var requestsMade = 0
 
-    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String) {
-        precondition(sumBuckets.isEmpty, "buckets are registered once")
-        sumBuckets = buckets
-        sumCompression = compression
-        sumsWhat = what
+    public func makeAllReduceSum(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement) -> CollectiveRequest {
+        request(buffer, count: count, of: element) { parts in
+            let sum = Self.sum(parts, count: count, of: element)
+            for part in parts { part.input!.copyMemory(from: sum, byteCount: count * element.bytes) }
+        }
     }
 
-    public func startAllReduceSum(bucket: Int) {
-        let compression = sumCompression
-        inFlight.add(.sum, join(.allReduce(bucket), Part(sumBuckets[bucket])) { parts in
-            let sum = Self.sum(parts.map { $0.floats() }, count: parts[0].count, bf16: compression == .bf16)
-            for part in parts { _ = part.floats().update(fromContentsOf: sum) }
-        })
+    public func makeReduceSum(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement, root: Int, persistent: Bool) -> CollectiveRequest {
+        request(buffer, count: count, of: element) { parts in
+            parts[root].input!.copyMemory(from: Self.sum(parts, count: count, of: element), byteCount: count * element.bytes)
+        }
     }
 
-    public func waitForAllReduces() -> Double {
-        inFlight.waitAll(.sum) { wait(for: $0, "the non-blocking sums (\(sumsWhat))") }
+    public func makeBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement, root: Int) -> CollectiveRequest {
+        request(buffer, count: count, of: element) { parts in
+            for (r, part) in parts.enumerated() where r != root { part.input!.copyMemory(from: parts[root].input!, byteCount: count * element.bytes) }
+        }
     }
 
-    private var sharded: [ShardedBucket] = []
-    private var shardedCompression = GradientCompression.none
-
-    public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {
-        precondition(sharded.isEmpty, "sharded buckets are registered once")
-        sharded = buckets
-        shardedCompression = compression
-    }
-
-    /// Each owner's part of the bucket's gradient becomes the sum over ranks; the rest stays.
-    public func startReduceScatter(bucket: Int) {
-        let counts = sharded[bucket].counts, compression = shardedCompression
-        inFlight.add(.reduceScatter, join(.reduceScatter(bucket), Part(sharded[bucket].gradient)) { parts in
+    public func makeAllGather(_ buffer: UnsafeMutableRawPointer, counts: [Int], of element: WireElement) -> CollectiveRequest {
+        request(buffer, count: counts.reduce(0, +), of: element) { parts in
             var start = 0
             for (owner, count) in counts.enumerated() {
-                let pieces = parts.map { UnsafeMutableBufferPointer(rebasing: $0.floats()[start..<(start + count)]) }
-                let sum = Self.sum(pieces, count: count, bf16: compression == .bf16)
-                _ = pieces[owner].update(fromContentsOf: sum)
-                start += count
-            }
-        })
-    }
-
-    public func waitForReduceScatters() -> Double {
-        inFlight.waitAll(.reduceScatter) { wait(for: $0, "the reduce-scatter of gradient buckets") }
-    }
-
-    /// Each rank's part of the bucket's parameters reaches every other rank, its bf16 ranges
-    /// rounded as they travel; a rank's own part stays as it is.
-    public func startAllGather(bucket: Int) {
-        let counts = sharded[bucket].counts, bf16 = sharded[bucket].bf16Ranges
-        inFlight.add(.allGather(bucket), join(.allGather(bucket), Part(sharded[bucket].parameters)) { parts in
-            var start = 0
-            for (owner, count) in counts.enumerated() {
-                let source = parts[owner].floats()
                 for (r, part) in parts.enumerated() where r != owner {
-                    let target = part.floats()
-                    for i in start..<(start + count) { target[i] = source[i] }
-                    for range in bf16 {
-                        for i in range.clamped(to: start..<(start + count)) { target[i] = goml_bf16_to_float(goml_bf16_from_float(source[i])) }
-                    }
+                    (part.input! + start * element.bytes).copyMemory(from: parts[owner].input! + start * element.bytes, byteCount: count * element.bytes)
                 }
                 start += count
             }
-        })
+        }
     }
 
-    public func waitForAllGather(bucket: Int) {
-        _ = inFlight.waitAll(.allGather(bucket)) { wait(for: $0, "the all-gather of updated parameter buckets") }
+    private func request(_ buffer: UnsafeMutableRawPointer, count: Int, of element: WireElement, _ complete: @escaping ([Part]) -> Void) -> CollectiveRequest {
+        requestsMade += 1
+        return InProcessRequest(self, channel: .request(requestsMade), part: Part(UnsafeMutableRawBufferPointer(start: buffer, count: count * element.bytes)),
+                                complete: complete)
     }
+
+    fileprivate func start(_ request: InProcessRequest) -> Operation { join(request.channel, request.part, request.complete) }
+
+    fileprivate func isDone(_ operation: Operation) -> Bool {
+        group.condition.lock()
+        defer { group.condition.unlock() }
+        return operation.done
+    }
+
+    /// The same instance each time, as MPI's: a channel's count of joined operations is the instance's.
+    public func companion(_ kind: Companion) -> Communicator? {
+        companionsLock.lock()
+        defer { companionsLock.unlock() }
+        if let made = companionsMade[kind] { return made }
+        let (sub, index) = group.companion(kind, of: rank)
+        let made = sub.map { InProcessCommunicator(rank: index, group: $0) }
+        companionsMade[kind] = made
+        return made
+    }
+    private var companionsMade: [Companion: InProcessCommunicator?] = [:]
+    private let companionsLock = NSLock()
+
+    public func whileWaiting(for what: String, _ wait: () -> Void) {
+        watchdogLock.lock()
+        if watchdog == nil { watchdog = CollectiveWatchdog(rank: rank, host: hostName, timeout: group.timeout) }
+        let watchdog = watchdog!
+        watchdogLock.unlock()
+        watchdog.step = step
+        watchdog.enter(what)
+        wait()
+        watchdog.leave()
+    }
+    private var watchdog: CollectiveWatchdog?
+    private let watchdogLock = NSLock()
 
     // MARK: The rendezvous
 
-    /// Values in rank order, added in float32 left to right; with `bf16` each value and each
-    /// partial sum is rounded to bfloat16, as MPI's bf16 sum operator adds pairs.
+    /// Values in rank order, added in float32 left to right; with `bf16` each partial sum is
+    /// rounded to bfloat16, as MPI's bf16 sum operator adds pairs.
     private static func sum(_ parts: [UnsafeMutableBufferPointer<Float>], count: Int, bf16: Bool = false) -> [Float] {
         func wire(_ x: Float) -> Float { bf16 ? goml_bf16_to_float(goml_bf16_from_float(x)) : x }
         var sum = parts[0].prefix(count).map(wire)
         for part in parts.dropFirst() { for i in 0..<count { sum[i] = wire(sum[i] + wire(part[i])) } }
         return sum
+    }
+
+    /// The elements of `parts` summed as `sum` adds them, in the parts' own format.
+    private static func sum(_ parts: [Part], count: Int, of element: WireElement) -> [UInt8] {
+        let floats: [UnsafeMutableBufferPointer<Float>] = parts.map { part in
+            let values = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
+            if element == .float32 {
+                _ = values.initialize(from: UnsafeBufferPointer(start: part.input!.assumingMemoryBound(to: Float.self), count: count))
+            } else {
+                let words = part.input!.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<count { values[i] = goml_bf16_to_float(words[i]) }
+            }
+            return values
+        }
+        defer { floats.forEach { $0.deallocate() } }
+        let sum = Self.sum(floats, count: count, bf16: element == .bfloat16)
+        if element == .float32 { return sum.withUnsafeBytes { Array($0) } }
+        return sum.map(goml_bf16_from_float).withUnsafeBytes { Array($0) }
     }
 
     /// Joins the next operation on `channel` with this rank's part; the last of `members` to join
@@ -292,6 +308,27 @@ private final class RankGroup: @unchecked Sendable {
     let condition = NSCondition()
     var operations: [OperationKey: Operation] = [:]
     var size: Int { hostOfRank.count }
+    /// Per companion kind and host (-1: one for every rank), the group, made by the first rank to ask.
+    private var companions: [Companion: [Int: RankGroup]] = [:]
+    private let companionsLock = NSLock()
+
+    /// `rank`'s companion group of `kind` and its index there (nil: not a member).
+    func companion(_ kind: Companion, of rank: Int) -> (RankGroup?, Int) {
+        let sameHost = hostOfRank.indices.filter { hostOfRank[$0] == hostOfRank[rank] }
+        let members: [Int], key: Int
+        switch kind {
+        case .apart: (members, key) = (Array(hostOfRank.indices), -1)
+        case .host, .hostApart: (members, key) = (sameHost, hostOfRank[rank])
+        case .hostFirsts:
+            guard localRank[rank] == 0 else { return (nil, 0) }
+            (members, key) = (hostOfRank.indices.filter { localRank[$0] == 0 }, -1)
+        }
+        companionsLock.lock()
+        defer { companionsLock.unlock() }
+        let group = companions[kind]?[key] ?? RankGroup(hostOfRank: members.map { hostOfRank[$0] }, timeout: timeout)
+        companions[kind, default: [:]][key] = group
+        return (group, members.firstIndex(of: rank)!)
+    }
 
     init(hostOfRank: [Int], timeout: Double) {
         self.hostOfRank = hostOfRank
@@ -303,7 +340,7 @@ private final class RankGroup: @unchecked Sendable {
 /// Collectives on one channel match in order; channels are independent, as MPI communicators
 /// and requests are.
 private enum Channel: Hashable {
-    case blocking, allReduce(Int), reduceScatter(Int), allGather(Int), exchange(Int, Int)
+    case blocking, request(Int), exchange(Int, Int)
 }
 
 private struct OperationKey: Hashable {
@@ -350,30 +387,21 @@ private struct Part {
     }
 }
 
-/// A rank's started non-blocking operations, by kind, until waited for.
-private final class InFlight: @unchecked Sendable {
-    enum Kind: Hashable { case sum, reduceScatter, allGather(Int) }
-    private let lock = NSLock()
-    private var started: [Kind: [Operation]] = [:]
-    private var firstStart: [Kind: Date] = [:]
+/// One request of a rank: its channel, its buffer, and what the last rank to start it does.
+private final class InProcessRequest: CollectiveRequest {
+    let channel: Channel, part: Part, complete: ([Part]) -> Void
+    private unowned let comm: InProcessCommunicator
+    private var operation: Operation?
 
-    func add(_ kind: Kind, _ operation: Operation) {
-        lock.lock()
-        started[kind, default: []].append(operation)
-        if firstStart[kind] == nil { firstStart[kind] = Date() }
-        lock.unlock()
+    init(_ comm: InProcessCommunicator, channel: Channel, part: Part, complete: @escaping ([Part]) -> Void) {
+        self.comm = comm
+        self.channel = channel
+        self.part = part
+        self.complete = complete
     }
 
-    /// Waits for every started operation of `kind`; returns the seconds since the first started.
-    func waitAll(_ kind: Kind, _ wait: (Operation) -> Void) -> Double {
-        lock.lock()
-        let operations = started[kind] ?? [], first = firstStart[kind]
-        started[kind] = nil
-        firstStart[kind] = nil
-        lock.unlock()
-        operations.forEach(wait)
-        return first.map { Date().timeIntervalSince($0) } ?? 0
-    }
+    func start() { operation = comm.start(self) }
+    func test() -> Bool { operation.map(comm.isDone) ?? true }
 }
 
 /// The ranks' results, each set once by its thread.

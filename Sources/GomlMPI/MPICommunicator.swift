@@ -1,12 +1,12 @@
 // MPICommunicator: the only Swift that imports CMPI. Every call is checked; a failure names
 // the call and aborts the whole job. MPI is initialised MPI_THREAD_SERIALIZED: blocking calls
-// come from the main thread, non-blocking collectives are started and tested by ProgressThreads,
-// and one lock around every call (shared by every communicator split from the job's) keeps
-// them from overlapping: the sharded all-gather is still in flight while the main thread
-// exchanges the next step's header (it runs on a communicator of its own, so the two need no
-// common order), and an overlapped DiLoCo outer all-reduce progresses during the next steps. A
-// watchdog ends the job when a collective makes no progress for `collectiveTimeout` seconds (a
-// stopped rank or a lost host), instead of hanging forever.
+// come from the main thread, non-blocking collectives (MPIRequest) are started and tested by
+// the Reducers' threads, and one lock around every call (shared by every communicator split
+// from the job's) keeps them from overlapping: the sharded all-gather is still in flight while
+// the main thread exchanges the next step's header (the Reducer gives it a communicator of its
+// own, so the two need no common order), and an overlapped DiLoCo outer all-reduce progresses
+// during the next steps. A watchdog ends the job when a collective makes no progress for
+// `collectiveTimeout` seconds (a stopped rank or a lost host), instead of hanging forever.
 
 import CMPI
 import Foundation
@@ -19,40 +19,13 @@ public final class MPICommunicator: Communicator {
     public let localSize: Int
     public let hostName: String
     /// The ranks this communicator spans (the job's, or a split of them), and the job's.
-    private let world: MPI_Comm, job: MPI_Comm
-    /// This host's ranks (twice: the hierarchy's reduce and broadcast each keep their own
-    /// order of buckets), and one rank per host (local rank 0; MPI_COMM_NULL elsewhere).
-    private let node: MPI_Comm?, nodeBroadcast: MPI_Comm?, leaders: MPI_Comm?
-    /// `world`'s ranks, for the sharded all-gather alone: it overlaps blocking collectives on `world`.
-    private let gatherWorld: MPI_Comm?
-    /// Hosts in the job.
-    private let hosts: Int
+    let world: MPI_Comm, job: MPI_Comm
     private let watchdog: CollectiveWatchdog
-
-    /// Started by the first non-blocking sum; owns MPI while sums are in flight.
-    private var progress: ProgressThread?
-    /// What the watchdog names while waiting for those sums ("MPI_Iallreduce (what they sum)").
-    private var nonBlockingSumsCall = ""
-
-    /// Microseconds the progress threads sleep between polls of MPI_Test (0: yield the core and
-    /// poll again).
-    public static let defaultPollMicroseconds: UInt32 = 200
-    private let pollMicroseconds: UInt32
-    /// At most this many bytes of parameter all-gathers in flight, in forward order: with every
-    /// bucket started at once the link is shared among all of them and the first layer's
-    /// parameters arrive with the last, so forward waits for them. Fewer bytes leave the link
-    /// idle between buckets. The default is the window that kept forward's waits shortest
-    /// (docs/multihost-bench.md, "A waiting rank polls, gathers in forward order").
-    public static let defaultGatherBytesInFlight = 8_000_000
-    private let gatherBytesInFlight: Int
-    /// Every rank of the job on this host has a core of its own (the job's count, also in
-    /// split communicators): then a rank waiting for a collective may poll without sleeping
-    /// (ProgressThread reads it).
-    var ranksHaveOwnCores = true
+    /// Made with this communicator (nil for a companion itself).
+    private var companions: [Companion: MPICommunicator?]?
 
     /// Initialises MPI (serialized: see the header) and learns this rank's place on its node.
-    public convenience init(collectiveTimeout: Double, pollMicroseconds: UInt32 = defaultPollMicroseconds,
-                            gatherBytesInFlight: Int = defaultGatherBytesInFlight) {
+    public convenience init(collectiveTimeout: Double) {
         Self.defaultTransportSettings()
         var provided: Int32 = 0
         let rc = MPI_Init_thread(nil, nil, goml_mpi_thread_serialized(), &provided)
@@ -68,19 +41,15 @@ public final class MPICommunicator: Communicator {
         var length: Int32 = 0
         MPI_Get_processor_name(&name, &length)
         let host = String(cString: name)
-        self.init(world, job: world, host: host, watchdog: CollectiveWatchdog(rank: Int(r), host: host, timeout: collectiveTimeout),
-                  pollMicroseconds: pollMicroseconds, gatherBytesInFlight: gatherBytesInFlight)
-        ranksHaveOwnCores = localSize <= ProcessInfo.processInfo.activeProcessorCount
+        self.init(world, job: world, host: host, watchdog: CollectiveWatchdog(rank: Int(r), host: host, timeout: collectiveTimeout), companions: true)
         if provided < goml_mpi_thread_serialized() {
             abort("MPI granted thread level \(provided), below MPI_THREAD_SERIALIZED (needed to overlap the all-reduce with backward); use an OpenMPI built with thread support", code: ExitStatus.setup.code)
         }
     }
 
     /// The communicator over `comm`'s ranks; `job` is the whole job's (an abort ends all of it).
-    private init(_ comm: MPI_Comm, job: MPI_Comm, host: String, watchdog: CollectiveWatchdog, pollMicroseconds: UInt32, gatherBytesInFlight: Int) {
+    private init(_ comm: MPI_Comm, job: MPI_Comm, host: String, watchdog: CollectiveWatchdog, companions: Bool) {
         world = comm
-        self.pollMicroseconds = pollMicroseconds
-        self.gatherBytesInFlight = gatherBytesInFlight
         self.job = job
         hostName = host
         self.watchdog = watchdog
@@ -94,21 +63,19 @@ public final class MPICommunicator: Communicator {
         var lr: Int32 = 0, ls: Int32 = 0
         MPI_Comm_rank(node, &lr)
         MPI_Comm_size(node, &ls)
-        var leaders = goml_mpi_comm_null()
-        MPI_Comm_split(comm, lr == 0 ? 0 : goml_mpi_undefined(), r, &leaders)
-        var hostCount = [Int32(lr == 0 ? 1 : 0)]
-        MPI_Allreduce(goml_mpi_in_place(), &hostCount, 1, goml_mpi_int(), goml_mpi_sum(), comm)
-        self.node = node
-        var nodeBroadcast = goml_mpi_comm_null()
-        MPI_Comm_dup(node, &nodeBroadcast)
-        self.nodeBroadcast = nodeBroadcast
-        self.leaders = leaders
-        var gatherWorld = goml_mpi_comm_null()
-        MPI_Comm_dup(world, &gatherWorld)
-        self.gatherWorld = gatherWorld
-        hosts = Int(hostCount[0])
         localRank = Int(lr)
         localSize = Int(ls)
+        guard companions else { MPI_Comm_free(&node); return }
+        func made(_ c: MPI_Comm?) -> MPICommunicator? {
+            guard let c, c != goml_mpi_comm_null() else { return nil }
+            MPI_Comm_set_errhandler(c, goml_mpi_errors_return())
+            return MPICommunicator(c, job: job, host: host, watchdog: watchdog, companions: false)
+        }
+        var apart = goml_mpi_comm_null(), hostApart = goml_mpi_comm_null(), hostFirsts = goml_mpi_comm_null()
+        MPI_Comm_dup(comm, &apart)
+        MPI_Comm_dup(node, &hostApart)
+        MPI_Comm_split(comm, lr == 0 ? 0 : goml_mpi_undefined(), r, &hostFirsts)
+        self.companions = [.apart: made(apart), .host: made(node), .hostApart: made(hostApart), .hostFirsts: made(hostFirsts)]
     }
 
     /// The split shares this rank's watchdog (MPI calls are serialized, so one is in progress at
@@ -117,10 +84,18 @@ public final class MPICommunicator: Communicator {
         var part = goml_mpi_comm_null()
         check("MPI_Comm_split") { MPI_Comm_split(world, Int32(color), Int32(rank), &part) }
         MPI_Comm_set_errhandler(part, goml_mpi_errors_return())
-        let split = MPICommunicator(part!, job: job, host: hostName, watchdog: watchdog, pollMicroseconds: pollMicroseconds,
-                                    gatherBytesInFlight: gatherBytesInFlight)
-        split.ranksHaveOwnCores = ranksHaveOwnCores
-        return split
+        return MPICommunicator(part!, job: job, host: hostName, watchdog: watchdog, companions: true)
+    }
+
+    public func companion(_ kind: Companion) -> Communicator? {
+        guard let companions else { preconditionFailure("a companion communicator has no companions") }
+        return companions[kind]!
+    }
+
+    public func whileWaiting(for what: String, _ wait: () -> Void) {
+        watchdog.enter(what)
+        wait()
+        watchdog.leave()
     }
 
     /// libnbc's non-blocking all-reduce (the bucketed one of --no-shard and the hierarchy's
@@ -200,86 +175,6 @@ public final class MPICommunicator: Communicator {
         exit(code)
     }
 
-    public func prepareNonBlockingSums(_ buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression, hierarchical: Bool, what: String) {
-        precondition(progress == nil, "buckets are registered once")
-        nonBlockingSumsCall = "MPI_Iallreduce (\(what))"
-        let phases: [ProgressThread.Phase]
-        if hierarchical && localSize > 1 && hosts > 1 {
-            phases = localRank == 0 ? [.hostReduce, .allReduce, .hostBroadcast] : [.hostReduce, .hostBroadcast]
-        } else {
-            phases = [.allReduce]
-        }
-        progress = ProgressThread(owner: self, world: phases.count == 1 ? world : leaders, node: node, nodeBroadcast: nodeBroadcast, phases: phases,
-                                  buckets: buckets, compression: compression, pollMicroseconds: pollMicroseconds)
-    }
-
-    public func startAllReduceSum(bucket: Int) {
-        guard let progress else { preconditionFailure("startAllReduceSum before prepareNonBlockingSums") }
-        progress.enqueue(bucket)
-    }
-
-    public func waitForAllReduces() -> Double {
-        progress.map { thread in watched(nonBlockingSumsCall) { thread.waitAll() } } ?? 0
-    }
-
-    /// Runs `wait` (for collectives a progress thread started) under the watchdog as `call`.
-    private func watched<T>(_ call: String, _ wait: () -> T) -> T {
-        watchdog.enter(call)
-        defer { watchdog.leave() }
-        return wait()
-    }
-
-    /// Sharded buckets: one progress thread reduce-scatters gradients, another all-gathers
-    /// parameters (on `gatherWorld`), each bucket waited for by the forward that reads it.
-    private var reduceScatters: ProgressThread?, allGathers: ProgressThread?
-
-    public func prepareShardedBuckets(_ buckets: [ShardedBucket], compression: GradientCompression) {
-        precondition(reduceScatters == nil, "sharded buckets are registered once")
-        let counts = buckets.map { $0.counts }
-        // The reduce-scatter is one reduce per owner and bucket, each rank's part summed in place
-        // on its owner. OpenMPI 4.1's persistent MPIX_Reduce_scatter_init (libnbc: a reduce to
-        // rank 0, then a scatter) keeps a whole-bucket buffer per request on rank 0: a second
-        // gradient there. Each reduce is started anew every step, also to save memory
-        // (ProgressThread.start; docs/multihost-bench.md, "Sharding").
-        var parts: [UnsafeMutableBufferPointer<Float>] = [], owners: [Int32] = []
-        for bucket in buckets {
-            var start = 0
-            for (owner, count) in bucket.counts.enumerated() {
-                parts.append(UnsafeMutableBufferPointer(rebasing: bucket.gradient[start..<(start + count)]))
-                owners.append(Int32(owner))
-                start += count
-            }
-        }
-        reduceScatters = ProgressThread(owner: self, world: world, node: nil, nodeBroadcast: nil, phases: [.reduceToOwner],
-                                        buckets: parts, compression: compression, owners: owners, pollMicroseconds: pollMicroseconds)
-        allGathers = ProgressThread(owner: self, world: gatherWorld, node: nil, nodeBroadcast: nil, phases: [.allGather],
-                                    buckets: buckets.map(\.parameters), compression: .none, shardCounts: counts, pollMicroseconds: pollMicroseconds,
-                                    maxBytesInFlight: gatherBytesInFlight,
-                                    gatherWires: buckets.map { $0.bf16Ranges.isEmpty ? nil : GatherWire($0) })
-    }
-
-    public func startReduceScatter(bucket: Int) {
-        guard let reduceScatters else { preconditionFailure("startReduceScatter before prepareShardedBuckets") }
-        for owner in 0..<size { reduceScatters.enqueue(bucket * size + owner) }
-    }
-
-    public func waitForReduceScatters() -> Double {
-        reduceScatters.map { thread in watched("MPI_Reduce (overlapped reduce-scatter of gradient buckets)") { thread.waitAll() } } ?? 0
-    }
-
-    public func startAllGather(bucket: Int) {
-        guard let allGathers else { preconditionFailure("startAllGather before prepareShardedBuckets") }
-        allGathers.enqueue(bucket)
-    }
-
-    /// The most bytes of parameter all-gathers that were in flight at once so far.
-    public var gatherPeakBytesInFlight: Int { allGathers?.peakBytesInFlight ?? 0 }
-
-    public func waitForAllGather(bucket: Int) {
-        guard let allGathers else { return }
-        watched("MPI_Allgatherv (updated parameter buckets)") { allGathers.wait(for: bucket) }
-    }
-
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
         let counts32 = counts.map { Int32($0) }, displacements = counts32.indices.map { r in counts32[..<r].reduce(0, +) }
         check("MPI_Gatherv") {
@@ -311,11 +206,9 @@ extension MPICommunicator {
     }
 
     /// The job's communicator: MPI under a launcher, unless `single`; else this process alone.
-    /// `gatherMBInFlight` ≤ 0 leaves the parameter all-gathers uncapped.
-    public static func forThisJob(single: Bool, collectiveTimeout: Double, pollMicroseconds: UInt32, gatherMBInFlight: Double) -> Communicator {
+    public static func forThisJob(single: Bool, collectiveTimeout: Double) -> Communicator {
         setvbuf(stdout, nil, _IOLBF, 0)   // lines appear live under mpirun
         guard !single && launchedByMPI else { return SingleProcessCommunicator() }
-        return MPICommunicator(collectiveTimeout: collectiveTimeout, pollMicroseconds: pollMicroseconds,
-                               gatherBytesInFlight: gatherMBInFlight > 0 ? Int(min(gatherMBInFlight, 1e6) * 1e6) : 0)
+        return MPICommunicator(collectiveTimeout: collectiveTimeout)
     }
 }

@@ -44,26 +44,26 @@ public enum CollectiveBench {
         // Small finite values, so bfloat16 rounding sees ordinary numbers and repeated sums stay finite.
         for i in 0..<layout.count { gradient.pointer[i] = 1e-6; parameters.pointer[i] = 1e-3 }
         let whole = UnsafeMutableBufferPointer(rebasing: gradient.pointer[0..<layout.count])
-        comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: gradient.pointer[$0]) },
-                                    compression: communication.compression, hierarchical: communication.hierarchical, what: "benchmarked gradient buckets")
-        comm.prepareShardedBuckets(buckets.indices.map { b in
+        let sums = Reducer.allReduce(comm, buckets: buckets.map { UnsafeMutableBufferPointer(rebasing: gradient.pointer[$0]) },
+                                     compression: communication.compression, hierarchical: communication.hierarchical, pacing: communication.pacing,
+                                     what: "MPI_Iallreduce (benchmarked gradient buckets)")
+        let sharded = Reducer.sharded(comm, buckets: buckets.indices.map { b in
             ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradient.pointer[buckets[b]]),
                           parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[buckets[b]]), counts: shards.counts(b))
-        }, compression: communication.compression)
-
+        }, compression: communication.compression, pacing: communication.pacing)
         let n = Double(comm.size), float = MemoryLayout<Float>.stride
         let bufferBytes = layout.count * float, perBucket = buckets.map { $0.count * float }
         let summedWire = communication.compression == .bf16 ? layout.count * 2 : bufferBytes
-        let reduceScatter = { for b in buckets.indices { comm.startReduceScatter(bucket: b) }; _ = comm.waitForReduceScatters() }
-        let allGather = { for b in buckets.indices { comm.startAllGather(bucket: b) }; for b in buckets.indices { comm.waitForAllGather(bucket: b) } }
+        let reduceScatter = { for b in buckets.indices { sharded.reduceScatter.start(b) }; _ = sharded.reduceScatter.waitAll() }
+        let allGather = { for b in buckets.indices { sharded.allGather.start(b) }; for b in buckets.indices { sharded.allGather.wait(for: b) } }
         var cases: [(name: String, buckets: [Int], wire: Int, bound: Double, boundText: String, body: () -> Void)] = []
         // The blocking all-reduce sends float32 only.
         if communication.compression == .none {
             cases.append(("allreduce_blocking", [bufferBytes], bufferBytes, 2 * (n - 1) / n, "2(N-1)/N x wire bytes", { comm.allReduceSum(whole) }))
         }
         cases.append(("allreduce_buckets", perBucket, summedWire, 2 * (n - 1) / n, "2(N-1)/N x wire bytes", {
-            for b in buckets.indices { comm.startAllReduceSum(bucket: b) }
-            _ = comm.waitForAllReduces()
+            for b in buckets.indices { sums.start(b) }
+            _ = sums.waitAll()
         }))
         cases.append(("reduce_scatter", perBucket, summedWire, (n - 1) / n, "(N-1)/N x wire bytes", reduceScatter))
         cases.append(("all_gather", perBucket, bufferBytes, (n - 1) / n, "(N-1)/N x wire bytes (float32)", allGather))

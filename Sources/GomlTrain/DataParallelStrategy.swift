@@ -69,6 +69,8 @@ public protocol DataParallelStrategy: AnyObject {
     var passes: PassPlan { get }
     /// The reduction as the run header names it, e.g. "allreduce, after backward".
     var summary: String { get }
+    /// The most bytes of parameter all-gathers in flight at once so far (sharded; bench reports it).
+    var gatherPeakBytesInFlight: Int { get }
 
     /// Before a step's first pass.
     func beginStep()
@@ -106,6 +108,7 @@ extension DataParallelStrategy {
     /// change it) between a run and its resumption.
     public static var float32Reason: String? { nil }
     public static var needsOneBLASThread: Bool { false }
+    public var gatherPeakBytesInFlight: Int { 0 }
     public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }
 
     /// Global norm, clip and AdamW: the one place every strategy's update is decided. No update

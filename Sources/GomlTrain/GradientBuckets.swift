@@ -2,9 +2,8 @@
 // the reduction of that sum over ranks in buckets (an all-reduce, or a sharded reduce-scatter),
 // each started once it is final on every worker. During backward (overlap)
 // Transformer.gradientsFinal reports "final from offset x on"; after backward everything is
-// final at once. This file decides buckets and sums workers; the communicator owns starting,
-// progress and waiting (see MPICommunicator's ProgressThread). Used by ReplicatedAllReduce and
-// ShardedAllReduce.
+// final at once. This file decides buckets and sums workers; a Reducer starts, progresses and
+// waits for them. Used by ReplicatedAllReduce and ShardedAllReduce.
 
 import Foundation
 import GomlComm
@@ -52,27 +51,23 @@ final class BucketedReduction {
     /// Per worker: the offset from which its gradients are final (count: none yet).
     private let frontiers: UnsafeMutableBufferPointer<Int>
     private var nextBucket = 0
-    /// Starts the communicator's reduction of one bucket, and waits for all started ones
-    /// (returning the seconds the network was busy). The buckets are registered already.
-    private let start: (Int) -> Void, waitAll: () -> Double
+    /// Reduces the started buckets of the workers' sum.
+    private let reducer: Reducer
 
-    init(buckets: [Range<Int>], gradients: WorkerGradients, start: @escaping (Int) -> Void, waitAll: @escaping () -> Double) {
+    init(buckets: [Range<Int>], gradients: WorkerGradients, reducer: Reducer) {
         self.buckets = buckets
         self.gradients = gradients
-        self.start = start
-        self.waitAll = waitAll
+        self.reducer = reducer
         frontiers = .allocate(capacity: gradients.buffers.count)
         frontiers.initialize(repeating: gradients.sum.count)
     }
 
-    /// An all-reduce of `buckets` of the workers' sum, registered with `comm` (once: no collective).
-    static func allReduce(buckets: [Range<Int>], gradients: WorkerGradients, comm: Communicator, compression: GradientCompression,
-                          hierarchical: Bool) -> BucketedReduction {
+    /// An all-reduce of `buckets` of the workers' sum. Collective.
+    static func allReduce(buckets: [Range<Int>], gradients: WorkerGradients, comm: Communicator, communication: CommunicationSettings) -> BucketedReduction {
         let sum = gradients.sum
-        comm.prepareNonBlockingSums(buckets.map { UnsafeMutableBufferPointer(rebasing: sum.pointer[$0]) }, compression: compression,
-                                    hierarchical: hierarchical, what: "overlapped gradient buckets")
-        return BucketedReduction(buckets: buckets, gradients: gradients, start: { comm.startAllReduceSum(bucket: $0) },
-                                 waitAll: { comm.waitForAllReduces() })
+        let reducer = Reducer.allReduce(comm, buckets: buckets.map { UnsafeMutableBufferPointer(rebasing: sum.pointer[$0]) }, compression: communication.compression,
+                                        hierarchical: communication.hierarchical, pacing: communication.pacing, what: "MPI_Iallreduce (overlapped gradient buckets)")
+        return BucketedReduction(buckets: buckets, gradients: gradients, reducer: reducer)
     }
 
     deinit { frontiers.deallocate() }
@@ -92,7 +87,7 @@ final class BucketedReduction {
         for f in frontiers where f > final { final = f }
         while nextBucket < buckets.count && buckets[nextBucket].lowerBound >= final {
             gradients.addWorkers(buckets[nextBucket])
-            start(nextBucket)
+            reducer.start(nextBucket)
             nextBucket += 1
         }
     }
@@ -105,6 +100,6 @@ final class BucketedReduction {
     /// Waits for the buckets still in flight; returns the seconds the network was busy.
     func finishStep() -> Double {
         precondition(nextBucket == buckets.count, "backward ended with \(buckets.count - nextBucket) gradient bucket(s) never final")
-        return waitAll()
+        return reducer.waitAll()
     }
 }

@@ -78,9 +78,9 @@ public final class OuterSync {
     /// seconds it ran while the next inner step computed (hidden).
     public private(set) var exposed = 0.0, hidden = 0.0
 
-    /// Registers the outer all-reduce's buckets (no collective here).
+    /// Makes the outer all-reduce's reducer (no collective here).
     public init(options: OuterSyncOptions, world: Communicator, worker: Communicator, peers: Communicator, group: WorkerGroup,
-                trainer: Trainer) {
+                trainer: Trainer, pacing: ReducerPacing) {
         self.options = options
         self.world = world
         self.worker = worker
@@ -97,11 +97,13 @@ public final class OuterSync {
         // MPI counts are 32-bit: Δ goes in buckets of at most 2^28 values.
         let chunk = 1 << 28
         let buckets = stride(from: 0, to: count, by: chunk).map { UnsafeMutableBufferPointer(rebasing: scratch.pointer[$0..<min(count, $0 + chunk)]) }
-        peers.prepareNonBlockingSums(buckets, compression: options.compression, hierarchical: false, what: "DiLoCo's outer pseudo-gradient")
+        sums = Reducer.allReduce(peers, buckets: buckets, compression: options.compression, hierarchical: false, pacing: pacing,
+                                 what: "MPI_Iallreduce (DiLoCo's outer pseudo-gradient)")
         bucketCount = buckets.count
     }
 
     private let bucketCount: Int
+    private let sums: Reducer
     private var lossAndFinite = [0.0, 0.0]
 
     /// Bytes each rank hands the outer all-reduce per outer step: the whole Δ, float32 or bf16.
@@ -137,7 +139,7 @@ public final class OuterSync {
         } else {
             let started = DispatchTime.now().uptimeNanoseconds
             startOuterSum()
-            _ = peers.waitForAllReduces()
+            _ = sums.waitAll()
             exposed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
             hidden = 0
             outer.update(global.pointer, pseudoGradient: UnsafeBufferPointer(scratch.pointer), gradScale: 1 / Float(options.workers))
@@ -153,14 +155,14 @@ public final class OuterSync {
         while faultLostDuringOuterSum { sleep(3600) }
         let g = global.base, p = trainer.params.base, d = scratch.base
         for i in 0..<scratch.count { d[i] = g[i] - p[i] }
-        for bucket in 0..<bucketCount { peers.startAllReduceSum(bucket: bucket) }
+        for bucket in 0..<bucketCount { sums.start(bucket) }
     }
 
     /// The delayed outer step: θ_global moved by the summed Δ, and the worker continues from
     /// it plus what it learnt since its Δ left: θ_worker ← θ_global + (θ_worker − snapshot).
     private func applyOverlapped() {
         let started = DispatchTime.now().uptimeNanoseconds
-        let busy = pending == .inFlight ? peers.waitForAllReduces() : 0
+        let busy = pending == .inFlight ? sums.waitAll() : 0
         exposed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         hidden = max(0, busy - exposed)
         pending = .none
@@ -215,7 +217,7 @@ public final class OuterSync {
     /// outer momentum.
     func withWorkerStates(_ body: (OuterCheckpoint) -> Void) {
         // An outer sum in flight is awaited and stored; it is applied after the next step as planned.
-        if pending == .inFlight { _ = peers.waitForAllReduces(); pending = .arrived }
+        if pending == .inFlight { _ = sums.waitAll(); pending = .arrived }
         trainer.waitForParameters()
         trainer.strategy.withWholeState(at: [0]) { _, m, v in
             // Only each worker's rank 0 is here: the peers at index 0 are exactly those ranks.

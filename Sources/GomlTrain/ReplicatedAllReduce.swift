@@ -27,6 +27,8 @@ public struct CommunicationSettings: Sendable {
     /// Fault injection for tests (hidden --fault-lost-gather-rank): sharded, this rank starts no
     /// all-gather and stops responding in the next forward, as a rank lost during it would.
     public var faultLostDuringGather = false
+    /// How the reducers' threads poll and how many bytes of all-gather fly at once.
+    public var pacing = ReducerPacing()
     public init() {}
 }
 
@@ -35,7 +37,7 @@ public final class ReplicatedAllReduce: ReplicatedStrategy {
     private enum Schedule {
         /// Bucket by bucket, each started as backward makes it final on every worker.
         case duringBackward(BucketedReduction)
-        /// After backward, the whole gradient as one registered bucket (the communicator compresses it).
+        /// After backward, the whole gradient as one bucket (its reducer compresses it).
         case afterBackward(BucketedReduction)
         /// After backward, one blocking float32 sum.
         case afterBackwardBlocking
@@ -60,8 +62,7 @@ public final class ReplicatedAllReduce: ReplicatedStrategy {
         self.gradients = gradients
         replica = ReplicatedOptimizer(layout: layout, config: options.optimizer, gradient: gradients.sum)
         func buckets(_ ranges: [Range<Int>]) -> BucketedReduction {
-            .allReduce(buckets: ranges, gradients: gradients, comm: comm, compression: communication.compression,
-                       hierarchical: communication.hierarchical)
+            .allReduce(buckets: ranges, gradients: gradients, comm: comm, communication: communication)
         }
         schedule = communication.overlap ? .duringBackward(buckets(gradientBuckets(layout, bucketBytes: communication.bucketBytes)))
             : communication.compression != .none ? .afterBackward(buckets([0..<layout.count]))

@@ -58,6 +58,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private let momentOffsets: [Int]
     /// This rank's squared-norm share, and every rank's, in rank order. [1], [N]
     private let partialNorm: UnsafeMutableBufferPointer<Double>, partialNorms: UnsafeMutableBufferPointer<Double>
+    /// The parameters' all-gather, bucket by bucket as each slice is updated.
+    private let gathers: Reducer
+    public var gatherPeakBytesInFlight: Int { gathers.peakBytesInFlight }
 
     public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
         try PassPlan.validateMicroBatches(options, worldSize: worldSize)
@@ -84,15 +87,15 @@ public final class ShardedAllReduce: DataParallelStrategy {
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
         momentOffsets = offsets
         let parameters = parameters, operands = bf16Weights ? layout.productOperands.map(\.range) : []
-        comm.prepareShardedBuckets(shards.buckets.indices.map { b in
+        let reducers = Reducer.sharded(comm, buckets: shards.buckets.indices.map { b in
             let bucket = shards.buckets[b]
             return ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradients.sum.pointer[bucket]),
                                  parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[bucket]), counts: shards.counts(b),
                                  bf16Ranges: operands.map { $0.clamped(to: bucket) }.filter { !$0.isEmpty }
                                     .map { ($0.lowerBound - bucket.lowerBound)..<($0.upperBound - bucket.lowerBound) })
-        }, compression: communication.compression)
-        reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, start: { comm.startReduceScatter(bucket: $0) },
-                                      waitAll: { comm.waitForReduceScatters() })
+        }, compression: communication.compression, pacing: communication.pacing)
+        gathers = reducers.allGather
+        reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, reducer: reducers.reduceScatter)
         partialNorm = .allocate(capacity: 1)
         partialNorm.initialize(repeating: 0)
         partialNorms = .allocate(capacity: comm.size)
@@ -177,7 +180,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         defer { arrivalLock.unlock() }
         while settings.faultLostDuringGather && arrived < forwardOrder.count { sleep(3600) }
         while arrived < forwardOrder.count && shards.buckets[forwardOrder[arrived]].lowerBound < offset {
-            comm.waitForAllGather(bucket: forwardOrder[arrived])
+            gathers.wait(for: forwardOrder[arrived])
             arrived += 1
         }
     }
@@ -188,7 +191,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// rank starts all of them in forward order, its empty slices included.
     private func startGather(forwardIndex: Int) {
         if settings.faultLostDuringGather { return }
-        comm.startAllGather(bucket: forwardOrder[forwardIndex])
+        gathers.start(forwardOrder[forwardIndex])
     }
 
     /// The slices are gathered to each writer in turn (m into the gradient buffer, unused between

@@ -110,6 +110,7 @@ public enum TrainingSetup {
     /// Collective over `comm`: checks the request on every rank and builds the run, or ends
     /// every rank together with one message (SetupAgreement). `comm` spans the whole job.
     public static func run(_ request: TrainingRequest, comm: Communicator) -> TrainingRun {
+        let request = paced(request, comm)
         let hosts = RankHosts.gather(comm)
         let threads = coresPerRank(request, comm)
         // Before any rank's buffers exist, which MemAvailable would otherwise already exclude.
@@ -184,7 +185,8 @@ public enum TrainingSetup {
         }
         BLAS.setThreads(trainer.blasThreads)
         let mode: RunMode = trainer.options.outer.map { options in
-            let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer)
+            let outer = OuterSync(options: options, world: comm, worker: workerComm, peers: peers!, group: group, trainer: trainer,
+                                  pacing: request.communication.pacing)
             outer.faultNoRestart = request.faults.outerNoRestart
             outer.faultLostDuringOuterSum = request.faults.lostOuterRank == comm.rank
             return outer
@@ -194,6 +196,14 @@ public enum TrainingSetup {
 
     /// Collective over `comm`: the trainer `bench` times, on `--data` (or random bytes), set up
     /// as `train` would set it up for a synchronous run, and why its precision was chosen.
+    /// The request with its reducers' pacing set for this job: a waiting thread's core is idle
+    /// only when every rank on the host has a core of its own.
+    static func paced(_ request: TrainingRequest, _ comm: Communicator) -> TrainingRequest {
+        var paced = request
+        paced.communication.pacing.ranksHaveOwnCores = comm.localSize <= ProcessInfo.processInfo.activeProcessorCount
+        return paced
+    }
+
     /// `auto`'s bf16 speedup, the same on every rank (collective): each rank measures it on its
     /// cores where the CPU has native bf16, and the least counts (0 elsewhere, or not `auto`).
     static func bf16Speedup(_ request: TrainingRequest, _ comm: Communicator, threads: Int) -> Double {
@@ -206,6 +216,7 @@ public enum TrainingSetup {
 
     public static func benchTrainer(_ request: TrainingRequest, comm: Communicator)
         -> (trainer: Trainer, threads: Int, precisionReason: String) {
+        let request = paced(request, comm)
         let threads = coresPerRank(request, comm)
         var reason = ""
         let speedup = bf16Speedup(request, comm, threads: threads)

@@ -72,7 +72,7 @@ struct BenchCommand: ParsableCommand {
         var context = BenchContext()
         context.config = config; context.threads = threads; context.ranks = comm.size
         context.precisionReason = precisionReason; context.peakGFLOPS = peak.gflops; context.peakSource = peak.source
-        context.gatherPeakMB = Double((comm as? MPICommunicator)?.gatherPeakBytesInFlight ?? 0) / 1e6
+        context.gatherPeakMB = Double(trainer.strategy.gatherPeakBytesInFlight) / 1e6
         context.gatherMBInFlight = parallel.gatherMBInFlight; context.bucketMB = parallel.bucketMB
         context.communication = request.communication
         comm.finalize()

@@ -26,7 +26,7 @@ struct GradcheckCommand: ParsableCommand {
 
     func run() throws {
         guard let kinds = ffn == "all" ? FFNKind.allCases : FFNKind(rawValue: ffn).map({ [$0] }) else { fail("unknown --ffn '\(ffn)': use swiglu, gelu or all") }
-        let fault = try faultBackward.map { name in
+        let fault = faultBackward.map { name in
             guard let known = BackwardFault(rawValue: name) else {
                 fail("unknown --fault-backward '\(name)': use \(BackwardFault.allCases.map(\.rawValue).joined(separator: " or "))")
             }

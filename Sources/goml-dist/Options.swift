@@ -76,16 +76,16 @@ struct ParallelOptions: ParsableArguments {
     @Flag(name: .customLong("no-shard"), help: "Keep the whole AdamW state on every rank and all-reduce gradients (the default on several ranks shards them: reduce-scatter, AdamW on 1/N, all-gather).")
     var noShard = false
     @Option(name: .customLong("progress-poll-us"), help: ArgumentHelp("Microseconds the communication thread sleeps between MPI_Test polls (0: yield and poll again); for link-efficiency measurements.", visibility: .hidden))
-    var progressPollMicroseconds: UInt32 = MPICommunicator.defaultPollMicroseconds
+    var progressPollMicroseconds: UInt32 = ReducerPacing().pollMicroseconds
     @Option(name: .customLong("gather-mb-in-flight"), help: ArgumentHelp("Sharded: MB of parameter all-gathers in flight at once, in forward order (the first bucket at least); for link-efficiency measurements.", visibility: .hidden))
-    var gatherMBInFlight: Double = Double(MPICommunicator.defaultGatherBytesInFlight) / 1e6
+    var gatherMBInFlight: Double = Double(ReducerPacing().gatherBytesInFlight) / 1e6
     @Flag(name: .customLong("gather-fp32-weights"), help: ArgumentHelp("Sharded at bf16: all-gather the matrices as float32, not bf16 (the same bits, twice the bytes); for measurements and the test that they agree.", visibility: .hidden))
     var gatherFP32Weights = false
     @Flag(help: ArgumentHelp("With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).", visibility: .hidden))
     var hierarchical = false
 
     func communicator() -> Communicator {
-        MPICommunicator.forThisJob(single: single, collectiveTimeout: collectiveTimeout, pollMicroseconds: progressPollMicroseconds, gatherMBInFlight: gatherMBInFlight)
+        MPICommunicator.forThisJob(single: single, collectiveTimeout: collectiveTimeout)
     }
 
     /// The requested reduction (TrainingSetup decides whether it is sharded).
@@ -108,6 +108,8 @@ struct ParallelOptions: ParsableArguments {
         c.compression = compression
         c.hierarchical = hierarchical
         c.bf16Weights = !gatherFP32Weights
+        c.pacing.pollMicroseconds = progressPollMicroseconds
+        c.pacing.gatherBytesInFlight = gatherMBInFlight > 0 ? Int(min(gatherMBInFlight, 1e6) * 1e6) : 0
         return c
     }
 }

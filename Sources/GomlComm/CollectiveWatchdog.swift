@@ -1,17 +1,17 @@
 import Foundation
-import GomlComm
 
-/// Watches the MPI call in progress from a second thread (which never calls MPI) and ends
-/// the process when one lasts longer than the timeout; mpirun then takes the job down.
-final class CollectiveWatchdog: @unchecked Sendable {
+/// Watches the collective call in progress from a second thread (which never calls into the
+/// engine) and ends the process when one lasts longer than the timeout; mpirun then takes the
+/// job down.
+public final class CollectiveWatchdog: @unchecked Sendable {
     private let lock = NSLock()
     private var call: String?
     private var since = Date()
     private var stopped = false
-    var step = 0
+    public var step = 0
     private let rank: Int, host: String, timeout: Double
 
-    init(rank: Int, host: String, timeout: Double) {
+    public init(rank: Int, host: String, timeout: Double) {
         self.rank = rank; self.host = host; self.timeout = timeout
         guard timeout > 0 else { return }
         let thread = Thread { [weak self] in
@@ -20,9 +20,9 @@ final class CollectiveWatchdog: @unchecked Sendable {
         thread.start()
     }
 
-    func enter(_ name: String) { lock.lock(); call = name; since = Date(); lock.unlock() }
-    func leave() { lock.lock(); call = nil; lock.unlock() }
-    func stop() { lock.lock(); stopped = true; lock.unlock() }
+    public func enter(_ name: String) { lock.lock(); call = name; since = Date(); lock.unlock() }
+    public func leave() { lock.lock(); call = nil; lock.unlock() }
+    public func stop() { lock.lock(); stopped = true; lock.unlock() }
 
     /// False once stopped.
     private func tick() -> Bool {

@@ -1,5 +1,4 @@
 import CBFloat16
-import GomlComm
 
 /// How one bucket's parameters travel when parts of them are bfloat16 values (their holders
 /// round them so): each rank's slice, piece by piece in element order, bf16 pieces as one 16-bit
@@ -14,11 +13,11 @@ struct GatherWire {
     let wire: UnsafeMutableRawPointer
     /// Bytes on the wire, all slices.
     let bytes: Int
-    /// Per rank: its slice's 16-bit words on the wire, and where they start (MPI reads them while the request lives).
-    let counts: UnsafeMutableBufferPointer<Int32>, offsets: UnsafeMutableBufferPointer<Int32>
+    /// Per rank: its slice's 16-bit words on the wire, the slices in rank order.
+    let words: [Int]
 
     init(_ bucket: ShardedBucket) {
-        var pieces: [[Piece]] = [], words: [Int32] = [], start = 0, position = 0
+        var pieces: [[Piece]] = [], words: [Int] = [], start = 0, position = 0
         for count in bucket.counts {
             let slice = start..<(start + count), first = position
             var mine: [Piece] = [], at = slice.lowerBound
@@ -35,7 +34,7 @@ struct GatherWire {
                 at = part.upperBound
             }
             add(at..<slice.upperBound, bf16: false)
-            words.append(Int32(position - first))
+            words.append(position - first)
             pieces.append(mine)
             start += count
         }
@@ -43,10 +42,7 @@ struct GatherWire {
         self.pieces = pieces
         wire = UnsafeMutableRawPointer(bucket.gradient.baseAddress!)
         bytes = position * 2
-        counts = .allocate(capacity: words.count)
-        _ = counts.initialize(from: words)
-        offsets = .allocate(capacity: words.count)
-        _ = offsets.initialize(from: words.indices.map { Int32(words[..<$0].reduce(0, +)) })
+        self.words = words
     }
 
     /// Writes `rank`'s slice of `values` to its place on the wire, bf16 pieces rounded by
