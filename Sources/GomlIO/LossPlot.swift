@@ -102,14 +102,14 @@ public enum LossPlot {
         }
 
         // Legend: one row per run and series.
-        var rows: [(text: String, colour: String, dashed: Bool)] = []
+        var rows: [(text: String, colour: String, dash: String)] = []
         for (i, run) in runs.enumerated() {
             let colour = palette[i % palette.count]
             let described = sameSummary || run.summary.isEmpty ? run.name : "\(run.name) (\(run.summary))"
             let prefix = runs.count > 1 ? described + " — " : ""
-            rows.append((prefix + "training (smoothed; raw faint)", colour, false))
+            rows.append((prefix + "training (smoothed; raw faint)", colour, ""))
             if let last = run.validation.last {
-                rows.append((prefix + String(format: "validation (last %.4f)", last.loss), colour, true))
+                rows.append((prefix + String(format: "validation (last %.4f)", last.loss), colour, "7 4"))
             }
         }
         return s + frame.legend(rows) + "</svg>\n"

@@ -64,14 +64,15 @@ public struct ChartFrame {
         return s
     }
 
-    /// One row per series, inside the plot at its top right (or bottom left).
-    public func legend(_ rows: [(text: String, colour: String, dashed: Bool)], bottomLeft: Bool = false) -> String {
+    /// One row per series (its line solid, or dashed as `dash` says), inside the plot at its
+    /// top right (or bottom left).
+    public func legend(_ rows: [(text: String, colour: String, dash: String)], bottomLeft: Bool = false) -> String {
         let legendWidth = 24 + 7.2 * Double(rows.map(\.text.count).max() ?? 0) + 16, legendHeight = Double(rows.count) * 20 + 10
         let lx = bottomLeft ? left + 10 : left + plotWidth - legendWidth - 10, ly = bottomLeft ? top + plotHeight - legendHeight - 10 : top + 10
         var s = "<g class=\"legend\">\n<rect x=\"\(lx)\" y=\"\(ly)\" width=\"\(legendWidth)\" height=\"\(legendHeight)\" fill=\"white\" fill-opacity=\"0.9\" stroke=\"#bbb\"/>\n"
         for (r, row) in rows.enumerated() {
             let y = ly + 18 + Double(r) * 20
-            s += "<line x1=\"\(lx + 8)\" y1=\"\(y - 4)\" x2=\"\(lx + 30)\" y2=\"\(y - 4)\" stroke=\"\(row.colour)\" stroke-width=\"2.2\"\(row.dashed ? " stroke-dasharray=\"7 4\"" : "")/>"
+            s += "<line x1=\"\(lx + 8)\" y1=\"\(y - 4)\" x2=\"\(lx + 30)\" y2=\"\(y - 4)\" stroke=\"\(row.colour)\" stroke-width=\"2.2\"\(row.dash.isEmpty ? "" : " stroke-dasharray=\"\(row.dash)\"")/>"
             s += "<text class=\"legend-entry\" x=\"\(lx + 38)\" y=\"\(y)\">\(Self.escape(row.text))</text>\n"
         }
         return s + "</g>\n"
@@ -98,13 +99,14 @@ public struct ChartFrame {
     }
 }
 
-/// Lines on a ChartFrame, each with a legend row: solid or dashed, with a marker at each point.
+/// Lines on a ChartFrame, each with a legend row: solid or dashed (an SVG dash array), with a
+/// marker at each point.
 public struct LineChart {
     public struct Series {
-        public let name: String, colour: String, dashed: Bool
+        public let name: String, colour: String, dash: String
         public let x: [Double], y: [Double]
-        public init(name: String, colour: String, dashed: Bool, x: [Double], y: [Double]) {
-            self.name = name; self.colour = colour; self.dashed = dashed; self.x = x; self.y = y
+        public init(name: String, colour: String, dash: String, x: [Double], y: [Double]) {
+            self.name = name; self.colour = colour; self.dash = dash; self.x = x; self.y = y
         }
     }
     public var title: String, subtitle = "", xLabel: String, yLabel: String
@@ -120,13 +122,13 @@ public struct LineChart {
         var s = frame.opening(declaration: declaration) + frame.titles(title, subtitle: subtitle) + frame.axes(x: xLabel, y: yLabel)
         s += "<g clip-path=\"url(#\(frame.clipID))\" fill=\"none\" stroke-linejoin=\"round\">\n"
         for line in series {
-            s += "<polyline class=\"series\" data-name=\"\(ChartFrame.escape(line.name))\" stroke=\"\(line.colour)\" stroke-width=\"2\"\(line.dashed ? " stroke-dasharray=\"7 4\"" : "") points=\"\(frame.points(line.x, line.y))\"/>\n"
+            s += "<polyline class=\"series\" data-name=\"\(ChartFrame.escape(line.name))\" stroke=\"\(line.colour)\" stroke-width=\"2\"\(line.dash.isEmpty ? "" : " stroke-dasharray=\"\(line.dash)\"") points=\"\(frame.points(line.x, line.y))\"/>\n"
         }
         s += "</g>\n"
         for line in series {
             s += "<g fill=\"\(line.colour)\">" + zip(line.x, line.y).map { String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\"/>", frame.px($0), frame.py($1)) }.joined() + "</g>\n"
         }
-        return s + frame.legend(series.map { ($0.name, $0.colour, $0.dashed) }, bottomLeft: true) + "</svg>\n"
+        return s + frame.legend(series.map { ($0.name, $0.colour, $0.dash) }, bottomLeft: true) + "</svg>\n"
     }
 
     /// Charts side by side in one document, `columns` to a row, each in its own <svg> element.

@@ -43,11 +43,12 @@ public struct PlanRequest {
         }
         var notes: [String] = []
         let link: LinkModel, linkSource: String
+        let latency = (latencyMicroseconds ?? Self.defaultLatencyMicroseconds) / 1e6
         if let linkFile {
-            if linkRate != nil || latencyMicroseconds != nil { throw ConfigError("give --link FILE or --link-gbit/--latency-us, not both") }
-            (link, linkSource) = try LinkModel.fit(path: linkFile, gatherBytesInFlight: gatherBytesInFlight)
+            if linkRate != nil { throw ConfigError("give --link FILE (the rate fitted to bench --collectives) or --link-gbit, not both") }
+            (link, linkSource) = try LinkModel.fit(path: linkFile, latencySeconds: latency, gatherBytesInFlight: gatherBytesInFlight)
         } else {
-            link = LinkModel(gbitPerSecond: try LinkModel.rate(linkRate ?? "1"), latencySeconds: (latencyMicroseconds ?? Self.defaultLatencyMicroseconds) / 1e6)
+            link = LinkModel(gbitPerSecond: try LinkModel.rate(linkRate ?? "1"), latencySeconds: latency)
             linkSource = linkRate == nil ? "default; --link-gbit, --latency-us or --link FILE to change" : "given"
         }
         let perRank = batch / ranks
@@ -142,9 +143,11 @@ extension LinkModel {
         return value * scale
     }
 
-    /// The rate and latency that best predict `bench --collectives` lines (one rank per host
-    /// assumed), in the plan's own model of each collective; and a sentence on the fit.
-    public static func fit(path: String, gatherBytesInFlight: Int) throws -> (LinkModel, String) {
+    /// The rate that, at `latencySeconds`, best predicts `bench --collectives` lines (one rank
+    /// per host assumed) in the plan's own model of each collective; and a sentence on the fit.
+    /// The lines time whole gradients whose buckets queue behind each other, which hides the
+    /// latency: it is given, not fitted.
+    public static func fit(path: String, latencySeconds: Double, gatherBytesInFlight: Int) throws -> (LinkModel, String) {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ConfigError("cannot read --link \(path); give the JSON lines of goml-dist bench --collectives run between the hosts")
         }
@@ -182,24 +185,19 @@ extension LinkModel {
                 return sum + pow(log(max(t, 1e-12) / c.measured), 2)
             }
         }
-        // A grid over log rate and log latency, narrowed three times around the best point.
-        var best = (rate: 0.0, latency: -5.0), span = (rate: 4.0, latency: 3.0), center = best
-        for _ in 0..<4 {
-            var bestError = Double.infinity
-            for i in -20...20 {
-                for j in -20...20 {
-                    let p = (rate: center.rate + span.rate * Double(i) / 20, latency: center.latency + span.latency * Double(j) / 20)
-                    let e = error(LinkModel(gbitPerSecond: pow(10, p.rate), latencySeconds: pow(10, p.latency)))
-                    if e < bestError { (bestError, best) = (e, p) }
-                }
-            }
-            center = best
-            span = (span.rate / 5, span.latency / 5)
+        // log10 of the rate on a grid from 1 Mbit/s to 10 Tbit/s, narrowed five times around the best point.
+        var best = 0.0, span = 4.0
+        for _ in 0..<6 {
+            let center = best
+            best = (-40...40).map { center + span * Double($0) / 40 }.min {
+                error(LinkModel(gbitPerSecond: pow(10, $0), latencySeconds: latencySeconds)) < error(LinkModel(gbitPerSecond: pow(10, $1), latencySeconds: latencySeconds))
+            }!
+            span /= 8
         }
-        let link = LinkModel(gbitPerSecond: pow(10, best.rate), latencySeconds: pow(10, best.latency))
+        let link = LinkModel(gbitPerSecond: pow(10, best), latencySeconds: latencySeconds)
         let rms = (exp((error(link) / Double(cases.count)).squareRoot()) - 1) * 100
         let share = nominal.map { String(format: " (%.0f%% of the %g Gbit/s it names)", link.gbitPerSecond / $0 * 100, $0) } ?? ""
-        return (link, String(format: "fitted to %d bench --collectives line(s) of %@, one rank per host assumed: %.3g Gbit/s%@, %.0f µs; typical error %.0f%%",
-                             cases.count, path, link.gbitPerSecond, share, link.latencySeconds * 1e6, rms))
+        return (link, String(format: "fitted to %d bench --collectives line(s) of %@, one rank per host assumed: %.3g Gbit/s%@ at %.0f µs (--latency-us); typical error %.0f%%",
+                             cases.count, path, link.gbitPerSecond, share, latencySeconds * 1e6, rms))
     }
 }

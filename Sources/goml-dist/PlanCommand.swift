@@ -20,7 +20,7 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Cores per rank (default: the calibration's, else this machine's cores / ranks per host).") var threads: Int?
     @Option(name: .customLong("link-gbit"), help: "Each host's link in Gbit/s, or with a unit (100mbit); default 1.") var linkGbit: String?
     @Option(name: .customLong("latency-us"), help: "Latency of one round of messages, µs (default 50).") var latencyUs: Double?
-    @Option(help: ArgumentHelp("Instead of --link-gbit and --latency-us: bench --collectives JSON lines measured between the hosts; the rate and latency are fitted to them.", valueName: "file"))
+    @Option(help: ArgumentHelp("Instead of --link-gbit: bench --collectives JSON lines measured between the hosts; the link's rate is fitted to them.", valueName: "file"))
     var link: String?
     @Option(help: ArgumentHelp("The last line goml-dist bench printed on the target CPU (default: a short bench here); with --sweep-svg, one per model.", valueName: "file"))
     var calibration: [String] = []
