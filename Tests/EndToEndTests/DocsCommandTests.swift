@@ -23,7 +23,7 @@
 //   - mpirun: more than 2 ranks (this machine's and the README's 2 cores) needs --oversubscribe,
 //     --hostfile or --host on the line.
 //
-// What is run, in a fresh directory holding links to the checkout's data, Tests, hostfiles,
+// What is run, in a fresh directory holding links to the checkout's data, docs, Tests, hostfiles,
 // launch and scripts, with .build/release/goml-dist and `goml-dist` on PATH being the binary under
 // test, and Harness's environment (mpirun allowed as root, as the README tells users to set):
 //   - goml-dist train, sample, plot, plan, verify, gradcheck, bench and exit-codes on this host, also
@@ -440,7 +440,7 @@ final class DocsCommandTests: XCTestCase {
     static func sandbox() throws -> String {
         let dir = Harness.temporaryDirectory("docs")
         let fm = FileManager.default
-        for name in ["data", "Tests", "hostfiles", "launch", "scripts"] {
+        for name in ["data", "docs", "Tests", "hostfiles", "launch", "scripts"] {
             try fm.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: root + "/" + name)
         }
         for bin in [dir + "/.build/release", dir + "/bin"] {
