@@ -35,6 +35,8 @@ public struct PlanRequest {
             throw ConfigError("global batch \(batch) does not divide over \(hosts) host(s) × \(ranksPerHost) rank(s) = \(ranks) ranks; choose --batch as a multiple of \(ranks)")
         }
         guard calibrations.count <= 1 else { throw ConfigError("give one --calibration for a plan (several are for --sweep-svg)") }
+        if let threads, threads < 1 { throw ConfigError("--threads is \(threads); give the cores of a rank, 1 or more") }
+        if let l = latencyMicroseconds, !(l >= 0) { throw ConfigError("--latency-us is \(l); give the latency of a round of messages, 0 µs or more") }
         let sync = try syncEvery.split(separator: ",").map { part -> Int in
             guard let h = Int(part.trimmingCharacters(in: .whitespaces)), h >= 1 else {
                 throw ConfigError("--sync-every '\(syncEvery)': give H values of 1 or more separated by commas, e.g. 1,10,50")
@@ -70,6 +72,8 @@ public struct PlanRequest {
                 throw ConfigError("--micro-batch \(m) does not divide each rank's \(perRank) sequences; choose a divisor of \(perRank)")
             }
             compute = PlanCompute.measure(model: model, sequences: perRank, microBatch: microBatch, threads: threadsUsed)
+            let cores = ProcessInfo.processInfo.activeProcessorCount
+            if threadsUsed > cores { notes.append("this machine has \(cores) core(s): \(threadsUsed) threads measured here are not the target's; give --calibration from the target CPU") }
         }
         var inputs = PlanInputs(model: model, name: name, batch: batch, topology: PlanTopology(hosts: hosts, ranksPerHost: ranksPerHost),
                                 threads: threadsUsed, link: link, linkSource: linkSource, compute: compute, gatherBytesInFlight: gatherBytesInFlight)
