@@ -114,7 +114,7 @@ public struct PlanReport {
             recommended.append((best.strategy.flags, String(format: "%.0f tokens/s against %.0f synchronous (efficiency %.2f against %.2f), Δ crossing the link once per H steps; but the workers drift apart (on nano's recipe H 10 ended 0.03-0.05 higher in validation loss, docs/low-communication.md); --overlap-outer hides the outer all-reduce behind the next step",
                                                                best.tokensPerSecond, synchronous.tokensPerSecond, best.efficiency, synchronous.efficiency)))
         } else {
-            recommended.append(("--sync-every 1 (synchronous, the default)", String(format: "efficiency %.2f already; DiLoCo (%@) would gain %+.0f%% tokens/s at a higher loss per token",
+            recommended.append(("--sync-every 1 (synchronous, the default)", String(format: "efficiency %.2f already; DiLoCo (%@) would change tokens/s by %+.1f%%, at a higher loss per token",
                 synchronous.efficiency, best.strategy.flags, (best.tokensPerSecond / synchronous.tokensPerSecond - 1) * 100)))
         }
     }
