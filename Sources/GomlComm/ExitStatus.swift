@@ -20,7 +20,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
 
     public var meaning: String {
         switch self {
-        case .failed: "sample, verify, plot or gradcheck failed (bad input, or a check out of tolerance)"
+        case .failed: "sample, verify, plot, plan or gradcheck failed (bad input, or a check out of tolerance)"
         case .setup: "set-up error on some rank: options, data, the checkpoint to resume, the output directory, MPI"
         case .mpiCall: "an MPI call failed"
         case .collectiveTimeout: "a collective waited --collective-timeout seconds: a rank stopped responding or a host was lost"

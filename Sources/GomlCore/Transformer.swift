@@ -118,6 +118,14 @@ public final class Transformer {
     /// Bytes of activations (and their gradients) this model holds for its batch.
     public var activationBytes: Int { arena.count * MemoryLayout<Float>.stride }
 
+    /// Floats of activations (and their gradients) a model of `batch` sequences of `seqLen`
+    /// holds: what `init` allocates, and what memory plans count. Linear in T: nothing is T×T.
+    public static func activationCount(config: ModelConfig, batch: Int, seqLen: Int) -> Int {
+        let N = batch * seqLen, C = config.dim, F = config.ffn, V = config.vocab, L = config.layers
+        return (L + 1) * N * C + L * BlockActivations.count(rows: N, config: config) + N * C + 2 * N + 2 * N * V + N
+            + 3 * N * C + 3 * N * C + 2 * N * F + AttentionScratch.count(seqLen: seqLen)
+    }
+
     public init(config: ModelConfig, batch: Int, seqLen: Int? = nil,
                 products: ModelProducts = makeProducts(.fp32), attentionFault: AttentionFault? = nil) {
         let T = seqLen ?? config.seqLen
@@ -131,9 +139,7 @@ public final class Transformer {
         self.batch = batch
         self.seqLen = T
         let N = batch * T, C = config.dim, F = config.ffn, V = config.vocab, L = config.layers
-        // Linear in T: nothing here is T×T.
-        let total = (L + 1) * N * C + L * BlockActivations.count(rows: N, config: config) + N * C + 2 * N + 2 * N * V + N
-            + 3 * N * C + 3 * N * C + 2 * N * F + AttentionScratch.count(seqLen: T)
+        let total = Self.activationCount(config: config, batch: batch, seqLen: T)
         arena = .allocate(capacity: total)
         arena.initialize(repeating: 0)
         var cursor = arena.baseAddress!

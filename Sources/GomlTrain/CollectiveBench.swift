@@ -51,23 +51,25 @@ public enum CollectiveBench {
             ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradient.pointer[buckets[b]]),
                           parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[buckets[b]]), counts: shards.counts(b))
         }, compression: communication.compression, pacing: communication.pacing)
-        let n = Double(comm.size), float = MemoryLayout<Float>.stride
-        let bufferBytes = layout.count * float, perBucket = buckets.map { $0.count * float }
-        let summedWire = communication.compression == .bf16 ? layout.count * 2 : bufferBytes
+
+        let n = comm.size, float = MemoryLayout<Float>.stride
+        let bufferBytes = CollectiveBytes.gatheredWire(parameters: layout.count), perBucket = buckets.map { $0.count * float }
+        let summedWire = CollectiveBytes.summedWire(parameters: layout.count, compression: communication.compression)
+        let allReduce = { CollectiveBytes.allReduceBound(wire: $0, ranks: n) }, half = { CollectiveBytes.scatterOrGatherBound(wire: $0, ranks: n) }
         let reduceScatter = { for b in buckets.indices { sharded.reduceScatter.start(b) }; _ = sharded.reduceScatter.waitAll() }
         let allGather = { for b in buckets.indices { sharded.allGather.start(b) }; for b in buckets.indices { sharded.allGather.wait(for: b) } }
-        var cases: [(name: String, buckets: [Int], wire: Int, bound: Double, boundText: String, body: () -> Void)] = []
+        var cases: [(name: String, buckets: [Int], wire: Int, bound: (Int) -> Double, boundText: String, body: () -> Void)] = []
         // The blocking all-reduce sends float32 only.
         if communication.compression == .none {
-            cases.append(("allreduce_blocking", [bufferBytes], bufferBytes, 2 * (n - 1) / n, "2(N-1)/N x wire bytes", { comm.allReduceSum(whole) }))
+            cases.append(("allreduce_blocking", [bufferBytes], bufferBytes, allReduce, "2(N-1)/N x wire bytes", { comm.allReduceSum(whole) }))
         }
-        cases.append(("allreduce_buckets", perBucket, summedWire, 2 * (n - 1) / n, "2(N-1)/N x wire bytes", {
+        cases.append(("allreduce_buckets", perBucket, summedWire, allReduce, "2(N-1)/N x wire bytes", {
             for b in buckets.indices { sums.start(b) }
             _ = sums.waitAll()
         }))
-        cases.append(("reduce_scatter", perBucket, summedWire, (n - 1) / n, "(N-1)/N x wire bytes", reduceScatter))
-        cases.append(("all_gather", perBucket, bufferBytes, (n - 1) / n, "(N-1)/N x wire bytes (float32)", allGather))
-        cases.append(("reduce_scatter_all_gather", perBucket, summedWire + bufferBytes, (n - 1) / n,
+        cases.append(("reduce_scatter", perBucket, summedWire, half, "(N-1)/N x wire bytes", reduceScatter))
+        cases.append(("all_gather", perBucket, bufferBytes, half, "(N-1)/N x wire bytes (float32)", allGather))
+        cases.append(("reduce_scatter_all_gather", perBucket, summedWire + bufferBytes, half,
                       "(N-1)/N x (summed wire + float32 gathered) bytes", { reduceScatter(); allGather() }))
 
         return cases.map { c in
@@ -83,7 +85,26 @@ public enum CollectiveBench {
                 if i >= warmup { seconds.append(all.max()!) }
             }
             return CollectiveMeasurement(collective: c.name, bufferBytes: bufferBytes, bucketBytes: c.buckets, wireBytes: c.wire,
-                                         boundBytesPerRank: c.bound * Double(c.wire), bound: c.boundText, seconds: seconds)
+                                         boundBytesPerRank: c.bound(c.wire), bound: c.boundText, seconds: seconds)
         }
     }
+}
+
+/// The bytes `bench --collectives` counts, and `goml-dist plan` with it: what crosses the wire
+/// per copy of the buffer, and the fewest bytes each of N ranks must send (the bandwidth
+/// lower bound of ring algorithms).
+public enum CollectiveBytes {
+    /// The summed gradient: float32, or bfloat16 with compression.
+    public static func summedWire(parameters: Int, compression: GradientCompression) -> Int {
+        parameters * (compression == .bf16 ? 2 : MemoryLayout<Float>.stride)
+    }
+
+    /// The gathered parameters, counted as float32.
+    public static func gatheredWire(parameters: Int) -> Int { parameters * MemoryLayout<Float>.stride }
+
+    /// An all-reduce: 2(N−1)/N × wire.
+    public static func allReduceBound(wire: Int, ranks: Int) -> Double { 2 * Double(ranks - 1) / Double(ranks) * Double(wire) }
+
+    /// A reduce-scatter or an all-gather: (N−1)/N × wire.
+    public static func scatterOrGatherBound(wire: Int, ranks: Int) -> Double { Double(ranks - 1) / Double(ranks) * Double(wire) }
 }

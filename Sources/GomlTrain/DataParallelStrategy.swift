@@ -45,6 +45,10 @@ public protocol DataParallelStrategy: AnyObject {
     /// strategy's numbers, beyond those every strategy shares (`TrainingOptions.sameTrajectory`).
     static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String]
 
+    /// How a rank's shard of the batch (`shard`) is cut into passes on up to `workers` threads
+    /// (`passes` below; `RankMemory.of` counts the same workers and micro-batches).
+    static func passPlan(_ options: TrainingOptions, shard: Range<Int>, workers: Int) -> PassPlan
+
     /// Makes every buffer the strategy needs (and registers its buckets: no collective here).
     /// `shard` is this rank's part of the global batch; `workers` the threads asked for.
     init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers: Int,
@@ -54,8 +58,6 @@ public protocol DataParallelStrategy: AnyObject {
     var parameters: FloatBuffer { get }
     /// This rank's AdamW: its step count, and the moments of the parameters it updates.
     var optimizer: AdamW { get }
-    /// What this rank holds, for the run header.
-    var memory: RankMemory { get }
     /// Collective: calls `body` on each rank of `writers` (the checkpoint's replica writers) with
     /// the float32 master weights and the moments of every parameter (params, m, v), in parameter
     /// layout, as checkpoints store them. Call after `waitForParameters()`.
@@ -110,6 +112,9 @@ extension DataParallelStrategy {
     public static var needsOneBLASThread: Bool { false }
     public var gatherPeakBytesInFlight: Int { 0 }
     public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }
+    public static func passPlan(_ options: TrainingOptions, shard: Range<Int>, workers: Int) -> PassPlan {
+        PassPlan.accumulating(options, shard: shard, workers: workers)
+    }
 
     /// Global norm, clip and AdamW: the one place every strategy's update is decided. No update
     /// when the loss or the norm is not finite (the run then stops); every rank decides alike.
@@ -197,10 +202,4 @@ public struct PassPlan: Sendable {
 public struct StepUpdate: Sendable {
     public let gradNorm: Double
     public let applied: Bool
-}
-
-/// Bytes one rank holds for training, besides activations; `savedBySharding` is what holding
-/// the optimizer state whole would add.
-public struct RankMemory: Sendable {
-    public let parameters: Int, gradients: Int, optimizerState: Int, savedBySharding: Int
 }

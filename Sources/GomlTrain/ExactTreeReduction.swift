@@ -42,18 +42,22 @@ public final class ExactTreeReduction: ReplicatedStrategy {
         leafSize(options) == leafSize(saved) ? [] : ["micro-batch \(leafSize(saved)) → \(leafSize(options))"]
     }
 
+    /// One worker, leaf by leaf.
+    public static func passPlan(_ options: TrainingOptions, shard: Range<Int>, workers: Int) -> PassPlan {
+        let leaf = leafSize(options)
+        return PassPlan(firstSequence: shard.lowerBound, workers: 1, microBatch: leaf, passesPerWorker: shard.count / leaf)
+    }
+
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers: Int,
                 communication: CommunicationSettings) {
         let leaf = Self.leafSize(options)
-        passes = PassPlan(firstSequence: shard.lowerBound, workers: 1, microBatch: leaf, passesPerWorker: shard.count / leaf)
+        passes = Self.passPlan(options, shard: shard, workers: workers)
         let gradient = FloatBuffer(count: layout.count)
         self.gradient = gradient
         replica = ReplicatedOptimizer(layout: layout, config: options.optimizer, gradient: gradient)
         tree = TreeReducer(result: gradient, leaves: options.batch / leaf, local: (shard.lowerBound / leaf)..<(shard.upperBound / leaf))
         self.comm = comm
     }
-
-    public var memory: RankMemory { replica.memory(workers: 1) }
 
     public var summary: String {
         ReductionMode.exact.rawValue + (comm.size > 1 ? ", unsharded: its bits come from adding whole gradients along one tree, which a reduce-scatter would sum in another order" : "")

@@ -106,6 +106,12 @@ public final class OuterSync {
     private let sums: Reducer
     private var lossAndFinite = [0.0, 0.0]
 
+    /// Bytes of the buffers an OuterSync adds to its rank: θ_global, Δ (scratch) and the parked
+    /// parameters, and overlapped the snapshot (`goml-dist plan` counts them).
+    public static func bufferBytes(parameters: Int, overlapped: Bool) -> Int {
+        (overlapped ? 4 : 3) * parameters * MemoryLayout<Float>.stride
+    }
+
     /// Bytes each rank hands the outer all-reduce per outer step: the whole Δ, float32 or bf16.
     public var bytesPerOuterStep: Int { trainer.layout.count * (options.compression == .bf16 ? 2 : 4) }
 

@@ -56,7 +56,7 @@ public final class ReplicatedAllReduce: ReplicatedStrategy {
 
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
                 communication: CommunicationSettings) {
-        passes = PassPlan.accumulating(options, shard: shard, workers: requested)
+        passes = Self.passPlan(options, shard: shard, workers: requested)
         let workers = passes.workers
         let gradients = WorkerGradients(workers: workers, count: layout.count)
         self.gradients = gradients
@@ -70,8 +70,6 @@ public final class ReplicatedAllReduce: ReplicatedStrategy {
         self.comm = comm
         settings = communication
     }
-
-    public var memory: RankMemory { replica.memory(workers: gradients.buffers.count) }
 
     public var summary: String {
         let overlap = settings.overlap ? String(format: ", overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6) : ", after backward"

@@ -32,11 +32,6 @@ public final class ReplicatedOptimizer {
         for buffer in [optimizer.m, optimizer.v] { comm.broadcast(UnsafeMutableRawBufferPointer(buffer), root: root) }
     }
 
-    func memory(workers: Int) -> RankMemory {
-        let bytes = parameters.count * MemoryLayout<Float>.stride
-        return RankMemory(parameters: bytes, gradients: workers * bytes, optimizerState: 2 * bytes, savedBySharding: 0)
-    }
-
     /// AdamW (on `threads`) from the gradient given at init, times `gradScale`.
     func update(lr: Double, gradScale: Float, threads: WorkerPool) {
         update.update(lr: lr, gradScale: gradScale, threads: threads)

@@ -71,7 +71,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
 
     public init(options: TrainingOptions, layout: ParameterLayout, comm: Communicator, shard: Range<Int>, workers requested: Int,
                 communication: CommunicationSettings) {
-        passes = PassPlan.accumulating(options, shard: shard, workers: requested)
+        passes = Self.passPlan(options, shard: shard, workers: requested)
         parameters = FloatBuffer(count: layout.count)
         let gradients = WorkerGradients(workers: passes.workers, count: layout.count)
         self.gradients = gradients
@@ -107,12 +107,6 @@ public final class ShardedAllReduce: DataParallelStrategy {
     }
 
     deinit { partialNorm.deallocate(); partialNorms.deallocate() }
-
-    public var memory: RankMemory {
-        let float = MemoryLayout<Float>.stride, whole = parameters.count * float
-        return RankMemory(parameters: whole, gradients: gradients.buffers.count * whole, optimizerState: 2 * optimizer.m.count * float,
-                          savedBySharding: 2 * whole - 2 * optimizer.m.count * float)
-    }
 
     public var summary: String {
         let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)

@@ -76,6 +76,7 @@ public final class Trainer {
         try split.check(seqLen: options.model.seqLen)
         self.options = options
         self.comm = comm
+        bucketBytes = communication.bucketBytes
         schedule = options.schedule
         layout = ParameterLayout(options.model)
         let T = options.model.seqLen
@@ -128,20 +129,18 @@ public final class Trainer {
     /// Per worker: true during its last pass, whose backward makes its gradients final.
     private let finalPass: UnsafeMutableBufferPointer<Bool>
 
-    /// Bytes this rank holds for training: parameters, gradients, optimizer state, activations.
-    public var memoryPerRank: Int {
-        let memory = strategy.memory
-        return memory.parameters + memory.gradients + memory.optimizerState + activationBytes
+    /// What this rank holds for training, as `goml-dist plan` counts it (RankMemory.of).
+    public var memory: RankMemory {
+        RankMemory.of(layout: layout, mode: options.reduction, worldSize: comm.size, rank: comm.rank, workers: models.count,
+                      microBatch: model.batch, bucketBytes: bucketBytes)
     }
 
+    /// Bytes this rank holds for training: parameters, gradients, optimizer state, activations.
+    public var memoryPerRank: Int { memory.total }
+
     /// The run header's memory line (train and bench print it).
-    public var memorySummary: String {
-        let memory = strategy.memory
-        let saved = memory.savedBySharding > 0 ? String(format: "; sharding saved %.1f MB", Double(memory.savedBySharding) / 1e6) : "; nothing sharded"
-        return String(format: "memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB, activations %.1f MB",
-                      Double(memory.parameters) / 1e6, Double(memory.gradients) / 1e6, Double(memory.optimizerState) / 1e6,
-                      Double(activationBytes) / 1e6) + saved
-    }
+    public var memorySummary: String { memory.summary }
+    private let bucketBytes: Int
 
     /// Activation memory of this rank: every worker's model for one micro-batch.
     public var activationBytes: Int { models.reduce(0) { $0 + $1.activationBytes } }

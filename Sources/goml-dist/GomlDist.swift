@@ -12,7 +12,7 @@ struct GomlDist: ParsableCommand {
         commandName: "goml-dist",
         abstract: "Data-parallel trainer for byte-level LLaMA-style language models on CPUs over MPI.",
         version: "goml-dist \(version) (commit \(buildCommit))",
-        subcommands: [TrainCommand.self, SampleCommand.self, PlotCommand.self, BenchCommand.self, VerifyCommand.self, GradcheckCommand.self,
+        subcommands: [TrainCommand.self, SampleCommand.self, PlotCommand.self, BenchCommand.self, PlanCommand.self, VerifyCommand.self, GradcheckCommand.self,
                       ExitCodesCommand.self])
 
     static let version = "0.1"

@@ -23,10 +23,10 @@
 //   - mpirun: more than 2 ranks (this machine's and the README's 2 cores) needs --oversubscribe,
 //     --hostfile or --host on the line.
 //
-// What is run, in a fresh directory holding links to the checkout's data, Tests, hostfiles,
+// What is run, in a fresh directory holding links to the checkout's data, docs, Tests, hostfiles,
 // launch and scripts, with .build/release/goml-dist and `goml-dist` on PATH being the binary under
 // test, and Harness's environment (mpirun allowed as root, as the README tells users to set):
-//   - goml-dist train, sample, plot, verify, gradcheck, bench and exit-codes on this host, also
+//   - goml-dist train, sample, plot, plan, verify, gradcheck, bench and exit-codes on this host, also
 //     under mpirun, with every word as printed except: train's --steps set to 5 and bench's
 //     --steps 2 --warmup 1 (added when absent); `sample --ckpt DIR` and `plot DIR…` get DIR as a
 //     copy of a 5-step tiny run when the command does not make it itself;
@@ -41,6 +41,8 @@
 //   - sbatch and launch/slurm: need a Slurm cluster;
 //   - commands with placeholders;
 //   - models larger than small (--config base, --dim 768 or more): gigabytes and minutes;
+//   - `goml-dist plan --sweep-svg`: it redraws docs/scaling.svg (ScalingPlanTests checks the
+//     committed figure is what it draws);
 //   - several commands on one line (`a && b`);
 //   - anything else (swift build, export, ip, python3, grep): not the project's commands.
 
@@ -397,10 +399,11 @@ final class DocsCommandTests: XCTestCase {
             }
         }
         guard let goml = a.goml else { return "not a goml-dist or launch command" }
-        guard let sub = goml.arguments.first, ["train", "sample", "plot", "verify", "gradcheck", "bench", "exit-codes"].contains(sub) else {
+        guard let sub = goml.arguments.first, ["train", "sample", "plot", "plan", "verify", "gradcheck", "bench", "exit-codes"].contains(sub) else {
             return "no rule runs goml-dist \(goml.arguments.first ?? "")"
         }
         let w = goml.arguments
+        if sub == "plan" && w.contains("--sweep-svg") { return "redraws docs/scaling.svg (ScalingPlanTests checks it)" }
         let config = w.firstIndex(of: "--config").map { w[$0 + 1] }, dim = w.firstIndex(of: "--dim").flatMap { Int(w[$0 + 1]) }
         if config == "base" || (dim ?? 0) >= 768 { return "a model larger than small: gigabytes and minutes" }
         return nil
@@ -437,7 +440,7 @@ final class DocsCommandTests: XCTestCase {
     static func sandbox() throws -> String {
         let dir = Harness.temporaryDirectory("docs")
         let fm = FileManager.default
-        for name in ["data", "Tests", "hostfiles", "launch", "scripts"] {
+        for name in ["data", "docs", "Tests", "hostfiles", "launch", "scripts"] {
             try fm.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: root + "/" + name)
         }
         for bin in [dir + "/.build/release", dir + "/bin"] {
