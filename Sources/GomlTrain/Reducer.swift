@@ -191,9 +191,18 @@ final class Reducer: @unchecked Sendable {
         active = .allocate(capacity: buckets.count)
         active.initialize(repeating: false)
         queue = .allocate(capacity: max(1, buckets.count))
-        let thread = Thread { [unowned self] in self.serve() }
+        // The thread holds the reducer only while it serves, so a reducer no longer used is
+        // freed (within a second) and its thread ends.
+        let thread = Thread { [weak self] in
+            while let reducer = self { reducer.serve() }
+        }
         thread.stackSize = 1 << 20
         thread.start()
+    }
+
+    deinit {
+        next.deallocate(); active.deallocate(); queue.deallocate()
+        staged.forEach { $0?.deallocate() }
     }
 
     /// Starts `bucket`'s reduction and returns at once; callable from any thread, one at a time.
@@ -254,37 +263,36 @@ final class Reducer: @unchecked Sendable {
         wake.signal()
     }
 
+    /// Serves the buckets started until all are done; returns after a second with none started.
     private func serve() {
-        while true {
-            work.wait()
-            repeat {
-                lock.lock()
-                let available = enqueued, hurry = waiting
-                if available > started && newStep { newStep = false; firstStart = DispatchTime.now().uptimeNanoseconds }
-                lock.unlock()
-                while started < available {
-                    let bucket = queue[started % buckets.count]
-                    next[bucket] = 0
-                    active[bucket] = false
-                    started += 1
+        guard work.wait(timeout: .now() + 1) == .success else { return }
+        repeat {
+            lock.lock()
+            let available = enqueued, hurry = waiting
+            if available > started && newStep { newStep = false; firstStart = DispatchTime.now().uptimeNanoseconds }
+            lock.unlock()
+            while started < available {
+                let bucket = queue[started % buckets.count]
+                next[bucket] = 0
+                active[bucket] = false
+                started += 1
+            }
+            advance()
+            while completed < started && next[queue[completed % buckets.count]] == phases.count {
+                completed += 1
+                lastEnd = DispatchTime.now().uptimeNanoseconds
+                done.signal()
+            }
+            // Shared memory moves a message fragment by fragment, each handed over inside an
+            // MPI call on both sides: while a host phase is in flight, poll without sleeping.
+            if completed < started {
+                if (hurry && pacing.ranksHaveOwnCores) || hostPhaseActive || pacing.pollMicroseconds == 0 {
+                    sched_yield()
+                } else {
+                    _ = wake.wait(timeout: .now() + .microseconds(Int(pacing.pollMicroseconds)))
                 }
-                advance()
-                while completed < started && next[queue[completed % buckets.count]] == phases.count {
-                    completed += 1
-                    lastEnd = DispatchTime.now().uptimeNanoseconds
-                    done.signal()
-                }
-                // Shared memory moves a message fragment by fragment, each handed over inside an
-                // MPI call on both sides: while a host phase is in flight, poll without sleeping.
-                if completed < started {
-                    if (hurry && pacing.ranksHaveOwnCores) || hostPhaseActive || pacing.pollMicroseconds == 0 {
-                        sched_yield()
-                    } else {
-                        _ = wake.wait(timeout: .now() + .microseconds(Int(pacing.pollMicroseconds)))
-                    }
-                }
-            } while completed < started
-        }
+            }
+        } while completed < started
     }
 
     /// Finishes and starts phases of the buckets in flight, in queue order.
