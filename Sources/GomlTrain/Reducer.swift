@@ -72,8 +72,8 @@ final class Reducer: @unchecked Sendable {
     /// rank, consecutive; `start(b)` starts the `partsPerBucket` parts of the caller's bucket b.
     private let buckets: [UnsafeMutableBufferPointer<Float>]
     private let partsPerBucket: Int
-    /// Per phase and bucket, its request (nil where this rank takes no part).
-    private let requests: [[CollectiveRequest?]]
+    /// Per phase and bucket, its request.
+    private let requests: [[CollectiveRequest]]
     /// bf16 sums: each bucket's wire copy (nil without compression).
     private let staged: [UnsafeMutableBufferPointer<UInt16>?]
     /// The reduce to owners: per bucket the rank that owns it (whose values the sum replaces).
@@ -104,33 +104,36 @@ final class Reducer: @unchecked Sendable {
     /// several ranks per host on several hosts).
     static func allReduce(_ comm: Communicator, buckets: [UnsafeMutableBufferPointer<Float>], compression: GradientCompression,
                           hierarchical: Bool, pacing: ReducerPacing, what: String) -> Reducer {
-        let element: WireElement = compression == .bf16 ? .bfloat16 : .float32
-        let staged: [UnsafeMutableBufferPointer<UInt16>?] = buckets.map { compression == .bf16 ? .allocate(capacity: $0.count) : nil }
-        func wire(_ b: Int) -> UnsafeMutableRawPointer { staged[b].map { UnsafeMutableRawPointer($0.baseAddress!) } ?? UnsafeMutableRawPointer(buckets[b].baseAddress!) }
-        guard hierarchical else {
-            let sums = buckets.indices.map { comm.makeAllReduceSum(wire($0), count: buckets[$0].count, of: element) }
-            return Reducer(comm, phases: [.allReduce], buckets: buckets, requests: [sums], staged: staged, pacing: pacing, what: what)
+        let (element, staged) = wire(buckets, compression)
+        func sums(over ranks: Communicator) -> [CollectiveRequest] {
+            buckets.indices.map { ranks.makeAllReduceSum(address(buckets[$0], staged[$0]), count: buckets[$0].count, of: element) }
         }
         // A communicator per host phase (a host's first rank and its others start a bucket's
         // broadcast at different points relative to the next bucket's reduce), and one of the
-        // hosts' first ranks.
-        let host = comm.companion(.host)!, hostApart = comm.companion(.hostApart)!, firsts = comm.companion(.hostFirsts)
-        // One host: nothing crosses a network. Every rank decides alike (a host of one rank
-        // runs the host phases on itself alone).
-        guard host.size < comm.size else {
-            let sums = buckets.indices.map { comm.makeAllReduceSum(wire($0), count: buckets[$0].count, of: element) }
-            return Reducer(comm, phases: [.allReduce], buckets: buckets, requests: [sums], staged: staged, pacing: pacing, what: what)
+        // hosts' first ranks. One host: nothing crosses a network. Every rank decides alike (a
+        // host of one rank runs the host phases on itself alone).
+        guard hierarchical, let host = comm.companion(.host), host.size < comm.size else {
+            return Reducer(comm, phases: [.allReduce], buckets: buckets, requests: [sums(over: comm)], staged: staged, pacing: pacing, what: what)
         }
-        let leader = host.rank == 0
+        let hostApart = comm.companion(.hostApart)!
         let reduces = buckets.map { host.makeReduceSum(UnsafeMutableRawPointer($0.baseAddress!), count: $0.count, of: .float32, root: 0, persistent: true) }
         let broadcasts = buckets.map { hostApart.makeBroadcast(UnsafeMutableRawPointer($0.baseAddress!), count: $0.count, of: .float32, root: 0) }
-        guard leader, let firsts else {
-            return Reducer(comm, phases: [.hostReduce, .hostBroadcast], buckets: buckets, requests: [reduces, broadcasts],
-                           staged: buckets.map { _ in nil }, pacing: pacing, what: what)
+        guard let firsts = comm.companion(.hostFirsts) else {
+            return Reducer(comm, phases: [.hostReduce, .hostBroadcast], buckets: buckets, requests: [reduces, broadcasts], staged: staged, pacing: pacing, what: what)
         }
-        let sums = buckets.indices.map { firsts.makeAllReduceSum(wire($0), count: buckets[$0].count, of: element) }
-        return Reducer(comm, phases: [.hostReduce, .allReduce, .hostBroadcast], buckets: buckets, requests: [reduces, sums, broadcasts],
+        return Reducer(comm, phases: [.hostReduce, .allReduce, .hostBroadcast], buckets: buckets, requests: [reduces, sums(over: firsts), broadcasts],
                        staged: staged, pacing: pacing, what: what)
+    }
+
+    /// How `buckets` travel in a sum: float32 in place, or bf16 through a staging copy each.
+    private static func wire(_ buckets: [UnsafeMutableBufferPointer<Float>], _ compression: GradientCompression)
+        -> (WireElement, [UnsafeMutableBufferPointer<UInt16>?]) {
+        compression == .bf16 ? (.bfloat16, buckets.map { .allocate(capacity: $0.count) }) : (.float32, buckets.map { _ in nil })
+    }
+
+    /// Where a bucket's values are on the wire: its staging copy, if it has one.
+    private static func address(_ values: UnsafeMutableBufferPointer<Float>, _ staged: UnsafeMutableBufferPointer<UInt16>?) -> UnsafeMutableRawPointer {
+        staged.map { UnsafeMutableRawPointer($0.baseAddress!) } ?? UnsafeMutableRawPointer(values.baseAddress!)
     }
 
     /// A sharded reduction's two reducers: the gradients' reduce-scatter (one reduce per bucket
@@ -152,11 +155,9 @@ final class Reducer: @unchecked Sendable {
                 start += count
             }
         }
-        let element: WireElement = compression == .bf16 ? .bfloat16 : .float32
-        let staged: [UnsafeMutableBufferPointer<UInt16>?] = parts.map { compression == .bf16 ? .allocate(capacity: $0.count) : nil }
+        let (element, staged) = wire(parts, compression)
         let reduces = parts.indices.map { p in
-            comm.makeReduceSum(staged[p].map { UnsafeMutableRawPointer($0.baseAddress!) } ?? UnsafeMutableRawPointer(parts[p].baseAddress!), count: parts[p].count, of: element,
-                               root: owners[p], persistent: false)
+            comm.makeReduceSum(address(parts[p], staged[p]), count: parts[p].count, of: element, root: owners[p], persistent: false)
         }
         let reduceScatter = Reducer(comm, phases: [.reduceToOwner], buckets: parts, partsPerBucket: comm.size, requests: [reduces], staged: staged,
                                     owners: owners, pacing: pacing, what: "MPI_Ireduce (overlapped reduce-scatter of gradient buckets)")
@@ -166,21 +167,20 @@ final class Reducer: @unchecked Sendable {
             wires[b].map { gatherComm.makeAllGather($0.wire, counts: $0.words, of: .bfloat16) }
                 ?? gatherComm.makeAllGather(UnsafeMutableRawPointer(buckets[b].parameters.baseAddress!), counts: buckets[b].counts, of: .float32)
         }
-        let allGather = Reducer(gatherComm, phases: [.allGather], buckets: buckets.map(\.parameters), requests: [gathers],
-                                staged: buckets.map { _ in nil }, gatherWires: wires, maxBytesInFlight: pacing.gatherBytesInFlight > 0 ? pacing.gatherBytesInFlight : .max,
+        let allGather = Reducer(gatherComm, phases: [.allGather], buckets: buckets.map(\.parameters), requests: [gathers], gatherWires: wires, maxBytesInFlight: pacing.gatherBytesInFlight > 0 ? pacing.gatherBytesInFlight : .max,
                                 pacing: pacing, what: "MPI_Allgatherv (updated parameter buckets)")
         return (reduceScatter, allGather)
     }
 
-    private init(_ comm: Communicator, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>], partsPerBucket: Int = 1, requests: [[CollectiveRequest?]],
-                 staged: [UnsafeMutableBufferPointer<UInt16>?], owners: [Int] = [], gatherWires: [GatherWire?] = [], maxBytesInFlight: Int = .max,
+    private init(_ comm: Communicator, phases: [Phase], buckets: [UnsafeMutableBufferPointer<Float>], partsPerBucket: Int = 1, requests: [[CollectiveRequest]],
+                 staged: [UnsafeMutableBufferPointer<UInt16>?] = [], owners: [Int] = [], gatherWires: [GatherWire?] = [], maxBytesInFlight: Int = .max,
                  pacing: ReducerPacing, what: String) {
         self.comm = comm
         self.phases = phases
         self.buckets = buckets
         self.partsPerBucket = partsPerBucket
         self.requests = requests
-        self.staged = staged
+        self.staged = staged.isEmpty ? buckets.map { _ in nil } : staged
         self.owners = owners
         self.gatherWires = gatherWires.isEmpty ? buckets.map { _ in nil } : gatherWires
         self.maxBytesInFlight = maxBytesInFlight
@@ -303,7 +303,7 @@ final class Reducer: @unchecked Sendable {
         for i in completed..<started where active[queue[i % buckets.count]] { inFlight += bytes(queue[i % buckets.count]) }
         for i in completed..<started {
             let bucket = queue[i % buckets.count]
-            if active[bucket] && requests[next[bucket]][bucket]!.test() {
+            if active[bucket] && requests[next[bucket]][bucket].test() {
                 finish(phases[next[bucket]], bucket)
                 active[bucket] = false
                 next[bucket] += 1
@@ -312,7 +312,7 @@ final class Reducer: @unchecked Sendable {
             if !active[bucket] && next[bucket] < phases.count && previousStarted > next[bucket] {
                 if inFlight > 0 && inFlight + bytes(bucket) > maxBytesInFlight { break }
                 begin(phases[next[bucket]], bucket)
-                requests[next[bucket]][bucket]!.start()
+                requests[next[bucket]][bucket].start()
                 active[bucket] = true
                 inFlight += bytes(bucket)
                 peakBytesInFlight = max(peakBytesInFlight, inFlight)
