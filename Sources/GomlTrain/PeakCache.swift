@@ -24,6 +24,10 @@ public enum PeakCache {
 
     static var file: String { directory + "/product-peaks.json" }
 
+    /// Figures this process measured but did not cache, by key.
+    private static var measuredHere: [String: Peak] = [:]
+    private static let measuredLock = NSLock()
+
     /// The share of all cores busy over the next 0.2 s (/proc/stat), while this process sleeps:
     /// what other processes take. Nil where there is no /proc/stat.
     static func othersBusyShare() -> Double? {
@@ -65,18 +69,24 @@ public enum PeakCache {
         if let entry = entries[key], let gflops = entry["gflops"] as? Double, gflops > 0 {
             return Peak(gflops: gflops, source: "measured \(entry["measured"] as? String ?? "earlier") and cached in \(file) (delete it to measure again)")
         }
+        // A figure measured but not cached is kept for this process: set-up (auto's choice of
+        // precision) and MFU ask for the same one.
+        measuredLock.lock()
+        defer { measuredLock.unlock() }
+        if let kept = measuredHere[key] { return kept }
+        func uncached(_ peak: Peak) -> Peak { measuredHere[key] = peak; return peak }
         // 512³ products: start-up stays short on a first run (train measures before its first step).
         func sample() -> Double { ProductPeak.measure(precision, threads: threads, size: 512, repeats: 4) }
         guard ranksOnHost == 1 else {
-            return Peak(gflops: sample(), source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)")
+            return uncached(Peak(gflops: sample(), source: "measured now beside \(ranksOnHost - 1) other rank(s) on this host (not cached: one process alone caches it)"))
         }
         if let busy = othersBusyShare(), busy >= 0.25 {
-            return Peak(gflops: sample(), source: String(format: "measured now while other processes kept %.0f%% of the cores busy (not cached: measured again on an idle machine)", busy * 100))
+            return uncached(Peak(gflops: sample(), source: String(format: "measured now while other processes kept %.0f%% of the cores busy (not cached: measured again on an idle machine)", busy * 100)))
         }
         let samples = (0..<3).map { _ in sample() }
         let gflops = samples.max()!, spread = 1 - samples.min()! / gflops
         guard spread <= 0.1 else {
-            return Peak(gflops: gflops, source: String(format: "measured now (not cached: three samples %.0f%% apart, the machine looks busy)", spread * 100))
+            return uncached(Peak(gflops: gflops, source: String(format: "measured now (not cached: three samples %.0f%% apart, the machine looks busy)", spread * 100)))
         }
         entries[key] = ["gflops": gflops, "measured": ISO8601DateFormatter().string(from: Date())]
         do {
