@@ -195,6 +195,6 @@ public struct PlanReport {
             "hosts_scaling": hosts.map { ["hosts": $0.hosts, "tokens_per_s": $0.tokensPerSecond.rounded(), "efficiency": r3($0.efficiency)] },
             "warnings": warnings, "notes": notes, "simplifications": Self.simplifications,
         ]
-        return String(decoding: try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+        return try! jsonLine(object)
     }
 }

@@ -129,10 +129,7 @@ public enum StepBench {
 
     /// VmHWM from /proc/self/status (nil where there is none).
     static func peakResidentMegabytes() -> Double? {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kB = Double(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
-        return kB * 1024 / 1_000_000
+        kibibytes(in: "/proc/self/status", field: "VmHWM").map { Double($0) * 1024 / 1_000_000 }
     }
 
     /// Generation speed with and without the KV cache (tokens/s), `tokens` bytes ending at the

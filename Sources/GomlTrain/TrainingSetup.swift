@@ -289,10 +289,13 @@ public enum TrainingSetup {
 
     /// Bytes of memory this host can still give processes (/proc/meminfo's MemAvailable), nil
     /// where there is no such file.
-    static func availableMemory() -> Int? {
-        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
-              let kB = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }
-        return kB * 1024
-    }
+    static func availableMemory() -> Int? { kibibytes(in: "/proc/meminfo", field: "MemAvailable").map { $0 * 1024 } }
+}
+
+/// A field in kB of a /proc file such as /proc/meminfo or /proc/self/status ("Name:   1234 kB"),
+/// nil where there is no such file or field.
+func kibibytes(in file: String, field: String) -> Int? {
+    guard let text = try? String(contentsOfFile: file, encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") }) else { return nil }
+    return line.split(separator: " ").dropFirst().first.flatMap { Int($0) }
 }
