@@ -205,9 +205,11 @@ public enum TrainingSetup {
     }
 
     /// `auto`'s bf16 speedup, the same on every rank (collective): each rank measures it on its
-    /// cores where the CPU has native bf16, and the least counts (0 elsewhere, or not `auto`).
+    /// cores where the CPU has native bf16, and the least counts (0 elsewhere, or where `auto`
+    /// does not ask: another precision requested, or a strategy that runs float32 only; sharding,
+    /// decided later, has no such reason).
     static func bf16Speedup(_ request: TrainingRequest, _ comm: Communicator, threads: Int) -> Double {
-        guard request.precision == .auto else { return 0 }
+        guard request.precision == .auto, request.options.reduction.strategy.float32Reason == nil else { return 0 }
         let mine = [OneDNN.hasNativeBF16 ? PrecisionChoice.measuredBF16Speedup(threads: threads, ranksOnHost: comm.localSize) : 0]
         var all = [Double](repeating: 0, count: comm.size)
         mine.withUnsafeBufferPointer { m in all.withUnsafeMutableBufferPointer { comm.allGather(m, into: $0) } }
