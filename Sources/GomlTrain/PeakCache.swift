@@ -28,21 +28,26 @@ public enum PeakCache {
     private static var measuredHere: [String: Peak] = [:]
     private static let measuredLock = NSLock()
 
-    /// The share of all cores busy over the next 0.2 s (/proc/stat), while this process sleeps:
-    /// what other processes take. Nil where there is no /proc/stat.
+    /// The share of all cores that other processes keep busy over the next 0.2 s: the busy
+    /// time of /proc/stat less this process's own (/proc/self/stat: OpenBLAS's threads spin for
+    /// a while after a product, and they are not another process). Nil where there is no /proc.
     static func othersBusyShare() -> Double? {
-        func times() -> (busy: Double, total: Double)? {
+        func times() -> (busy: Double, total: Double, mine: Double)? {
             guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
-                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return nil }
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }),
+                  let own = try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8),
+                  let afterName = own.range(of: ") ", options: .backwards) else { return nil }
             let fields = line.split(separator: " ").dropFirst().compactMap { Double($0) }
-            guard fields.count >= 5 else { return nil }
+            // After the command name: state is field 3, utime and stime fields 14 and 15 (ticks, as /proc/stat's).
+            let ownFields = own[afterName.upperBound...].split(separator: " ")
+            guard fields.count >= 5, ownFields.count > 12, let user = Double(ownFields[11]), let system = Double(ownFields[12]) else { return nil }
             let total = fields.prefix(8).reduce(0, +), idle = fields[3] + fields[4]
-            return (total - idle, total)
+            return (total - idle, total, user + system)
         }
         guard let before = times() else { return nil }
         Thread.sleep(forTimeInterval: 0.2)
         guard let after = times(), after.total > before.total else { return nil }
-        return (after.busy - before.busy) / (after.total - before.total)
+        return max(0, (after.busy - before.busy) - (after.mine - before.mine)) / (after.total - before.total)
     }
 
     /// This CPU as /proc/cpuinfo names it (model name, family and model).
