@@ -1,6 +1,6 @@
 // CollectiveCost: what the gradient collectives cost on an α–β link model, message by message
 // as OpenMPI 4.1.4's libnbc schedules them (ompi/mca/coll/libnbc: nbc_iallreduce.c,
-// nbc_ireduce.c, nbc_iallgatherv.c) for the calls MPICommunicator makes: the bucketed
+// nbc_ireduce.c, nbc_iallgatherv.c) for the calls the Reducer makes: the bucketed
 // all-reduce (algorithm 3, which MPICommunicator sets: Rabenseifner's reduce-scatter +
 // all-gather, the ring below 2^⌊log2 p⌋ elements), the sharded reduce-scatter (one MPI_Ireduce
 // per bucket and owner, libnbc's default choice: Rabenseifner's reduce-scatter + binomial
@@ -199,7 +199,7 @@ final class CollectiveCosts {
         }
     }
 
-    /// One bucket's reduce-scatter as MPICommunicator runs it: every owner's reduce of its
+    /// One bucket's reduce-scatter as the Reducer runs it: every owner's reduce of its
     /// slice (`counts`, in rank order), all started together. They do not keep in step: the
     /// bucket takes its rounds' latencies once, and the longer of one reduce's own rounds in
     /// turn and the busiest link's bytes of them all.
