@@ -285,16 +285,12 @@ public final class InProcessCommunicator: Communicator {
         _ = blockingValue(what, part) { complete($0); return nil }
     }
 
-    /// Waits for `operation`; past the collective timeout ends the process, as the MPI watchdog does.
+    /// Waits for `operation` under the collective timeout, as every wait of this communicator.
     private func wait(for operation: Operation, _ what: String) {
-        let condition = group.condition, deadline = Date().addingTimeInterval(group.timeout)
-        condition.lock()
-        defer { condition.unlock() }
-        while !operation.done {
-            if !condition.wait(until: deadline) && !operation.done {
-                abort("rank \(rank) (\(hostName)) waited \(Int(group.timeout)) s in \(what) at step \(step) without progress: another rank stopped responding",
-                      code: ExitStatus.collectiveTimeout.code)
-            }
+        whileWaiting(for: what) {
+            group.condition.lock()
+            while !operation.done { group.condition.wait() }
+            group.condition.unlock()
         }
     }
 }
