@@ -71,8 +71,10 @@ public protocol DataParallelStrategy: AnyObject {
     var passes: PassPlan { get }
     /// The reduction as the run header names it, e.g. "allreduce, after backward".
     var summary: String { get }
-    /// The most bytes of parameter all-gathers in flight at once so far (sharded; bench reports it).
+    /// Sharded: the most bytes of parameter all-gathers in flight at once so far, and the bytes
+    /// one step's gather puts on the wire (bench reports both; 0 when nothing is gathered).
     var gatherPeakBytesInFlight: Int { get }
+    var gatherBytesPerStep: Int { get }
 
     /// Before a step's first pass.
     func beginStep()
@@ -111,6 +113,7 @@ extension DataParallelStrategy {
     public static var float32Reason: String? { nil }
     public static var needsOneBLASThread: Bool { false }
     public var gatherPeakBytesInFlight: Int { 0 }
+    public var gatherBytesPerStep: Int { 0 }
     public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }
     public static func passPlan(_ options: TrainingOptions, shard: Range<Int>, workers: Int) -> PassPlan {
         PassPlan.accumulating(options, shard: shard, workers: workers)

@@ -322,6 +322,9 @@ final class Reducer: @unchecked Sendable {
         }
     }
 
+    /// Bytes on the wire when every bucket has made its trip once (a step's parameter gather).
+    var bytesPerRound: Int { buckets.indices.reduce(0) { $0 + bytes($1) } }
+
     private func bytes(_ bucket: Int) -> Int { gatherWires[bucket]?.bytes ?? buckets[bucket].count * MemoryLayout<Float>.stride }
 
     /// Puts `bucket`'s values on the wire for `phase`: bf16 sums round them into the staging

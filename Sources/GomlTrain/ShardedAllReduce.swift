@@ -61,6 +61,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// The parameters' all-gather, bucket by bucket as each slice is updated.
     private let gathers: Reducer
     public var gatherPeakBytesInFlight: Int { gathers.peakBytesInFlight }
+    public var gatherBytesPerStep: Int { gathers.bytesPerRound }
 
     public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
         try PassPlan.validateMicroBatches(options, worldSize: worldSize)

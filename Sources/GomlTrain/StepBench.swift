@@ -30,7 +30,7 @@ public struct StepBenchReport {
 /// Where a `bench` run ran, for its report.
 public struct BenchContext {
     public var config = "", threads = 1, ranks = 1, precisionReason = "", peakGFLOPS = 0.0, peakSource = ""
-    public var gatherPeakMB = 0.0, gatherMBInFlight = 0.0, bucketMB = 1.0
+    public var gatherPeakMB = 0.0, gatherMBPerStep = 0.0, gatherMBInFlight = 0.0, bucketMB = 1.0
     public var communication = CommunicationSettings()
     public init() {}
 }
@@ -53,7 +53,8 @@ extension StepBenchReport {
                    busyMS, reduceMS, hiddenShare * 100, forwardWaitMS),
         ]
         if c.gatherPeakMB > 0 {
-            lines.append(String(format: "parameter all-gathers in flight at most %.1f MB at once (--gather-mb-in-flight %g)", c.gatherPeakMB, c.gatherMBInFlight))
+            lines.append(String(format: "parameter all-gathers: %.2f MB a step on the wire, in flight at most %.1f MB at once (--gather-mb-in-flight %g)",
+                                c.gatherMBPerStep, c.gatherPeakMB, c.gatherMBInFlight))
         }
         if c.ranks > 1 {
             lines.append(String(format: "after backward, the rank that finished it last waited %.2f ms (communication); rank 0's other %.2f ms was waiting for slower ranks",
@@ -72,7 +73,7 @@ extension StepBenchReport {
             "forward_ms": forwardMS, "backward_ms": backwardMS, "reduce_ms": reduceMS, "optimizer_ms": optimizerMS,
             "comm_ms": busyMS, "exposed_comm_ms": exposedMS,
             "exposed_forward_comm_ms": forwardWaitMS, "exposed_backward_comm_ms": reduceMS, "exposed_backward_last_rank_ms": lastRankMS,
-            "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": c.gatherPeakMB, "hidden_comm_share": rounded(hiddenShare, 1000),
+            "waiting_for_slower_ranks_ms": slowerRanksMS, "gather_peak_mb_in_flight": c.gatherPeakMB, "gather_mb_per_step": c.gatherMBPerStep, "hidden_comm_share": rounded(hiddenShare, 1000),
             "overlap": c.communication.overlap, "bucket_mb": c.bucketMB, "grad_compression": c.communication.compression.rawValue,
             "micro_batch": trainer.microBatch, "peak_resident_mb": peakResidentMB.map { rounded($0, 10) } ?? NSNull(),
         ]

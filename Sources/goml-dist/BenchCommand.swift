@@ -73,6 +73,7 @@ struct BenchCommand: ParsableCommand {
         context.config = config; context.threads = threads; context.ranks = comm.size
         context.precisionReason = precisionReason; context.peakGFLOPS = peak.gflops; context.peakSource = peak.source
         context.gatherPeakMB = Double(trainer.strategy.gatherPeakBytesInFlight) / 1e6
+        context.gatherMBPerStep = Double(trainer.strategy.gatherBytesPerStep) / 1e6
         context.gatherMBInFlight = parallel.gatherMBInFlight; context.bucketMB = parallel.bucketMB
         context.communication = request.communication
         comm.finalize()
