@@ -7,10 +7,12 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t received_signal = 0;
+static volatile sig_atomic_t sender = 0;
 /// Seconds (monotonic) of the first SIGINT; 0 before it.
 static volatile sig_atomic_t first_interrupt = 0;
 
-static void record_stop_signal(int signal_number) {
+static void record_stop_signal(int signal_number, siginfo_t *info, void *context) {
+    (void)context;
     if (signal_number == SIGINT) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
@@ -22,18 +24,21 @@ static void record_stop_signal(int signal_number) {
         }
         if (first_interrupt == 0) first_interrupt = (sig_atomic_t)(now.tv_sec > 0 ? now.tv_sec : 1);
     }
+    sender = info != NULL ? (sig_atomic_t)info->si_pid : 0;
     received_signal = signal_number;
 }
 
 int goml_stop_signal_install(void) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
-    action.sa_handler = record_stop_signal;
+    action.sa_sigaction = record_stop_signal;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESTART;   // blocking calls (MPI, file writes) carry on; the loop checks between steps
+    action.sa_flags = SA_RESTART | SA_SIGINFO;   // blocking calls (MPI, file writes) carry on; the loop checks between steps
     // SIGUSR1 too: mpirun forwards it to every rank and leaves them running, where SIGTERM
     // sent to mpirun kills them a second later (odls_base_sigkill_timeout). SIGINT: Ctrl-C.
     return sigaction(SIGTERM, &action, NULL) | sigaction(SIGUSR1, &action, NULL) | sigaction(SIGINT, &action, NULL);
 }
 
 int goml_stop_signal_received(void) { return received_signal; }
+
+int goml_stop_signal_sender(void) { return sender; }

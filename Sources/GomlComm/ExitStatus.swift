@@ -28,7 +28,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .replicasDiverged: "ranks disagree on the step, options, data position or parameter checksum"
         case .checkpointWrite: "a rank could not write its checkpoint (rank 0, or a replica's writer)"
         case .dataShrank: "a data file shrank while training"
-        case .stopped: "stopped by SIGTERM/SIGUSR1 after writing a checkpoint: continue with --resume"
+        case .stopped: "stopped by Ctrl-C, SIGTERM or SIGUSR1 after writing a checkpoint: continue with --resume"
         case .usage: "the command line does not parse (from the argument parser)"
         case .hostLost: "mpirun lost a host (its daemon stopped answering)"
         }

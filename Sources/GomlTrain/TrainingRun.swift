@@ -51,6 +51,8 @@ public struct RunSettings {
     /// Polled before every step: the signal that asked this rank to stop, 0 when none. A request
     /// on any rank stops every rank after the same step, with a checkpoint.
     public var stopSignal: () -> Int32 = { 0 }
+    /// The process that sent this rank's stop signal (0: unknown), to name where a stop came from.
+    public var stopSignalSender: () -> Int32 = { 0 }
     /// The scheduler's allocation (Slurm job, nodes, tasks), for the header.
     public var allocation: String? = nil
     /// Bytes of memory rank 0's host had available at start-up (nil: unknown); the header
@@ -253,12 +255,25 @@ public final class TrainingRun {
     private func stop(by signal: Int32, checkpointedStep: Int) throws {
         if checkpointedStep != trainer.step { try checkpoint() }
         if comm.isRoot {
-            plot()   // the curves so far, as a finished run leaves them
-            let name = [SIGTERM: "SIGTERM", SIGINT: "SIGINT (Ctrl-C)", SIGUSR1: "SIGUSR1"][signal] ?? "signal \(signal)"
+            var name = [SIGTERM: "SIGTERM", SIGINT: "SIGINT (Ctrl-C)", SIGUSR1: "SIGUSR1"][signal] ?? "signal \(signal)"
+            if signal == SIGTERM, settings.stopSignal() == signal, let launcher = Self.launcher(sending: settings.stopSignalSender()) {
+                name += " from \(launcher) (a Ctrl-C or a signal to \(launcher))"
+            }
             let path = (try? Checkpoint.resolve(settings.outDirectory)) ?? settings.outDirectory
+            // Said before the plot is drawn: a bare mpirun kills the ranks a second after its SIGTERM.
             log.line("stopped by \(name) after step \(trainer.step) of \(trainer.options.steps); checkpoint \(path); continue with the same command and --resume \(settings.outDirectory)")
+            plot()   // the curves so far, as a finished run leaves them
         }
         throw RunFailure(message: "", code: ExitStatus.stopped.code)
+    }
+
+    /// The MPI launcher that sent a signal, when `sender` is the process that started this rank
+    /// and is one: OpenMPI turns a Ctrl-C or a signal to mpirun into SIGTERM for every rank.
+    static func launcher(sending sender: Int32) -> String? {
+        guard sender > 0, sender == getppid(),
+              let name = try? String(contentsOfFile: "/proc/\(sender)/comm", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+              ["mpirun", "mpiexec", "orterun", "orted", "prterun", "prted"].contains(name) else { return nil }
+        return name == "orted" || name == "prted" ? "mpirun" : name
     }
 
     /// Each replica writer notes the last step done in OUT/progress (not durable: a hint), so a
@@ -375,5 +390,8 @@ public final class TrainingRun {
         log.line("steps \(o.steps), \(trainer.schedule.summary), out \(settings.outDirectory)")
         let every = o.ckptEvery > 0 ? "every \(o.ckptEvery) steps and at the end" : "at the end (--ckpt-every 0)"
         log.line("checkpoints \(every), and on Ctrl-C, SIGTERM or SIGUSR1 before stopping (twice Ctrl-C: at once, without one)")
+        if let launcher = Self.launcher(sending: getppid()) {
+            log.line("\(launcher) kills its ranks 1 s after passing them a Ctrl-C or SIGTERM (OpenMPI's odls_base_sigkill_timeout): to stop after a longer step, kill -USR1 \(getppid()) (launch/train does)")
+        }
     }
 }

@@ -35,6 +35,8 @@ public struct TrainingRequest {
     public var peakGFLOPS: Double? = nil
     /// Polled before every step: the signal that asked this rank to stop, 0 when none.
     public var stopSignal: () -> Int32 = { 0 }
+    /// The process that sent that signal (0: unknown).
+    public var stopSignalSender: () -> Int32 = { 0 }
     public var faults = FaultInjection()
 
     public init(options: TrainingOptions) { self.options = options }
@@ -134,6 +136,7 @@ public enum TrainingSetup {
             settings.divergingRank = request.faults.divergeRank
             settings.headerFault = request.faults.header
             settings.stopSignal = request.stopSignal
+            settings.stopSignalSender = request.stopSignalSender
             settings.allocation = slurmAllocation()
             settings.availableMemory = available
             let corpus = try openData(request.data, validation: request.validationData)

@@ -51,6 +51,7 @@ struct TrainCommand: ParsableCommand {
         r.failedAt = c.failedAt; r.stepsRedone = c.stepsRedone
         r.progress = logging.progress; r.plotEvery = logging.plotEvery
         r.stopSignal = { goml_stop_signal_received() }
+        r.stopSignalSender = { goml_stop_signal_sender() }
         faults.add(to: &r.faults)
         lowCommunication.addFaults(to: &r.faults)
         return r

@@ -1,7 +1,8 @@
 // Ctrl-C, as a terminal sends it (SIGINT to the whole foreground process group): `train
 // --single` and `launch/train` (mpirun under it) stop after a step with a checkpoint, exit 10
-// and name the signal; resuming ends with the bytes of a run never stopped. A second Ctrl-C
-// within 5 s ends the process at once.
+// and name the signal; resuming ends with the bytes of a run never stopped. A bare mpirun
+// passes Ctrl-C on as SIGTERM, and a tiny run stops the same way within the second it allows.
+// A second Ctrl-C within 5 s ends the process at once.
 
 import Foundation
 import GomlIO
@@ -55,14 +56,17 @@ final class InterruptTests: XCTestCase {
 
     /// Interrupts `command` (given its --out) mid-run, checks the stop, resumes it and compares
     /// the end with `reference`'s.
-    func assertCtrlCStopsAndResumesExactly(_ command: (String) -> (String, [String]), reference: String, named: String,
+    /// `status` nil: the exit status is mpirun's own (1 after it passed on a Ctrl-C), not ours.
+    func assertCtrlCStopsAndResumesExactly(_ command: (String) -> (String, [String]), reference: String, named: String, status: Int32? = 10,
                                            file: StaticString = #filePath, line: UInt = #line) throws {
         let out = Harness.temporaryDirectory("interrupted")
         let (executable, arguments) = command(out)
         let job = try start(executable, arguments)
         guard waitForTraining(out, job) else { return XCTFail("training did not get going\n\(job.output.suffix(3000))", file: file, line: line) }
         interrupt(job)
-        XCTAssertEqual(exitStatus(job), 10, job.output.suffix(3000).description, file: file, line: line)
+        let exit = exitStatus(job)
+        if let status { XCTAssertEqual(exit, status, job.output.suffix(3000).description, file: file, line: line) }
+        XCTAssertNotEqual(exit, 0, job.output.suffix(3000).description, file: file, line: line)
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertTrue(job.output.contains("stopped by \(named) after step \(step) of 300"), job.output.suffix(3000).description, file: file, line: line)
         let resumed = try start(executable, arguments + ["--resume", out])
@@ -86,6 +90,16 @@ final class InterruptTests: XCTestCase {
         try assertCtrlCStopsAndResumesExactly({ out in
             (Harness.packageRoot + "/launch/train", ["--bin", Harness.binary, "--np", "2", "--"] + stopTestArguments(out).dropFirst())
         }, reference: reference, named: "SIGUSR1")
+    }
+
+    /// A bare mpirun passes Ctrl-C to its ranks as SIGTERM and kills them a second later: a tiny
+    /// model's step and checkpoint fit in that second, and the stop names where it came from.
+    func testCtrlCToABareMpirunStopsATinyRunWithACheckpointNamingMpirun() throws {
+        let reference = Harness.temporaryDirectory("interrupt-bare-ref")
+        Harness.assertSuccess(Harness.mpirun(np: 2, stopTestArguments(reference)), "uninterrupted run")
+        try assertCtrlCStopsAndResumesExactly({ out in
+            ("/usr/bin/mpirun", ["-np", "2"] + Harness.mpirunOptions + [Harness.binary] + stopTestArguments(out))
+        }, reference: reference, named: "SIGTERM from mpirun (a Ctrl-C or a signal to mpirun)", status: nil)
     }
 
     func testASecondCtrlCEndsAtOnce() throws {

@@ -14,4 +14,7 @@ int goml_stop_signal_install(void);
 /// The signal that asked this process to stop, or 0 when none has arrived.
 int goml_stop_signal_received(void);
 
+/// The process that sent that signal (0 when unknown, as for a signal from the kernel).
+int goml_stop_signal_sender(void);
+
 #endif
