@@ -21,6 +21,27 @@ final class CommandTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("grad.layers.1.feed_forward.w3.weight") && r.stdout.contains("FAIL"), r.stdout)
     }
 
+    /// `train --help` as a user reads it: at most 40 options, in groups, defaults shown, the
+    /// internal and fault flags only under --help-hidden; --version names the build.
+    func testTrainHelpIsGroupedAndShort() {
+        let help = Harness.goml(["train", "--help"], timeout: 60)
+        Harness.assertSuccess(help, "train --help")
+        let lines = help.stdout.split(separator: "\n").map(String.init)
+        let options = lines.filter { $0.range(of: #"^\s+(-[a-z], )?--[a-z]"#, options: .regularExpression) != nil }
+        XCTAssertLessThanOrEqual(options.count, 40, "visible options:\n\(options.joined(separator: "\n"))")
+        for group in ["MODEL:", "DATA:", "OPTIMIZATION:", "PARALLELISM:", "PRECISION:", "CHECKPOINTS:", "LOGGING:"] {
+            XCTAssertTrue(lines.contains(group), "no \(group) group in\n\(help.stdout)")
+        }
+        for hidden in ["--failed-at", "--steps-redone", "--fault-", "--beta1"] {
+            XCTAssertFalse(help.stdout.contains(hidden), "\(hidden) is shown to users")
+        }
+        XCTAssertTrue(Harness.goml(["train", "--help-hidden"], timeout: 60).stdout.contains("--failed-at"), "--help-hidden lists the internal flags")
+        let batch = lines.firstIndex { $0.contains("--batch <") }.map { lines[$0...].prefix(4).joined() } ?? ""
+        XCTAssertTrue(batch.contains("default"), "--batch names its default: \(batch)")
+        let version = Harness.goml(["--version"], timeout: 60)
+        XCTAssertTrue(version.stdout.hasPrefix("goml-dist ") && version.stdout.contains("commit"), version.output)
+    }
+
     func testGradcheckPassesForBothFFNKinds() {
         let r = Harness.goml(["gradcheck"], timeout: 300)
         Harness.assertSuccess(r, "gradcheck")
