@@ -400,8 +400,9 @@ def make_fixture(path, cfg, batch, seed, note):
 
 
 if __name__ == "__main__":
-    # The long-sequence fixture: T 161 is odd and spans 2.5 of goml-dist's 64-row attention
-    # blocks (a full off-diagonal block, two diagonal ones and a partial one).
+    # The long-sequence fixture: T 161 is odd and spans 1.26 of goml-dist's 128-row attention
+    # blocks (a full off-diagonal block, two diagonal ones, one partial). The note is the one
+    # the stored file carries, written when the blocks had 64 rows.
     import sys
     out = sys.argv[1] if len(sys.argv) > 1 else "Tests/Fixtures/tiny_long.safetensors"
     make_fixture(out, Config(vocab=64, dim=32, layers=1, heads=4, ffn=64, seq_len=161), batch=2, seed=2024,

@@ -153,11 +153,12 @@ private func ropeRotate(_ qkv: FloatPointer, _ cosTable: ConstFloatPointer, _ si
 
 // MARK: - Causal self-attention (blocked, in the style of FlashAttention-2)
 
-/// Query rows and keys per attention block: a block of scores is 16 KB, so S, P and dS stay in
-/// cache beside their q, k and v rows. The block products go through the MatrixProducts seam
-/// (sgemm with transpose flags, or bf16), which lets bf16 serve attention unchanged; other
-/// block sizes and hand-written loops were not measured.
-let attentionBlock = 64
+/// Query rows and keys per attention block. Larger blocks make each block product more
+/// efficient but waste more masked work on the diagonal; at 128 a block of scores is 64 KB, so
+/// S, P and dS stay in L2 beside their q, k and v rows (BENCHMARKS.md compares 64, 128, 256).
+/// The block products go through the MatrixProducts seam (sgemm with transpose flags, or
+/// bf16), which lets bf16 serve attention unchanged.
+let attentionBlock = 128
 
 /// Deliberate faults that `verify` must catch (hidden test flag).
 public enum AttentionFault: String, Sendable, CaseIterable {

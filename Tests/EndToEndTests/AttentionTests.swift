@@ -1,5 +1,5 @@
 // The blocked causal attention: its backward checked against PyTorch on a sequence longer than
-// two attention blocks (tiny_long, T 161), and a deliberately broken backward caught by verify.
+// one attention block (tiny_long, T 161), and a deliberately broken backward caught by verify.
 
 import XCTest
 
