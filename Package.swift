@@ -1,10 +1,19 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// On x86-64 the Swift code is built for AVX2 and FMA (Haswell, 2013, and later; the floor
+// PortabilityTests emulate), so that its elementwise kernels run 8 floats an instruction.
+// CCPUFloor stops a CPU below that floor with one line before any of that code runs.
+#if arch(x86_64)
+let cpuFloor = ["-target-cpu", "haswell"]
+#else
+let cpuFloor: [String] = []
+#endif
+
 // The maths is optimised in debug builds too: the tests train real models in-process
 // (GomlTrainTests), which unoptimised kernels would run tens of times slower.
-let optimise: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
-                                .unsafeFlags(["-O"], .when(configuration: .debug))]
+let optimise: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"] + cpuFloor, .when(configuration: .release)),
+                                .unsafeFlags(["-O"] + cpuFloor, .when(configuration: .debug))]
 
 let package = Package(
     name: "goml-dist",
@@ -20,6 +29,7 @@ let package = Package(
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .target(name: "CStopSignal"),
+        .target(name: "CCPUFloor"),
         .target(name: "CBFloat16"),
         // The bf16 products: AVX512_BF16 dot products where oneDNN reports them, their emulation on
         // other AVX-512 CPUs; never called without AVX-512.
@@ -34,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "goml-dist",
             dependencies: [
-                "GomlCore", "GomlIO", "GomlComm", "GomlTrain", "GomlMPI", "CStopSignal",
+                "GomlCore", "GomlIO", "GomlComm", "GomlTrain", "GomlMPI", "CStopSignal", "CCPUFloor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimise
