@@ -127,7 +127,8 @@ final class StopSignalTests: XCTestCase {
 
     /// SIGTERM to mpirun itself: it forwards SIGTERM to the ranks and kills them
     /// odls_base_sigkill_timeout seconds later (1 by default); with time given, they checkpoint,
-    /// but mpirun exits 1 (its status for a job it was told to end), not the ranks' 10.
+    /// but mpirun exits 1 (its status for a job it was told to end), not the ranks' 10; the stop
+    /// line names mpirun as the sender.
     /// SIGUSR1 to mpirun (forwarded, nothing killed) stops the job the same way, with status 10.
     func testSignalsToMpirunStopWithACheckpoint() throws {
         let out = Harness.temporaryDirectory("termmpirun")
@@ -141,7 +142,7 @@ final class StopSignalTests: XCTestCase {
         XCTAssertEqual(job.process.terminationStatus, 1, job.output.suffix(3000).description)
         let step = try Checkpoint.loadTraining(Checkpoint.resolve(out)).step
         XCTAssertGreaterThan(step, 0)
-        XCTAssertTrue(job.output.contains("stopped by SIGTERM after step \(step) of 100000"), job.output.suffix(3000).description)
+        XCTAssertTrue(job.output.contains("stopped by SIGTERM from mpirun (a Ctrl-C or a signal to mpirun) after step \(step) of 100000"), job.output.suffix(3000).description)
 
         let usr1 = try startMpirun(stopTestArguments(out, steps: 100_000) + ["--resume", out])
         guard waitForTraining(out, past: step, running: { usr1.process.isRunning }) else {
