@@ -3,8 +3,6 @@
 #include "cpu_floor.h"
 #include <unistd.h>
 
-const int goml_cpu_floor_checked = 1;
-
 #if defined(__x86_64__)
 __attribute__((constructor)) static void check_cpu_floor(void) {
     __builtin_cpu_init();

@@ -1,7 +1,6 @@
 // goml-dist: the command-line entry point. Parses options and calls the libraries; no maths here.
 
 import ArgumentParser
-import CCPUFloor
 import Foundation
 import GomlCore
 import GomlTrain
@@ -19,7 +18,6 @@ struct GomlDist: ParsableCommand {
     static let version = "0.1"
 
     static func main() {
-        precondition(goml_cpu_floor_checked == 1)   // the CPU check ran (cpu_floor.h)
         if let core = BLAS.coreTypeToRestartWith {
             setenv("OPENBLAS_CORETYPE", core, 1)
             execv("/proc/self/exe", CommandLine.unsafeArgv)   // returns only if it fails: then run as we are
