@@ -197,8 +197,6 @@ public enum TrainingSetup {
         return agreeOnSetup(comm) { try TrainingRun(trainer: trainer, settings: run, mode: mode) }
     }
 
-    /// Collective over `comm`: the trainer `bench` times, on `--data` (or random bytes), set up
-    /// as `train` would set it up for a synchronous run, and why its precision was chosen.
     /// The request with its reducers' pacing set for this job: a waiting thread's core is idle
     /// only when every rank on the host has a core of its own.
     static func paced(_ request: TrainingRequest, _ comm: Communicator) -> TrainingRequest {
@@ -219,6 +217,8 @@ public enum TrainingSetup {
         return all.min()!
     }
 
+    /// Collective over `comm`: the trainer `bench` times, on `--data` (or random bytes), set up
+    /// as `train` would set it up for a synchronous run, and why its precision was chosen.
     public static func benchTrainer(_ request: TrainingRequest, comm: Communicator)
         -> (trainer: Trainer, threads: Int, precisionReason: String) {
         let request = paced(request, comm)
