@@ -231,8 +231,7 @@ public final class InProcessCommunicator: Communicator {
             if element == .float32 {
                 _ = values.initialize(from: UnsafeBufferPointer(start: part.input!.assumingMemoryBound(to: Float.self), count: count))
             } else {
-                let words = part.input!.assumingMemoryBound(to: UInt16.self)
-                for i in 0..<count { values[i] = goml_bf16_to_float(words[i]) }
+                goml_bf16_decode(part.input!.assumingMemoryBound(to: UInt16.self), values.baseAddress, count)
             }
             return values
         }

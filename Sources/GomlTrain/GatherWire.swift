@@ -51,9 +51,7 @@ struct GatherWire {
         for piece in pieces[rank] {
             let at = wire + 2 * piece.word, source = values.baseAddress! + piece.elements.lowerBound, count = piece.elements.count
             guard piece.bf16 else { at.copyMemory(from: source, byteCount: 4 * count); continue }
-            at.withMemoryRebound(to: UInt16.self, capacity: count) { words in
-                for j in 0..<count { words[j] = goml_bf16_from_float(source[j]) }
-            }
+            goml_bf16_encode(source, at.assumingMemoryBound(to: UInt16.self), count)
         }
     }
 
@@ -63,9 +61,7 @@ struct GatherWire {
             for piece in slice {
                 let at = wire + 2 * piece.word, target = values.baseAddress! + piece.elements.lowerBound, count = piece.elements.count
                 guard piece.bf16 else { UnsafeMutableRawPointer(target).copyMemory(from: at, byteCount: 4 * count); continue }
-                at.withMemoryRebound(to: UInt16.self, capacity: count) { words in
-                    for j in 0..<count { target[j] = goml_bf16_to_float(words[j]) }
-                }
+                goml_bf16_decode(at.assumingMemoryBound(to: UInt16.self), target, count)
             }
         }
     }

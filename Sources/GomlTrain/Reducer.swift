@@ -332,7 +332,7 @@ final class Reducer: @unchecked Sendable {
     private func begin(_ phase: Phase, _ bucket: Int) {
         let values = buckets[bucket]
         if phase == .allReduce || phase == .reduceToOwner, let wire = staged[bucket] {
-            for i in 0..<values.count { wire[i] = goml_bf16_from_float(values[i]) }
+            goml_bf16_encode(values.baseAddress, wire.baseAddress, values.count)
         }
         if let gather = gatherWires[bucket] { gather.encode(values, rank: comm.rank) }
     }
@@ -342,7 +342,6 @@ final class Reducer: @unchecked Sendable {
     private func finish(_ phase: Phase, _ bucket: Int) {
         if let gather = gatherWires[bucket] { return gather.decode(into: buckets[bucket], except: comm.rank) }
         guard phase == .allReduce || (phase == .reduceToOwner && owners[bucket] == comm.rank), let wire = staged[bucket] else { return }
-        let values = buckets[bucket]
-        for i in 0..<values.count { values[i] = goml_bf16_to_float(wire[i]) }
+        goml_bf16_decode(wire.baseAddress, buckets[bucket].baseAddress, wire.count)
     }
 }

@@ -5,6 +5,7 @@
 #ifndef GOML_BFLOAT16_H
 #define GOML_BFLOAT16_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -20,6 +21,16 @@ static inline float goml_bf16_to_float(uint16_t value) {
     float result;
     memcpy(&result, &bits, sizeof result);
     return result;
+}
+
+/// `count` values rounded to bfloat16 words, as goml_bf16_from_float rounds each.
+static inline void goml_bf16_encode(const float *values, uint16_t *words, size_t count) {
+    for (size_t i = 0; i < count; i++) words[i] = goml_bf16_from_float(values[i]);
+}
+
+/// `count` bfloat16 words widened to float32.
+static inline void goml_bf16_decode(const uint16_t *words, float *values, size_t count) {
+    for (size_t i = 0; i < count; i++) values[i] = goml_bf16_to_float(words[i]);
 }
 
 #endif
