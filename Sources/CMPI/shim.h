@@ -24,6 +24,7 @@ static inline MPI_Datatype goml_mpi_uint16(void) { return MPI_UINT16_T; }
 static inline MPI_Request goml_mpi_request_null(void) { return MPI_REQUEST_NULL; }
 static inline int goml_mpi_undefined(void) { return MPI_UNDEFINED; }
 static inline MPI_Comm goml_mpi_comm_null(void) { return MPI_COMM_NULL; }
+static inline int goml_mpi_mode_nocheck(void) { return MPI_MODE_NOCHECK; }
 
 /* bfloat16 <-> float32: the one rounding (a system-library target has no dependencies, hence the path). */
 #include "../CBFloat16/include/goml_bfloat16.h"

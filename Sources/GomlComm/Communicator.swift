@@ -51,6 +51,11 @@ public protocol Communicator: AnyObject {
     /// job naming `what` when no rank makes progress.
     func whileWaiting(for what: String, _ wait: () -> Void)
 
+    /// Memory every rank of this communicator reads and writes, when they all run on one host
+    /// (MPI_Win_allocate_shared): rank r's `count` floats are `segments[r]`. nil when the ranks
+    /// span hosts or the host could not map it on every rank. Collective.
+    func sharedFloats(count: Int) -> SharedFloats?
+
     /// Rank r's `send` (`counts[r]` values) placed at its part of `receive` on `root`, the
     /// parts contiguous in rank order (blocking; `receive` is read on `root` only).
     func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int)
@@ -63,6 +68,23 @@ public protocol CollectiveRequest: AnyObject {
     func start()
     /// True once the collective started last has completed on this rank.
     func test() -> Bool
+}
+
+/// Float32 memory shared by the ranks of one host (`Communicator.sharedFloats`): each rank's
+/// segment, in rank order. Lives as long as the job: freeing it would be one more collective
+/// for every rank to reach.
+public final class SharedFloats: @unchecked Sendable {
+    public let segments: [UnsafeMutableBufferPointer<Float>]
+    private let barrier: (String) -> Void
+
+    public init(segments: [UnsafeMutableBufferPointer<Float>], barrier: @escaping (String) -> Void) {
+        self.segments = segments
+        self.barrier = barrier
+    }
+
+    /// Returns once every rank has called it; what any rank wrote to the segments before it,
+    /// every rank reads after it. Waits under the collective timeout, naming `what`.
+    public func synchronize(_ what: String) { barrier(what) }
 }
 
 /// The communicators a job's communicator comes with (`Communicator.companion`).
@@ -129,6 +151,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func makeAllGather(_ buffer: UnsafeMutableRawPointer, counts: [Int], of element: WireElement) -> CollectiveRequest { CompletedRequest() }
     public func companion(_ kind: Companion) -> Communicator? { self }
     public func whileWaiting(for what: String, _ wait: () -> Void) { wait() }
+    public func sharedFloats(count: Int) -> SharedFloats? { nil }
     public func gather(_ send: UnsafeBufferPointer<Float>, into receive: UnsafeMutableBufferPointer<Float>, counts: [Int], root: Int) {
         _ = receive.update(fromContentsOf: send)
     }

@@ -137,6 +137,19 @@ public final class InProcessCommunicator: Communicator {
     public func finalize() {}
     public func noteStep(_ step: Int) { self.step = step }
 
+    /// Each rank's segment is its own allocation, freed with the last rank's SharedFloats.
+    public func sharedFloats(count: Int) -> SharedFloats? {
+        guard size > 1, localSize == size else { return nil }
+        let mine = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
+        mine.initialize(repeating: 0)
+        let made = blockingValue("sharedFloats", Part(mine)) { parts in Segments(parts.map { $0.floats() }) }
+        let segments = made.value as! Segments
+        return SharedFloats(segments: segments.buffers) { [self] what in
+            _ = segments
+            blocking(what, Part(value: 0)) { _ in }
+        }
+    }
+
     // MARK: Non-blocking requests (a channel each, as each MPI request is its own)
 
     /// Requests this rank has made: the next one's number, the same on every rank.
@@ -397,6 +410,13 @@ private final class InProcessRequest: CollectiveRequest {
 
     func start() { operation = comm.start(self) }
     func test() -> Bool { operation.map(comm.isDone) ?? true }
+}
+
+/// The ranks' shared segments, freed once no rank holds them.
+private final class Segments: @unchecked Sendable {
+    let buffers: [UnsafeMutableBufferPointer<Float>]
+    init(_ buffers: [UnsafeMutableBufferPointer<Float>]) { self.buffers = buffers }
+    deinit { buffers.forEach { $0.deallocate() } }
 }
 
 /// The ranks' results, each set once by its thread.

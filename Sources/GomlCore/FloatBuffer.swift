@@ -3,10 +3,20 @@
 
 public final class FloatBuffer {
     public let pointer: UnsafeMutableBufferPointer<Float>
+    /// What owns memory this buffer does not (shared memory), kept alive with it.
+    private let owner: AnyObject?
 
     public init(count: Int) {
         pointer = .allocate(capacity: count)
         pointer.initialize(repeating: 0)
+        owner = nil
+    }
+
+    /// A buffer over `memory`, which `owner` frees; zeroed.
+    public init(in memory: UnsafeMutableBufferPointer<Float>, ownedBy owner: AnyObject) {
+        pointer = memory
+        pointer.update(repeating: 0)
+        self.owner = owner
     }
 
     public convenience init(_ values: [Float]) {
@@ -14,7 +24,7 @@ public final class FloatBuffer {
         _ = pointer.initialize(from: values)
     }
 
-    deinit { pointer.deallocate() }
+    deinit { if owner == nil { pointer.deallocate() } }
 
     public var count: Int { pointer.count }
     public var base: UnsafeMutablePointer<Float> { pointer.baseAddress! }

@@ -191,6 +191,62 @@ public final class MPICommunicator: Communicator {
         }
     }
 
+    /// One window per call, never freed (see SharedFloats); each rank's segment starts on a
+    /// page of its own (alloc_shared_noncontig). OpenMPI backs it with a file in /dev/shm, and
+    /// where that file does not fit, its first rank fails and the others wait forever inside
+    /// the call: so every rank first checks the room there (a container's /dev/shm is often
+    /// 64 MB), and all skip the window if any lacks it.
+    public func sharedFloats(count: Int) -> SharedFloats? {
+        guard size > 1, localSize == size else { return nil }
+        let bytes = count * size * MemoryLayout<Float>.stride, needed = bytes + bytes / 8 + (8 << 20)
+        var room = statvfs()
+        let free = statvfs("/dev/shm", &room) == 0 ? Int(room.f_bavail) * Int(room.f_frsize) : 0
+        guard allAgree(free >= needed) else {
+            if rank == 0 {
+                FileHandle.standardError.write(Data("goml-dist: note: /dev/shm has \(free >> 20) MB free and the gradient sum in shared memory needs \(needed >> 20) MB, so gradients go through MPI's reduce-scatter (slower on one host); in a container, give it more (docker run --shm-size=\((needed >> 30) + 1)g)\n".utf8))
+            }
+            return nil
+        }
+        var base: UnsafeMutableRawPointer?
+        var window: MPI_Win?
+        var info = goml_mpi_info_null()
+        MPI_Info_create(&info)
+        MPI_Info_set(info, "alloc_shared_noncontig", "true")
+        watchdog.enter("MPI_Win_allocate_shared")
+        Self.serialized.lock()
+        let rc = MPI_Win_allocate_shared(MPI_Aint(count * MemoryLayout<Float>.stride), Int32(MemoryLayout<Float>.stride), info, world, &base, &window)
+        Self.serialized.unlock()
+        watchdog.leave()
+        MPI_Info_free(&info)
+        let made = allAgree(rc == goml_mpi_success())
+        guard made, let window else {
+            if rc == goml_mpi_success() { abort("MPI_Win_allocate_shared failed on another rank of this host but not on rank \(rank)", code: ExitStatus.mpiCall.code) }
+            return nil
+        }
+        let segments = (0..<size).map { r -> UnsafeMutableBufferPointer<Float> in
+            var bytes: MPI_Aint = 0, unit: Int32 = 0
+            var start: UnsafeMutableRawPointer?
+            check("MPI_Win_shared_query", watched: false) { MPI_Win_shared_query(window, Int32(r), &bytes, &unit, &start) }
+            return UnsafeMutableBufferPointer(start: start!.bindMemory(to: Float.self, capacity: count), count: count)
+        }
+        check("MPI_Win_lock_all", watched: false) { MPI_Win_lock_all(goml_mpi_mode_nocheck(), window) }
+        // A barrier tested under the lock, not one blocking call holding it: another thread's
+        // collective (an overlapped DiLoCo all-reduce) keeps progressing meanwhile.
+        let barrier = UnsafeMutablePointer<MPI_Request?>.allocate(capacity: 1)
+        return SharedFloats(segments: segments) { [self] what in
+            check("MPI_Win_sync", watched: false) { MPI_Win_sync(window) }
+            check("MPI_Ibarrier", watched: false) { MPI_Ibarrier(world, barrier) }
+            whileWaiting(for: what) {
+                var done: Int32 = 0
+                while done == 0 {
+                    check("MPI_Test", watched: false) { MPI_Test(barrier, &done, goml_mpi_status_ignore()) }
+                    if done == 0 { sched_yield() }
+                }
+            }
+            check("MPI_Win_sync", watched: false) { MPI_Win_sync(window) }
+        }
+    }
+
     public func finalize() {
         guard world == job else { return }
         watchdog.stop()

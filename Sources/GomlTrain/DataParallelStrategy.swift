@@ -78,6 +78,9 @@ public protocol DataParallelStrategy: AnyObject {
 
     /// Before a step's first pass.
     func beginStep()
+    /// Collective, after set-up (which must make no collective) and before the header and the
+    /// first step: what the strategy makes with every rank. Idempotent.
+    func connect()
     /// From forward, before it first reads the parameters below `offset`: returns once they hold
     /// the last update (sharded: that bucket's all-gather has arrived). Called on worker threads;
     /// must not allocate.
@@ -112,6 +115,7 @@ extension DataParallelStrategy {
     /// change it) between a run and its resumption.
     public static var float32Reason: String? { nil }
     public static var needsOneBLASThread: Bool { false }
+    public func connect() {}
     public var gatherPeakBytesInFlight: Int { 0 }
     public var gatherBytesPerStep: Int { 0 }
     public static func trajectoryDifferences(_ options: TrainingOptions, from saved: TrainingOptions) -> [String] { [] }

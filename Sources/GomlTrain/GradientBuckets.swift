@@ -28,11 +28,17 @@ public func gradientBuckets(_ layout: ParameterLayout, bucketBytes: Int) -> [Ran
 
 /// One gradient buffer per worker thread of a rank [P each]; worker 0's receives their sum.
 final class WorkerGradients {
-    let buffers: [FloatBuffer]
+    private(set) var buffers: [FloatBuffer]
     var sum: FloatBuffer { buffers[0] }
 
     init(workers: Int, count: Int) {
         buffers = (0..<workers).map { _ in FloatBuffer(count: count) }
+    }
+
+    /// Puts the sum (worker 0's buffer) in `memory` instead, between steps.
+    func placeSum(in memory: UnsafeMutableBufferPointer<Float>, ownedBy owner: AnyObject) {
+        precondition(memory.count == sum.count)
+        buffers[0] = FloatBuffer(in: memory, ownedBy: owner)
     }
 
     /// Adds workers 1… into worker 0's buffer over `range`, in worker order: ((g0 + g1) + g2)…
@@ -44,6 +50,17 @@ final class WorkerGradients {
     }
 }
 
+/// What a BucketedReduction hands its buckets to: a Reducer over the communicator, or a
+/// HostSum over shared memory.
+protocol BucketReducer: AnyObject {
+    /// Starts `bucket`'s reduction and returns at once.
+    func start(_ bucket: Int)
+    /// Waits for every started bucket; returns the seconds the reduction was busy.
+    func waitAll() -> Double
+}
+
+extension Reducer: BucketReducer {}
+
 final class BucketedReduction {
     let buckets: [Range<Int>]
     private let gradients: WorkerGradients
@@ -52,9 +69,9 @@ final class BucketedReduction {
     private let frontiers: UnsafeMutableBufferPointer<Int>
     private var nextBucket = 0
     /// Reduces the started buckets of the workers' sum.
-    private let reducer: Reducer
+    private let reducer: BucketReducer
 
-    init(buckets: [Range<Int>], gradients: WorkerGradients, reducer: Reducer) {
+    init(buckets: [Range<Int>], gradients: WorkerGradients, reducer: BucketReducer) {
         self.buckets = buckets
         self.gradients = gradients
         self.reducer = reducer

@@ -27,6 +27,9 @@ public struct CommunicationSettings: Sendable {
     /// Fault injection for tests (hidden --fault-lost-gather-rank): sharded, this rank starts no
     /// all-gather and stops responding in the next forward, as a rank lost during it would.
     public var faultLostDuringGather = false
+    /// Sharded with every rank on one host: sum the gradients from shared memory (HostSum)
+    /// instead of MPI's reduce-scatter. Off for measurements and the MPI path's tests.
+    public var sharedMemorySum = true
     /// How the reducers' threads poll and how many bytes of all-gather fly at once.
     public var pacing = ReducerPacing()
     public init() {}

@@ -41,12 +41,17 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// Moments of this rank's slices only, packed in forward bucket order.
     public let optimizer: AdamW
     /// AdamW on the rank's worker threads; each bucket's gather starts once its slice is
-    /// updated. Made at the end of init (it calls back into the strategy).
+    /// updated. Made at its first use, when the gradient sum is where it stays.
     private lazy var update = ParallelAdamW(optimizer: optimizer, parameters: parameters.base,
                                             gradient: gradients.sum.base) { [unowned self] in self.startGather(forwardIndex: $0) }
     private let gradients: WorkerGradients
     private let shards: ShardLayout
-    private let reduction: BucketedReduction
+    private var reduction: BucketedReduction
+    /// Every rank on this host, float32 sums: the gradient sum is to move to shared memory
+    /// (HostSum) when the ranks connect.
+    private var sumToMove: Bool
+    /// The gradients are summed in shared memory.
+    private var sumsInSharedMemory = false
     private let comm: Communicator
     private let settings: CommunicationSettings
     /// Buckets in forward order: the order slices are updated and gathered.
@@ -59,7 +64,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// This rank's squared-norm share, and every rank's, in rank order. [1], [N]
     private let partialNorm: UnsafeMutableBufferPointer<Double>, partialNorms: UnsafeMutableBufferPointer<Double>
     /// The parameters' all-gather, bucket by bucket as each slice is updated.
-    private let gathers: Reducer
+    private var gathers: Reducer
     public var gatherPeakBytesInFlight: Int { gathers.peakBytesInFlight }
     public var gatherBytesPerStep: Int { gathers.bytesPerRound }
 
@@ -87,14 +92,8 @@ public final class ShardedAllReduce: DataParallelStrategy {
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
         momentOffsets = offsets
-        let parameters = parameters, operands = bf16Weights ? layout.productOperands.map(\.range) : []
-        let reducers = Reducer.sharded(comm, buckets: shards.buckets.indices.map { b in
-            let bucket = shards.buckets[b]
-            return ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradients.sum.pointer[bucket]),
-                                 parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[bucket]), counts: shards.counts(b),
-                                 bf16Ranges: operands.map { $0.clamped(to: bucket) }.filter { !$0.isEmpty }
-                                    .map { ($0.lowerBound - bucket.lowerBound)..<($0.upperBound - bucket.lowerBound) })
-        }, compression: communication.compression, pacing: communication.pacing)
+        let reducers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
+                                     bf16Operands: bf16Weights ? layout.productOperands.map(\.range) : [], communication: communication)
         gathers = reducers.allGather
         reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, reducer: reducers.reduceScatter)
         partialNorm = .allocate(capacity: 1)
@@ -103,21 +102,59 @@ public final class ShardedAllReduce: DataParallelStrategy {
         partialNorms.initialize(repeating: 0)
         self.comm = comm
         settings = communication
+        sumToMove = Self.sumInSharedMemory(comm, communication)
         arrived = shards.buckets.count
-        _ = update
+    }
+
+    /// The reduce-scatter and the all-gather over `gradient` and `parameters`, bucket by bucket
+    /// (no collective: each request is made at its first start).
+    private static func reducers(_ comm: Communicator, shards: ShardLayout, gradient: FloatBuffer, parameters: FloatBuffer, bf16Operands: [Range<Int>],
+                                 communication: CommunicationSettings) -> (reduceScatter: Reducer, allGather: Reducer) {
+        Reducer.sharded(comm, buckets: shards.buckets.indices.map { b in
+            let bucket = shards.buckets[b]
+            return ShardedBucket(gradient: UnsafeMutableBufferPointer(rebasing: gradient.pointer[bucket]),
+                                 parameters: UnsafeMutableBufferPointer(rebasing: parameters.pointer[bucket]), counts: shards.counts(b),
+                                 bf16Ranges: bf16Operands.map { $0.clamped(to: bucket) }.filter { !$0.isEmpty }
+                                    .map { ($0.lowerBound - bucket.lowerBound)..<($0.upperBound - bucket.lowerBound) })
+        }, compression: communication.compression, pacing: communication.pacing)
+    }
+
+    /// The sum over shared memory needs every rank on one host, and float32 on the "wire"
+    /// (bf16 compression rounds what travels; nothing travels here).
+    private static func sumInSharedMemory(_ comm: Communicator, _ settings: CommunicationSettings) -> Bool {
+        settings.sharedMemorySum && settings.compression == .none && comm.size > 1 && comm.localSize == comm.size
     }
 
     deinit { partialNorm.deallocate(); partialNorms.deallocate() }
 
     public var summary: String {
-        let when = settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
+        let when = sumsInSharedMemory ? "gradients summed from this host's shared memory after backward"
+            : settings.overlap ? String(format: "reduce-scatter overlapped with backward in %.1f MB buckets", Double(settings.bucketBytes) / 1e6)
             : "reduce-scatter after backward"
         let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
         let weights = bf16Weights ? ", matrices gathered as bf16" : ""
         return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters\(weights) awaited per bucket by the next forward; --no-shard replicates)"
     }
 
-    public func beginStep() { reduction.beginStep() }
+    public func beginStep() {
+        connect()
+        reduction.beginStep()
+    }
+
+    /// Moves the gradient sum to shared memory, where it is to go and the host has room (else
+    /// the communicator's reduce-scatter stays).
+    public func connect() {
+        guard sumToMove else { return }
+        sumToMove = false
+        guard let shared = comm.sharedFloats(count: parameters.count) else { return }
+        sumsInSharedMemory = true
+        gradients.placeSum(in: shared.segments[comm.rank], ownedBy: shared)
+        // The bf16 gather's wire is the gradient memory: the gather moves with it.
+        gathers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
+                                bf16Operands: bf16Weights ? layout.productOperands.map(\.range) : [], communication: settings).allGather
+        let slices = shards.buckets.indices.map { shards.slice($0, rank: comm.rank) }
+        reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, reducer: HostSum(shared, rank: comm.rank, slices: slices))
+    }
 
     /// A worker's first pass overwrites its buffer, later micro-batches add to it.
     public func gradientBuffer(worker: Int, pass: Int) -> (buffer: FloatBuffer, accumulate: Bool) {

@@ -162,6 +162,7 @@ public final class TrainingRun {
         } else {
             initialise()
         }
+        trainer.strategy.connect()
         var checkpointedStep = settings.resume ? trainer.step : -1
         let resumedAt = checkpointedStep
         printHeader()

@@ -1,6 +1,7 @@
 // Sharded data parallelism (the default allreduce on several ranks) through real mpirun: the
 // replicated run's numbers at bf16 products, bf16 weights on the wire changing no bit,
-// resumption at another world size, and checkpoints as the replicated run writes them. (At
+// resumption at another world size, checkpoints as the replicated run writes them, and one
+// host's sum in shared memory giving the reduce-scatter's numbers. (At
 // float32, sharded against replicated at every world size, worker count and compression, and
 // resumed at the same world size, is StrategyTableTests, in one process.)
 
@@ -97,6 +98,44 @@ final class ShardingTests: XCTestCase {
         let r = Harness.goml(["sample", "--ckpt", a.path, "--tokens", "20"], timeout: 60)
         Harness.assertSuccess(r, "sample from the sharded checkpoint")
         XCTAssertGreaterThanOrEqual(r.stdout.utf8.count, 20, r.stdout)
+    }
+
+    /// Every rank on one host: the gradients are summed in MPI's shared-memory window, not
+    /// reduce-scattered, and nothing changes: at np 2 (a sum of two in either order) the
+    /// reduce-scatter's bits, checkpoint included; at np 4 (MPI adds four along its own tree)
+    /// its numbers at float32 rounding.
+    func testOneHostSumsInSharedMemoryAsTheReduceScatterWould() throws {
+        for np in [2, 4] {
+            let shared = Harness.temporaryDirectory("host-sum-np\(np)"), reduceScatter = Harness.temporaryDirectory("reduce-scatter-np\(np)")
+            let s = Harness.mpirun(np: np, Harness.tinyTrain(shared, extra: Self.buckets))
+            Harness.assertSuccess(s, "shared-memory sum, np \(np)")
+            XCTAssertTrue(s.stdout.contains("gradients summed from this host's shared memory"), s.stdout)
+            let r = Harness.mpirun(np: np, Harness.tinyTrain(reduceScatter, extra: Self.buckets + ["--no-shared-memory-sum"]))
+            Harness.assertSuccess(r, "reduce-scatter, np \(np)")
+            XCTAssertTrue(r.stdout.contains("reduce-scatter overlapped with backward"), r.stdout)
+            if np == 2 {
+                XCTAssertEqual(Harness.lossTexts(shared).count, 20)
+                XCTAssertEqual(Harness.lossTexts(shared), Harness.lossTexts(reduceScatter), "np 2: losses, bit for bit")
+                XCTAssertEqual(Harness.fieldTexts(shared, "grad_norm"), Harness.fieldTexts(reduceScatter, "grad_norm"), "np 2: gradient norms")
+                XCTAssertEqual(try Harness.checkpointTensorBytes(shared), try Harness.checkpointTensorBytes(reduceScatter), "np 2: checkpoint bytes")
+            } else {
+                try Harness.assertClose(shared, reduceScatter, steps: 20, "np 4")
+            }
+        }
+    }
+
+    /// A /dev/shm too small for the window (a container's 64 MB against small's 100 MB): one
+    /// line says so and how to give it more, and the run goes on through the reduce-scatter,
+    /// instead of OpenMPI's first rank failing and the others waiting forever in the call.
+    func testADevShmWithoutRoomKeepsTheReduceScatterAndSaysSo() throws {
+        let mount = Harness.run("/usr/bin/unshare", ["-m", "sh", "-c", "mount -t tmpfs -o size=64m tmpfs /dev/shm"], timeout: 30)
+        guard mount.status == 0 else { throw XCTSkip("a private /dev/shm needs unshare and mount (root): \(mount.stderr)") }
+        let mpirun = (["/usr/bin/mpirun", "-np", "2"] + Harness.mpirunOptions + [Harness.binary, "bench", "--config", "small", "--steps", "1", "--warmup", "0"])
+            .joined(separator: " ")
+        let r = Harness.run("/usr/bin/unshare", ["-m", "sh", "-c", "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec \(mpirun)"], timeout: 120)
+        Harness.assertSuccess(r, "bench small, np 2, in 64 MB of /dev/shm")
+        XCTAssertTrue(r.stderr.contains("goml-dist: note: /dev/shm has 6") && r.stderr.contains("docker run --shm-size=1g"), r.stderr)
+        XCTAssertTrue(r.stdout.contains("reduce-scatter overlapped with backward"), r.stdout)
     }
 
     /// `--reduction exact` stays unsharded and says why.

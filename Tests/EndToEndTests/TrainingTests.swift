@@ -6,9 +6,10 @@ import XCTest
 
 final class TrainingTests: XCTestCase {
     /// One process (--single) against every world size, both transports, and the MPI paths of
-    /// each way of splitting a step: 50 kB buckets overlapped with backward (sharded: reduce-
-    /// scatter, all-gather), two workers summing their micro-batches before a bucket leaves,
-    /// after backward, and replicated (--no-shard). Every case gives the same losses, gradient
+    /// each way of splitting a step: sharded with one host's gradients summed in shared memory,
+    /// or reduce-scattered in 50 kB buckets overlapped with backward (--no-shared-memory-sum, as
+    /// across hosts), two workers summing their micro-batches before a bucket leaves, after
+    /// backward, and replicated (--no-shard). Every case gives the same losses, gradient
     /// norms, validation loss and final parameters to float32 rounding, and its header says
     /// how it split the step. (Every combination of these is StrategyTableTests, in one
     /// process; here the MPI communicator carries them.)
@@ -17,15 +18,17 @@ final class TrainingTests: XCTestCase {
         Harness.assertSuccess(Harness.goml(Harness.tinyTrain(single, extra: ["--single"])), "--single")
         XCTAssertEqual(Harness.losses(single).count, 20)
         let buckets = ["--bucket-mb", "0.05"], sharded = "allreduce sharded over", overlapped = "overlapped with backward in 0.1 MB buckets"
+        let hostSum = "gradients summed from this host's shared memory after backward", reduceScatter = buckets + ["--no-shared-memory-sum"]
         let replicated = "replicated: every rank holds the whole optimizer state"
         let cases: [(np: Int, transport: String, extra: [String], header: [String])] = [
             (1, "shared memory", [], ["world 1 rank(s)"]),
-            (2, "shared memory", buckets, ["\(sharded) 2 ranks", overlapped, "sharding saved"]),
-            (2, "shared memory", buckets + ["--threads", "2", "--micro-batch", "1"], [overlapped, "micro-batch 1 sequence(s) × 2 worker(s)"]),
+            (2, "shared memory", buckets, ["\(sharded) 2 ranks (\(hostSum)", "sharding saved"]),
+            (2, "shared memory", reduceScatter + ["--threads", "2", "--micro-batch", "1"], [overlapped, "micro-batch 1 sequence(s) × 2 worker(s)"]),
             (2, "shared memory", ["--no-shard", "--no-overlap", "--threads", "1"], [replicated, "allreduce, after backward", "micro-batch 4 sequence(s) × 1 worker(s)"]),
             (4, "shared memory", buckets + ["--no-shard"], [replicated, overlapped]),
-            (4, "shared memory", ["--no-overlap", "--threads", "2"], ["\(sharded) 4 ranks (reduce-scatter after backward"]),
-            (2, "tcp", buckets, ["\(sharded) 2 ranks", overlapped]),
+            (4, "shared memory", ["--no-overlap", "--threads", "2"], ["\(sharded) 4 ranks (\(hostSum)"]),
+            (4, "shared memory", ["--no-overlap", "--no-shared-memory-sum"], ["\(sharded) 4 ranks (reduce-scatter after backward"]),
+            (2, "tcp", reduceScatter, ["\(sharded) 2 ranks", overlapped]),
         ]
         for (np, transport, extra, header) in cases {
             let what = "np \(np) \(transport) \(extra.joined(separator: " "))"

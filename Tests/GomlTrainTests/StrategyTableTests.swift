@@ -4,7 +4,8 @@
 // `train` does, and must give the one-process run's losses, gradient norms, validation losses
 // and parameters at the README's tolerances; a resumed row must equal its uninterrupted twin bit
 // for bit; exact rows equal each other bit for bit at every world size (1 to 8 ranks); bf16
-// gradients change the numbers, and sharded agrees with replicated under them. DiLoCo rows
+// gradients change the numbers, and sharded agrees with replicated under them; sharded on one
+// host sums in shared memory, bit for bit as the communicator's reduce-scatter. DiLoCo rows
 // (plain averaging or Nesterov momentum, blocking or overlapped) are held against an outer step
 // computed here, from one-process workers.
 
@@ -51,11 +52,16 @@ final class StrategyTableTests: XCTestCase {
         var microBatch: Int? = nil
         var resumeAt: Int? = nil
         var batch = StrategyTableTests.batch
+        /// Sharded, float32: the ranks (one host) sum gradients in shared memory; false: through
+        /// the communicator's reduce-scatter, as across hosts.
+        var sharedMemorySum = true
         var description: String {
             "\(strategy), \(ranks) rank(s), \(overlap ? "overlapped" : "after backward"), \(compression == .none ? "float32" : "bf16") gradients, "
                 + "\(workers) worker(s), micro-batch \(microBatch.map(String.init) ?? "whole")" + (batch == StrategyTableTests.batch ? "" : ", batch \(batch)")
-                + (resumeAt.map { ", resumed after step \($0)" } ?? "")
+                + (resumeAt.map { ", resumed after step \($0)" } ?? "") + (sharedMemorySum ? "" : ", reduce-scatter through the communicator")
         }
+        /// The same row summed in shared memory.
+        var sharedMemoryTwin: String { var r = self; r.sharedMemorySum = true; return r.description }
         /// The same row, uninterrupted.
         var twin: String { var r = self; r.resumeAt = nil; return r.description }
         /// The same row replicated (bf16 gradients: sharded against replicated).
@@ -85,6 +91,10 @@ final class StrategyTableTests: XCTestCase {
         }
         rows += [Row(strategy: .replicated, ranks: 3), Row(strategy: .sharded, ranks: 3, workers: 2, microBatch: 2),
                  Row(strategy: .replicated, ranks: 1, workers: 2, microBatch: 2)]
+        // The communicator's reduce-scatter, held bit for bit against the shared-memory sum (both
+        // add ranks in rank order), overlapped or not.
+        rows += [Row(strategy: .sharded, ranks: 2, sharedMemorySum: false), Row(strategy: .sharded, ranks: 3, workers: 2, microBatch: 2, sharedMemorySum: false),
+                 Row(strategy: .sharded, ranks: 4, overlap: false, workers: 2, microBatch: 1, sharedMemorySum: false)]
         for ranks in [1, 2, 4] {
             rows += [Row(strategy: .exact, ranks: ranks), Row(strategy: .exact, ranks: ranks, microBatch: 3)]
         }
@@ -116,6 +126,8 @@ final class StrategyTableTests: XCTestCase {
     /// metrics) and the model.
     struct Outcome {
         var losses: [Double], gradNorms: [Double], validation: [Double], parameters: [Float]
+        /// The strategy's line in the run header.
+        var reduction = ""
     }
 
     func testEveryCombinationMatchesOneProcess() throws {
@@ -165,6 +177,15 @@ final class StrategyTableTests: XCTestCase {
                     Self.assertClose(compared, synchronous, tolerance: 1e-5, "\(row) against synchronous training")
                 }
             case .replicated, .sharded:
+                if case .sharded = row.strategy, row.compression == .none {
+                    XCTAssertEqual(outcome.reduction.contains("shared memory"), row.sharedMemorySum, "\(row): \(outcome.reduction)")
+                }
+                if !row.sharedMemorySum, let twin = outcomes[row.sharedMemoryTwin] {
+                    XCTAssertEqual(outcome.losses, twin.losses, "\(row): losses differ from the shared-memory sum's")
+                    XCTAssertEqual(outcome.gradNorms, twin.gradNorms, "\(row): gradient norms differ from the shared-memory sum's")
+                    let differing = zip(outcome.parameters, twin.parameters).filter { $0 != $1 }.count
+                    XCTAssertEqual(differing, 0, "\(row): \(differing) of \(twin.parameters.count) parameters differ from the shared-memory sum's")
+                }
                 // bf16 gradients on the wire: each rank's gradient and every partial sum rounded
                 // to 8 bits of mantissa (measured: losses 3.8e-6, norms 3.0e-4, and parameters
                 // 2.8e-3 of the largest, where AdamW's first steps move a near-zero gradient's
@@ -235,6 +256,7 @@ final class StrategyTableTests: XCTestCase {
         request.communication.overlap = row.overlap
         request.communication.compression = row.compression
         request.communication.bucketBytes = 16_000
+        request.communication.sharedMemorySum = row.sharedMemorySum
         if case .replicated = row.strategy { request.shard = false }
         if case let .diloco(d) = row.strategy {
             request.shard = d.shard
@@ -245,24 +267,24 @@ final class StrategyTableTests: XCTestCase {
             request.lowCommunication.momentum = d.momentum
             request.lowCommunication.overlapped = d.overlapped
         }
-        var parameters: [Float] = []
+        var parameters: [Float] = [], reduction = ""
         for phase in row.resumeAt == nil ? [nil] : [row.resumeAt, nil] {
             var r = request
             r.stopAfter = phase
             if phase == nil && row.resumeAt != nil { r.resume = out }
-            let models = try InProcessCommunicator.run(ranks: row.ranks) { comm -> [Float] in
+            let models = try InProcessCommunicator.run(ranks: row.ranks) { comm -> ([Float], String) in
                 let run = TrainingSetup.run(r, comm: comm)
                 try run.run()
-                return run.mode.model.array
+                return (run.mode.model.array, run.trainer.strategy.summary)
             }
-            parameters = models[0]
+            (parameters, reduction) = models[0]
         }
         let records = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
             try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }
         let steps = records.filter { $0["loss"] != nil }
         return Outcome(losses: steps.compactMap { $0["loss"] as? Double }, gradNorms: steps.compactMap { $0["grad_norm"] as? Double },
-                       validation: records.compactMap { $0["val_loss"] as? Double }, parameters: parameters)
+                       validation: records.compactMap { $0["val_loss"] as? Double }, parameters: parameters, reduction: reduction)
     }
 
     /// DiLoCo's reference: each worker a one-process Trainer on its own stream (as the run's
