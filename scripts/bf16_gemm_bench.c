@@ -1,8 +1,10 @@
 // The bf16 product (Sources/CBF16) against OpenBLAS sgemm on the linear layers' shapes of
 // `small` (1024 rows per worker), on THREADS cores (default one): GFLOP/s, best of 5, packing included.
-//   cc -O3 -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mfma -ISources/CBF16/include \
+//   cc -O3 -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mfma -ISources/CBF16/include -ISources/CBFloat16/include \
 //      scripts/bf16_gemm_bench.c Sources/CBF16/bf16_gemm.c -lopenblas -lpthread -o /tmp/bf16_gemm_bench
 //   env -u OPENBLAS_CORETYPE /tmp/bf16_gemm_bench [NATIVE [THREADS]]
+//   (where OpenBLAS does not know the CPU, e.g. Intel family 6 model 207, it runs a generic kernel
+//   at a fifth of the speed or less: give it OPENBLAS_CORETYPE=SkylakeX, as goml-dist does for itself)
 //   (NATIVE 0: the emulation, for CPUs without AVX512_BF16)
 #include "bf16_gemm.h"
 #include <cblas.h>

@@ -71,8 +71,8 @@ public protocol CollectiveRequest: AnyObject {
 }
 
 /// Float32 memory shared by the ranks of one host (`Communicator.sharedFloats`): each rank's
-/// segment, in rank order. Lives as long as the job: freeing it would be one more collective
-/// for every rank to reach.
+/// segment, in rank order. Under MPI it lasts as long as the process: freeing a window is one
+/// more collective that every rank would have to reach.
 public final class SharedFloats: @unchecked Sendable {
     public let segments: [UnsafeMutableBufferPointer<Float>]
     private let barrier: (String) -> Void

@@ -25,11 +25,13 @@ public struct CommunicationSettings: Sendable {
     /// parameter as float32 (DiLoCo's Δ).
     public var bf16Weights = true
     /// Fault injection for tests (hidden --fault-lost-gather-rank): sharded, this rank starts no
-    /// all-gather and stops responding in the next forward, as a rank lost during it would.
+    /// all-gather and stops responding in the next forward, as a rank lost during it would (on
+    /// one host, it stops before the parameter copy).
     public var faultLostDuringGather = false
-    /// Sharded with every rank on one host: sum the gradients from shared memory (HostSum)
-    /// instead of MPI's reduce-scatter. Off for measurements and the MPI path's tests.
-    public var sharedMemorySum = true
+    /// Sharded with every rank on one host: sum the gradients and copy the parameters through
+    /// shared memory (HostSum, HostGather) instead of MPI's reduce-scatter and all-gather. Off
+    /// for measurements and the MPI path's tests.
+    public var sharedMemory = true
     /// How the reducers' threads poll and how many bytes of all-gather fly at once.
     public var pacing = ReducerPacing()
     public init() {}

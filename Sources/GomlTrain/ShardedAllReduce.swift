@@ -2,7 +2,9 @@
 // llm.c's `-z 1`). Every rank holds the whole parameters and its workers' gradients, but each
 // rank owns one slice of every gradient bucket: the buckets are reduce-scattered (during
 // backward, as the all-reduce's are started; float32, or bfloat16 with --grad-compression
-// bf16), so a rank receives the summed gradient of its slices only; the global norm comes from the slices' squared norms; AdamW updates the slices
+// bf16), so a rank receives the summed gradient of its slices only (every rank on one host at
+// float32: HostSum adds them from the ranks' shared memory after backward instead); the global
+// norm comes from the slices' squared norms; AdamW updates the slices
 // alone (split over the rank's worker threads), with moments for them alone (1/N of the
 // optimizer state); each bucket's all-gather starts once every thread has updated its piece,
 // and the next step's forward waits for each bucket just before it first reads it (FSDP's
@@ -37,7 +39,8 @@ struct ShardLayout {
 public final class ShardedAllReduce: DataParallelStrategy {
     public let passes: PassPlan
     /// [P] whole on every rank: forward and backward read all of it; a rank writes its slices.
-    public let parameters: FloatBuffer
+    /// On one host, a segment of shared memory from the ranks' connecting on.
+    public private(set) var parameters: FloatBuffer
     /// Moments of this rank's slices only, packed in forward bucket order.
     public let optimizer: AdamW
     /// AdamW on the rank's worker threads; each bucket's gather starts once its slice is
@@ -47,11 +50,13 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private let gradients: WorkerGradients
     private let shards: ShardLayout
     private var reduction: BucketedReduction
-    /// Every rank on this host, float32 sums: the gradient sum is to move to shared memory
-    /// (HostSum) when the ranks connect.
-    private var sumToMove: Bool
+    /// Every rank on this host, float32 sums: the gradient sum and the parameters are to move
+    /// to shared memory (HostSum, HostGather) when the ranks connect.
+    private var toMove: Bool
     /// The gradients are summed in shared memory.
     private var sumsInSharedMemory = false
+    /// The parameters are copied from the other ranks' shared memory, not all-gathered.
+    private var hostGather: HostGather?
     private let comm: Communicator
     private let settings: CommunicationSettings
     /// Buckets in forward order: the order slices are updated and gathered.
@@ -65,8 +70,8 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private let partialNorm: UnsafeMutableBufferPointer<Double>, partialNorms: UnsafeMutableBufferPointer<Double>
     /// The parameters' all-gather, bucket by bucket as each slice is updated.
     private var gathers: Reducer
-    public var gatherPeakBytesInFlight: Int { gathers.peakBytesInFlight }
-    public var gatherBytesPerStep: Int { gathers.bytesPerRound }
+    public var gatherPeakBytesInFlight: Int { hostGather == nil ? gathers.peakBytesInFlight : 0 }
+    public var gatherBytesPerStep: Int { hostGather == nil ? gathers.bytesPerRound : 0 }
 
     public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
         try PassPlan.validateMicroBatches(options, worldSize: worldSize)
@@ -102,7 +107,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         partialNorms.initialize(repeating: 0)
         self.comm = comm
         settings = communication
-        sumToMove = Self.sumInSharedMemory(comm, communication)
+        toMove = Self.sharesMemory(comm, communication)
         arrived = shards.buckets.count
     }
 
@@ -119,10 +124,10 @@ public final class ShardedAllReduce: DataParallelStrategy {
         }, compression: communication.compression, pacing: communication.pacing)
     }
 
-    /// The sum over shared memory needs every rank on one host, and float32 on the "wire"
-    /// (bf16 compression rounds what travels; nothing travels here).
-    private static func sumInSharedMemory(_ comm: Communicator, _ settings: CommunicationSettings) -> Bool {
-        settings.sharedMemorySum && settings.compression == .none && comm.size > 1 && comm.localSize == comm.size
+    /// Shared memory needs every rank on one host, and float32 on the "wire" (bf16 compression
+    /// rounds what travels; nothing travels here).
+    private static func sharesMemory(_ comm: Communicator, _ settings: CommunicationSettings) -> Bool {
+        settings.sharedMemory && settings.compression == .none && comm.size > 1 && comm.localSize == comm.size
     }
 
     deinit { partialNorm.deallocate(); partialNorms.deallocate() }
@@ -133,7 +138,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
             : "reduce-scatter after backward"
         let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
         let weights = bf16Weights ? ", matrices gathered as bf16" : ""
-        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), all-gather of parameters\(weights) awaited per bucket by the next forward; --no-shard replicates)"
+        let gather = hostGather != nil ? "the other ranks' slices copied from this host's shared memory after it"
+            : "all-gather of parameters\(weights) awaited per bucket by the next forward"
+        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), \(gather); --no-shard replicates)"
     }
 
     public func beginStep() {
@@ -141,19 +148,35 @@ public final class ShardedAllReduce: DataParallelStrategy {
         reduction.beginStep()
     }
 
-    /// Moves the gradient sum to shared memory, where it is to go and the host has room (else
-    /// the communicator's reduce-scatter stays).
+    /// Moves the gradient sum and the parameters to shared memory, where they are to go and the
+    /// host has room (else the communicator's reduce-scatter, or all-gather, stays).
     public func connect() {
-        guard sumToMove else { return }
-        sumToMove = false
+        guard toMove else { return }
+        toMove = false
+        moveSum()
+        moveParameters()
+        // What still goes through the all-gather: at bf16 its wire is the gradient memory.
+        if hostGather == nil && sumsInSharedMemory {
+            gathers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
+                                    bf16Operands: bf16Weights ? layout.productOperands.map(\.range) : [], communication: settings).allGather
+        }
+    }
+
+    private func moveSum() {
         guard let shared = comm.sharedFloats(count: parameters.count) else { return }
         sumsInSharedMemory = true
         gradients.placeSum(in: shared.segments[comm.rank], ownedBy: shared)
-        // The bf16 gather's wire is the gradient memory: the gather moves with it.
-        gathers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
-                                bf16Operands: bf16Weights ? layout.productOperands.map(\.range) : [], communication: settings).allGather
         let slices = shards.buckets.indices.map { shards.slice($0, rank: comm.rank) }
         reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, reducer: HostSum(shared, rank: comm.rank, slices: slices))
+    }
+
+    /// Between steps (nothing in flight): the rank's parameters, whole, into its segment.
+    private func moveParameters() {
+        guard let shared = comm.sharedFloats(count: parameters.count) else { return }
+        let values = parameters
+        parameters = FloatBuffer(in: shared.segments[comm.rank], ownedBy: shared)
+        _ = parameters.pointer.update(fromContentsOf: values.pointer)
+        hostGather = HostGather(shared, rank: comm.rank, shards: shards)
     }
 
     /// A worker's first pass overwrites its buffer, later micro-batches add to it.
@@ -192,9 +215,14 @@ public final class ShardedAllReduce: DataParallelStrategy {
         return total
     }
 
-    /// AdamW on this rank's slices, each bucket's all-gather started as its slice is done.
+    /// AdamW on this rank's slices, each bucket's all-gather started as its slice is done; on
+    /// one host, the other ranks' slices copied once every rank is done.
     public func update(lr: Double, gradScale: Float, threads: WorkerPool) {
         update.update(lr: lr, gradScale: gradScale, threads: threads)
+        if let hostGather {
+            while settings.faultLostDuringGather { sleep(3600) }
+            return hostGather.copy()
+        }
         arrivalLock.lock()
         arrived = 0
         arrivalLock.unlock()
@@ -222,7 +250,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// Starts the all-gather of forward bucket `forwardIndex`, its slice being updated; every
     /// rank starts all of them in forward order, its empty slices included.
     private func startGather(forwardIndex: Int) {
-        if settings.faultLostDuringGather { return }
+        if settings.faultLostDuringGather || hostGather != nil { return }
         gathers.start(forwardOrder[forwardIndex])
     }
 

@@ -81,8 +81,8 @@ struct ParallelOptions: ParsableArguments {
     var gatherMBInFlight: Double = Double(ReducerPacing().gatherBytesInFlight) / 1e6
     @Flag(name: .customLong("gather-fp32-weights"), help: ArgumentHelp("Sharded at bf16: all-gather the matrices as float32, not bf16 (the same bits, twice the bytes); for measurements and the test that they agree.", visibility: .hidden))
     var gatherFP32Weights = false
-    @Flag(name: .customLong("no-shared-memory-sum"), help: ArgumentHelp("Sharded with every rank on one host: reduce-scatter the gradients through MPI instead of summing them from shared memory; for measurements and the MPI path's tests.", visibility: .hidden))
-    var noSharedMemorySum = false
+    @Flag(name: .customLong("no-shared-memory"), help: ArgumentHelp("Sharded with every rank on one host: reduce-scatter the gradients and all-gather the parameters through MPI, as across hosts, instead of summing and copying them in shared memory; for measurements and the MPI path's tests.", visibility: .hidden))
+    var noSharedMemory = false
     @Flag(help: ArgumentHelp("With several ranks per host on several hosts: sum each gradient bucket inside the host (shared memory) first, so one copy per host crosses the network instead of about two (measure: it was slower on the test cluster).", visibility: .hidden))
     var hierarchical = false
 
@@ -109,7 +109,7 @@ struct ParallelOptions: ParsableArguments {
         }
         c.compression = compression
         c.hierarchical = hierarchical
-        c.sharedMemorySum = !noSharedMemorySum
+        c.sharedMemory = !noSharedMemory
         c.bf16Weights = !gatherFP32Weights
         c.pacing.pollMicroseconds = progressPollMicroseconds
         c.pacing.gatherBytesInFlight = gatherMBInFlight > 0 ? Int(min(gatherMBInFlight, 1e6) * 1e6) : 0

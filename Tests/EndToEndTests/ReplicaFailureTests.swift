@@ -21,13 +21,15 @@ final class ReplicaFailureTests: XCTestCase {
     /// A rank lost during a collective (it starts none and stops responding) leaves the other
     /// waiting; that wait is watched, so the job ends with the timeout message naming the call
     /// instead of a hang. Sharded, during the all-gather: the other's next forward waits for a
-    /// parameter bucket. DiLoCo, during the outer all-reduce: the other worker waits for the
+    /// parameter bucket; on one host, the other waits to copy the lost rank's slices. DiLoCo, during the outer all-reduce: the other worker waits for the
     /// pseudo-gradient's sum; overlapped, it goes on into the next step and waits in its first
-    /// collective instead, named so. The three jobs run at once (each mostly waits).
+    /// collective instead, named so. The four jobs run at once (each mostly waits).
     func testARankLostDuringACollectiveEndsTheJobAfterTheTimeout() {
         let diloco = ["--sync-every", "2", "--worker-size", "1", "--fault-lost-outer-rank", "1"]
         let cases: [(what: String, extra: [String], call: String)] = [
-            ("all-gather", ["--fault-lost-gather-rank", "1"], "MPI_Allgatherv (updated parameter buckets) at step 2 without progress"),
+            ("all-gather", ["--fault-lost-gather-rank", "1", "--no-shared-memory"], "MPI_Allgatherv (updated parameter buckets) at step 2 without progress"),
+            ("one host's parameter copy", ["--fault-lost-gather-rank", "1"],
+             "MPI_Barrier (every rank's slices updated, before the parameters are copied) at step 1 without progress"),
             ("outer all-reduce", diloco, "MPI_Iallreduce (DiLoCo's outer pseudo-gradient) at step"),
             ("outer all-reduce, overlapped", diloco + ["--overlap-outer"], "MPI_Allgather at step"),
         ]

@@ -21,6 +21,7 @@ final class ShardingTests: XCTestCase {
     /// tolerances: 5e-5, 5e-4 and 1e-4.
     func testShardedMatchesReplicatedInBF16() throws {
         try Harness.requireBF16Products()
+        // np 4: the matrices through the bf16 wire (across hosts); the others through one host's shared memory.
         for (np, threads) in [(2, 1), (4, 1), (2, 2)] {
             let what = "bf16, np \(np) × \(threads) thread(s)"
             let replicated = Harness.temporaryDirectory("bf16p-replicated-np\(np)-t\(threads)")
@@ -28,23 +29,25 @@ final class ShardingTests: XCTestCase {
             let threads = ["--threads", String(threads)]
             Harness.assertSuccess(Harness.mpirun(np: np, Harness.tinyTrain(replicated, steps: 50, precision: "bf16", extra: Self.buckets + threads + ["--no-shard"])),
                                   "replicated \(what)")
-            let s = Harness.mpirun(np: np, Harness.tinyTrain(sharded, steps: 50, precision: "bf16", extra: Self.buckets + threads))
+            let wire = np == 4 ? ["--no-shared-memory"] : []
+            let s = Harness.mpirun(np: np, Harness.tinyTrain(sharded, steps: 50, precision: "bf16", extra: Self.buckets + threads + wire))
             Harness.assertSuccess(s, "sharded \(what)")
-            XCTAssertTrue(s.stdout.contains("matrices gathered as bf16"), s.stdout)
+            XCTAssertTrue(s.stdout.contains(np == 4 ? "matrices gathered as bf16" : "copied from this host's shared memory"), s.stdout)
             try Harness.assertClose(sharded, replicated, steps: 50, what, tolerance: 5e-5, normTolerance: 5e-4, parameterTolerance: 1e-4)
         }
     }
 
-    /// At bf16 the matrices travel as bf16: the values the products read, so not one bit of
-    /// the run changes against gathering them as float32, the checkpoint (each rank's float32
-    /// slices) included, at np 2 and at np 4 (slices cut through tensors) — and fewer bytes travel.
+    /// At bf16 the matrices travel as bf16 (across hosts: here --no-shared-memory): the values
+    /// the products read, so not one bit of the run changes against gathering them as float32,
+    /// the checkpoint (each rank's float32 slices) included, at np 2 and at np 4 (slices cut
+    /// through tensors) — and fewer bytes travel.
     func testBF16WeightsOnTheWireChangeNoBit() throws {
         try Harness.requireBF16Products()
         for np in [2, 4] {
             let bf16Wire = Harness.temporaryDirectory("bf16-weights-np\(np)"), fp32Wire = Harness.temporaryDirectory("fp32-weights-np\(np)")
             // Replicas compare checksums every 5 steps: a rank's own slices (float32) and the
             // others' (bf16) must agree as the products read them.
-            let args = { (out: String) in Harness.tinyTrain(out, precision: "bf16", extra: Self.buckets + ["--ckpt-every", "10", "--checksum-every", "5"]) }
+            let args = { (out: String) in Harness.tinyTrain(out, precision: "bf16", extra: Self.buckets + ["--ckpt-every", "10", "--checksum-every", "5", "--no-shared-memory"]) }
             Harness.assertSuccess(Harness.mpirun(np: np, args(bf16Wire)), "bf16 weights, np \(np)")
             Harness.assertSuccess(Harness.mpirun(np: np, args(fp32Wire) + ["--gather-fp32-weights"]), "fp32 weights, np \(np)")
             XCTAssertEqual(Harness.lossTexts(bf16Wire).count, 20)
@@ -57,7 +60,7 @@ final class ShardingTests: XCTestCase {
         }
         func gatheredMB(_ extra: [String]) throws -> Double {
             let r = Harness.mpirun(np: 2, ["bench", "--config", "tiny", "--precision", "bf16", "--steps", "2", "--warmup", "1",
-                                           "--bucket-mb", "0.05"] + extra)
+                                           "--bucket-mb", "0.05", "--no-shared-memory"] + extra)
             Harness.assertSuccess(r, "bench \(extra)")
             return try XCTUnwrap(Harness.lastJSON(r.stdout)["gather_mb_per_step"] as? Double, r.stdout)
         }
@@ -100,26 +103,31 @@ final class ShardingTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(r.stdout.utf8.count, 20, r.stdout)
     }
 
-    /// Every rank on one host: the gradients are summed in MPI's shared-memory window, not
-    /// reduce-scattered, and nothing changes: at np 2 (a sum of two in either order) the
-    /// reduce-scatter's bits, checkpoint included; at np 4 (MPI adds four along its own tree)
-    /// its numbers at float32 rounding.
+    /// Every rank on one host: the gradients are summed and the parameters copied in MPI's
+    /// shared-memory windows, not reduce-scattered and all-gathered, and nothing changes: at np 2
+    /// (a sum of two in either order) the MPI collectives' bits, checkpoint included, also at
+    /// bf16 (the products round the copied float32 slices as they rounded the gathered bf16
+    /// ones); at np 4 (MPI adds four along its own tree) their numbers at float32 rounding.
     func testOneHostSumsInSharedMemoryAsTheReduceScatterWould() throws {
-        for np in [2, 4] {
-            let shared = Harness.temporaryDirectory("host-sum-np\(np)"), reduceScatter = Harness.temporaryDirectory("reduce-scatter-np\(np)")
-            let s = Harness.mpirun(np: np, Harness.tinyTrain(shared, extra: Self.buckets))
-            Harness.assertSuccess(s, "shared-memory sum, np \(np)")
-            XCTAssertTrue(s.stdout.contains("gradients summed from this host's shared memory"), s.stdout)
-            let r = Harness.mpirun(np: np, Harness.tinyTrain(reduceScatter, extra: Self.buckets + ["--no-shared-memory-sum"]))
-            Harness.assertSuccess(r, "reduce-scatter, np \(np)")
+        var cases = [(np: 2, precision: "fp32"), (np: 4, precision: "fp32")]
+        if (try? Harness.requireBF16Products()) != nil { cases.append((np: 2, precision: "bf16")) }
+        for (np, precision) in cases {
+            let what = "np \(np) \(precision)"
+            let shared = Harness.temporaryDirectory("host-sum-np\(np)"), collectives = Harness.temporaryDirectory("collectives-np\(np)")
+            let s = Harness.mpirun(np: np, Harness.tinyTrain(shared, precision: precision, extra: Self.buckets))
+            Harness.assertSuccess(s, "shared memory, \(what)")
+            XCTAssertTrue(s.stdout.contains("gradients summed from this host's shared memory after backward")
+                          && s.stdout.contains("the other ranks' slices copied from this host's shared memory after it"), s.stdout)
+            let r = Harness.mpirun(np: np, Harness.tinyTrain(collectives, precision: precision, extra: Self.buckets + ["--no-shared-memory"]))
+            Harness.assertSuccess(r, "MPI collectives, \(what)")
             XCTAssertTrue(r.stdout.contains("reduce-scatter overlapped with backward"), r.stdout)
             if np == 2 {
                 XCTAssertEqual(Harness.lossTexts(shared).count, 20)
-                XCTAssertEqual(Harness.lossTexts(shared), Harness.lossTexts(reduceScatter), "np 2: losses, bit for bit")
-                XCTAssertEqual(Harness.fieldTexts(shared, "grad_norm"), Harness.fieldTexts(reduceScatter, "grad_norm"), "np 2: gradient norms")
-                XCTAssertEqual(try Harness.checkpointTensorBytes(shared), try Harness.checkpointTensorBytes(reduceScatter), "np 2: checkpoint bytes")
+                XCTAssertEqual(Harness.lossTexts(shared), Harness.lossTexts(collectives), "\(what): losses, bit for bit")
+                XCTAssertEqual(Harness.fieldTexts(shared, "grad_norm"), Harness.fieldTexts(collectives, "grad_norm"), "\(what): gradient norms")
+                XCTAssertEqual(try Harness.checkpointTensorBytes(shared), try Harness.checkpointTensorBytes(collectives), "\(what): checkpoint bytes")
             } else {
-                try Harness.assertClose(shared, reduceScatter, steps: 20, "np 4")
+                try Harness.assertClose(shared, collectives, steps: 20, what)
             }
         }
     }

@@ -7,7 +7,7 @@ import XCTest
 final class TrainingTests: XCTestCase {
     /// One process (--single) against every world size, both transports, and the MPI paths of
     /// each way of splitting a step: sharded with one host's gradients summed in shared memory,
-    /// or reduce-scattered in 50 kB buckets overlapped with backward (--no-shared-memory-sum, as
+    /// or reduce-scattered in 50 kB buckets overlapped with backward (--no-shared-memory, as
     /// across hosts), two workers summing their micro-batches before a bucket leaves, after
     /// backward, and replicated (--no-shard). Every case gives the same losses, gradient
     /// norms, validation loss and final parameters to float32 rounding, and its header says
@@ -18,7 +18,7 @@ final class TrainingTests: XCTestCase {
         Harness.assertSuccess(Harness.goml(Harness.tinyTrain(single, extra: ["--single"])), "--single")
         XCTAssertEqual(Harness.losses(single).count, 20)
         let buckets = ["--bucket-mb", "0.05"], sharded = "allreduce sharded over", overlapped = "overlapped with backward in 0.1 MB buckets"
-        let hostSum = "gradients summed from this host's shared memory after backward", reduceScatter = buckets + ["--no-shared-memory-sum"]
+        let hostSum = "gradients summed from this host's shared memory after backward", reduceScatter = buckets + ["--no-shared-memory"]
         let replicated = "replicated: every rank holds the whole optimizer state"
         let cases: [(np: Int, transport: String, extra: [String], header: [String])] = [
             (1, "shared memory", [], ["world 1 rank(s)"]),
@@ -27,7 +27,7 @@ final class TrainingTests: XCTestCase {
             (2, "shared memory", ["--no-shard", "--no-overlap", "--threads", "1"], [replicated, "allreduce, after backward", "micro-batch 4 sequence(s) × 1 worker(s)"]),
             (4, "shared memory", buckets + ["--no-shard"], [replicated, overlapped]),
             (4, "shared memory", ["--no-overlap", "--threads", "2"], ["\(sharded) 4 ranks (\(hostSum)"]),
-            (4, "shared memory", ["--no-overlap", "--no-shared-memory-sum"], ["\(sharded) 4 ranks (reduce-scatter after backward"]),
+            (4, "shared memory", ["--no-overlap", "--no-shared-memory"], ["\(sharded) 4 ranks (reduce-scatter after backward"]),
             (2, "tcp", reduceScatter, ["\(sharded) 2 ranks", overlapped]),
         ]
         for (np, transport, extra, header) in cases {

@@ -54,14 +54,14 @@ final class StrategyTableTests: XCTestCase {
         var batch = StrategyTableTests.batch
         /// Sharded, float32: the ranks (one host) sum gradients in shared memory; false: through
         /// the communicator's reduce-scatter, as across hosts.
-        var sharedMemorySum = true
+        var sharedMemory = true
         var description: String {
             "\(strategy), \(ranks) rank(s), \(overlap ? "overlapped" : "after backward"), \(compression == .none ? "float32" : "bf16") gradients, "
                 + "\(workers) worker(s), micro-batch \(microBatch.map(String.init) ?? "whole")" + (batch == StrategyTableTests.batch ? "" : ", batch \(batch)")
-                + (resumeAt.map { ", resumed after step \($0)" } ?? "") + (sharedMemorySum ? "" : ", reduce-scatter through the communicator")
+                + (resumeAt.map { ", resumed after step \($0)" } ?? "") + (sharedMemory ? "" : ", reduce-scatter through the communicator")
         }
         /// The same row summed in shared memory.
-        var sharedMemoryTwin: String { var r = self; r.sharedMemorySum = true; return r.description }
+        var sharedMemoryTwin: String { var r = self; r.sharedMemory = true; return r.description }
         /// The same row, uninterrupted.
         var twin: String { var r = self; r.resumeAt = nil; return r.description }
         /// The same row replicated (bf16 gradients: sharded against replicated).
@@ -93,8 +93,8 @@ final class StrategyTableTests: XCTestCase {
                  Row(strategy: .replicated, ranks: 1, workers: 2, microBatch: 2)]
         // The communicator's reduce-scatter, held bit for bit against the shared-memory sum (both
         // add ranks in rank order), overlapped or not.
-        rows += [Row(strategy: .sharded, ranks: 2, sharedMemorySum: false), Row(strategy: .sharded, ranks: 3, workers: 2, microBatch: 2, sharedMemorySum: false),
-                 Row(strategy: .sharded, ranks: 4, overlap: false, workers: 2, microBatch: 1, sharedMemorySum: false)]
+        rows += [Row(strategy: .sharded, ranks: 2, sharedMemory: false), Row(strategy: .sharded, ranks: 3, workers: 2, microBatch: 2, sharedMemory: false),
+                 Row(strategy: .sharded, ranks: 4, overlap: false, workers: 2, microBatch: 1, sharedMemory: false)]
         for ranks in [1, 2, 4] {
             rows += [Row(strategy: .exact, ranks: ranks), Row(strategy: .exact, ranks: ranks, microBatch: 3)]
         }
@@ -178,9 +178,9 @@ final class StrategyTableTests: XCTestCase {
                 }
             case .replicated, .sharded:
                 if case .sharded = row.strategy, row.compression == .none {
-                    XCTAssertEqual(outcome.reduction.contains("shared memory"), row.sharedMemorySum, "\(row): \(outcome.reduction)")
+                    XCTAssertEqual(outcome.reduction.contains("shared memory"), row.sharedMemory, "\(row): \(outcome.reduction)")
                 }
-                if !row.sharedMemorySum, let twin = outcomes[row.sharedMemoryTwin] {
+                if !row.sharedMemory, let twin = outcomes[row.sharedMemoryTwin] {
                     XCTAssertEqual(outcome.losses, twin.losses, "\(row): losses differ from the shared-memory sum's")
                     XCTAssertEqual(outcome.gradNorms, twin.gradNorms, "\(row): gradient norms differ from the shared-memory sum's")
                     let differing = zip(outcome.parameters, twin.parameters).filter { $0 != $1 }.count
@@ -256,7 +256,7 @@ final class StrategyTableTests: XCTestCase {
         request.communication.overlap = row.overlap
         request.communication.compression = row.compression
         request.communication.bucketBytes = 16_000
-        request.communication.sharedMemorySum = row.sharedMemorySum
+        request.communication.sharedMemory = row.sharedMemory
         if case .replicated = row.strategy { request.shard = false }
         if case let .diloco(d) = row.strategy {
             request.shard = d.shard

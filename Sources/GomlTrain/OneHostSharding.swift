@@ -1,14 +1,16 @@
-// HostSum: the sharded reduce-scatter when every rank runs on one host. Each rank's gradient
-// sum lives in its segment of one shared-memory window (Communicator.sharedFloats), so after
-// backward a rank adds the other ranks' gradients of its own slices straight into its own: no
-// message, no copy into a receive buffer, no communication thread polling the transport while
-// backward computes. Over MPI the same sum costs a copy of every slice and that thread's polls,
-// on the cores backward uses (docs/multihost-bench.md, "One host: the sum in shared memory").
+// OneHostSharding: the sharded reduction when every rank runs on one host, through memory the
+// ranks share (Communicator.sharedFloats). HostSum: each rank's gradient sum is its segment of
+// one window, so after backward a rank adds the other ranks' gradients of its own slices
+// straight into its own. HostGather: each rank's parameters are its segment of another, so once
+// every rank has updated its slices a rank copies the others' from their segments. No message, no receive buffer, no communication thread polling the
+// transport on the cores backward and forward use; over MPI those cost one host's np 2 about a
+// tenth of its step (docs/multihost-bench.md, "One host: the sum in shared memory").
 
 import Foundation
 import GomlComm
 import GomlCore
 
+/// The reduce-scatter.
 final class HostSum: BucketReducer {
     private let shared: SharedFloats
     /// Where each rank's gradients start, in rank order.
@@ -59,5 +61,35 @@ final class HostSum: BucketReducer {
             (segments[rank] + done).update(from: scratch.baseAddress!, count: n)
             done += n
         }
+    }
+}
+
+/// The all-gather.
+final class HostGather {
+    private let shared: SharedFloats
+    private let segments: [UnsafeMutablePointer<Float>]
+    private let rank: Int
+    private let shards: ShardLayout
+
+    init(_ shared: SharedFloats, rank: Int, shards: ShardLayout) {
+        self.shared = shared
+        segments = shared.segments.map { $0.baseAddress! }
+        self.rank = rank
+        self.shards = shards
+    }
+
+    /// Once per update, every rank: copies the other ranks' slices of every bucket into this
+    /// rank's parameters, between two barriers. The first waits for every rank's update; the
+    /// second keeps every rank from writing its parameters again (DiLoCo's outer step, its
+    /// evaluation of θ_global) while another still reads them.
+    func copy() {
+        shared.synchronize("MPI_Barrier (every rank's slices updated, before the parameters are copied)")
+        for bucket in shards.buckets.indices {
+            for owner in segments.indices where owner != rank {
+                let slice = shards.slice(bucket, rank: owner)
+                (segments[rank] + slice.lowerBound).update(from: segments[owner] + slice.lowerBound, count: slice.count)
+            }
+        }
+        shared.synchronize("MPI_Barrier (every rank's parameters copied)")
     }
 }
