@@ -195,7 +195,8 @@ public final class MPICommunicator: Communicator {
     /// page of its own (alloc_shared_noncontig). OpenMPI backs it with a file in /dev/shm, and
     /// where that file does not fit, its first rank fails and the others wait forever inside
     /// the call: so every rank first checks the room there (a container's /dev/shm is often
-    /// 64 MB), and all skip the window if any lacks it.
+    /// 64 MB), and all skip the window if any lacks it. The note's size allows for two windows
+    /// of this size (a sharded step's gradients and parameters).
     public func sharedFloats(count: Int) -> SharedFloats? {
         guard size > 1, localSize == size else { return nil }
         let bytes = count * size * MemoryLayout<Float>.stride, needed = bytes + bytes / 8 + (8 << 20)
@@ -203,7 +204,7 @@ public final class MPICommunicator: Communicator {
         let free = statvfs("/dev/shm", &room) == 0 ? Int(room.f_bavail) * Int(room.f_frsize) : 0
         guard allAgree(free >= needed) else {
             if rank == 0 {
-                FileHandle.standardError.write(Data("goml-dist: note: /dev/shm has \(free >> 20) MB free and the gradient sum in shared memory needs \(needed >> 20) MB, so gradients go through MPI's reduce-scatter (slower on one host); in a container, give it more (docker run --shm-size=\((needed >> 30) + 1)g)\n".utf8))
+                FileHandle.standardError.write(Data("goml-dist: note: /dev/shm has \(free >> 20) MB free and the sharded step's shared memory needs \(needed >> 20) MB more, so MPI's collectives carry what does not fit (slower on one host); in a container, give it more (docker run --shm-size=\((2 * needed >> 30) + 1)g)\n".utf8))
             }
             return nil
         }

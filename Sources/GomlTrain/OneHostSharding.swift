@@ -4,7 +4,7 @@
 // straight into its own. HostGather: each rank's parameters are its segment of another, so once
 // every rank has updated its slices a rank copies the others' from their segments. No message, no receive buffer, no communication thread polling the
 // transport on the cores backward and forward use; over MPI those cost one host's np 2 about a
-// tenth of its step (docs/multihost-bench.md, "One host: the sum in shared memory").
+// tenth of its step (docs/multihost-bench.md, "One host: shared memory instead of the collectives").
 
 import Foundation
 import GomlComm
