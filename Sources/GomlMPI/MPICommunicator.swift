@@ -118,17 +118,23 @@ public final class MPICommunicator: Communicator {
     /// Runs one MPI call (under the watchdog unless `watched` is false: calls that return at
     /// once, whose waiting the caller watches) and aborts the job, naming it, if it fails.
     func check(_ call: String, watched: Bool = true, _ body: () -> Int32) {
-        if watched { watchdog.enter(call) }
-        Self.serialized.lock()
-        let rc = body()
-        Self.serialized.unlock()
-        if watched { watchdog.leave() }
+        let rc = run(call, watched: watched, body)
         if rc != goml_mpi_success() {
             var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
             var length: Int32 = 0
             MPI_Error_string(rc, &text, &length)
             abort("\(call) failed on rank \(rank) (\(hostName)): \(String(cString: text))", code: ExitStatus.mpiCall.code)
         }
+    }
+
+    /// Runs one MPI call under the lock (and the watchdog unless `watched` is false); its code.
+    private func run(_ call: String, watched: Bool, _ body: () -> Int32) -> Int32 {
+        if watched { watchdog.enter(call) }
+        Self.serialized.lock()
+        let rc = body()
+        Self.serialized.unlock()
+        if watched { watchdog.leave() }
+        return rc
     }
 
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) {
@@ -213,11 +219,9 @@ public final class MPICommunicator: Communicator {
         var info = goml_mpi_info_null()
         MPI_Info_create(&info)
         MPI_Info_set(info, "alloc_shared_noncontig", "true")
-        watchdog.enter("MPI_Win_allocate_shared")
-        Self.serialized.lock()
-        let rc = MPI_Win_allocate_shared(MPI_Aint(count * MemoryLayout<Float>.stride), Int32(MemoryLayout<Float>.stride), info, world, &base, &window)
-        Self.serialized.unlock()
-        watchdog.leave()
+        let rc = run("MPI_Win_allocate_shared", watched: true) {
+            MPI_Win_allocate_shared(MPI_Aint(count * MemoryLayout<Float>.stride), Int32(MemoryLayout<Float>.stride), info, world, &base, &window)
+        }
         MPI_Info_free(&info)
         let made = allAgree(rc == goml_mpi_success())
         guard made, let window else {

@@ -64,6 +64,8 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private let layout: ParameterLayout
     /// Product operands travel as bfloat16: another rank's slices of them hold bf16 values.
     private let bf16Weights: Bool
+    /// The parameter ranges the all-gather carries as bf16 (none unless `bf16Weights`).
+    private let bf16Operands: [Range<Int>]
     /// Per bucket: where this rank's moments of it start.
     private let momentOffsets: [Int]
     /// This rank's squared-norm share, and every rank's, in rank order. [1], [N]
@@ -97,8 +99,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
         var offsets = Array(repeating: 0, count: shards.buckets.count), next = 0
         for (bucket, slice) in zip(forwardOrder, owned) { offsets[bucket] = next; next += slice.parameters.count }
         momentOffsets = offsets
+        bf16Operands = bf16Weights ? layout.productOperands.map(\.range) : []
         let reducers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
-                                     bf16Operands: bf16Weights ? layout.productOperands.map(\.range) : [], communication: communication)
+                                     bf16Operands: bf16Operands, communication: communication)
         gathers = reducers.allGather
         reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, reducer: reducers.reduceScatter)
         partialNorm = .allocate(capacity: 1)
@@ -158,7 +161,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         // What still goes through the all-gather: at bf16 its wire is the gradient memory.
         if hostGather == nil && sumsInSharedMemory {
             gathers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
-                                    bf16Operands: bf16Weights ? layout.productOperands.map(\.range) : [], communication: settings).allGather
+                                    bf16Operands: bf16Operands, communication: settings).allGather
         }
     }
 
