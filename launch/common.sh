@@ -48,15 +48,38 @@ fi
 # (oversubscribed ranks would otherwise starve rank 0), and no core binding.
 MPIRUN_OPTS=(--bind-to none --mca mpi_yield_when_idle 1)
 
+# Closes every descriptor of this (sub)shell but stdin, stdout and stderr. What the launcher
+# starts must not hold its other descriptors past its own end: a supervisor may learn of the
+# launcher's exit through one (Swift's Foundation.Process does, by a socket every descendant
+# inherits), and a process that outlives the job would hide that exit.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/"$BASHPID"/fd/*; do
+        fd="${fd##*/}"
+        [ "$fd" -gt 2 ] && eval "exec $fd>&-"   # closing one that is closed already is no error
+    done
+    return 0
+}
+
 # Filters mpirun's stderr: drops its two paragraphs that only say a rank exited non-zero, so a
 # rank's own one-line error stays the last line; keeps every other note (a lost host, a signal).
-# (mpirun -q would drop those too.)
+# (mpirun -q would drop those too.) Bash's read takes a pipe a byte at a time, so each line
+# passes at once; awk (mawk) would hold it until its buffer fills or every writer is gone.
 mpirun_notes() {
-    awk '/^-------------------------------*$/ {
-             block = block $0 "\n"
-             if (open) { if (block !~ /Primary job +terminated normally|exited with non-zero status/) printf "%s", block; block = ""; fflush() }
-             open = !open; next }
-         open { block = block $0 "\n"; next }
-         { print; fflush() }
-         END { printf "%s", block }'
+    local line block="" open=0 rule='^-{30,}$' exited='Primary job +terminated normally|exited with non-zero status'
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [[ $line =~ $rule ]]; then
+            block+="$line"$'\n'
+            if [ $open -eq 1 ]; then
+                [[ $block =~ $exited ]] || printf '%s' "$block"
+                block=""
+            fi
+            open=$((1 - open))
+        elif [ $open -eq 1 ]; then
+            block+="$line"$'\n'
+        else
+            printf '%s\n' "$line"
+        fi
+    done
+    printf '%s' "$block"
 }

@@ -293,6 +293,33 @@ final class MultiHostTests: XCTestCase {
         try elasticRun(cluster, lose: "host1", exact: true)
     }
 
+    /// A host's daemon that outlives the job (a cut host's orted, which keeps mpirun's stderr
+    /// open) does not hold launch/train: it ends with the job, its error line included.
+    /// The agent here leaves a process on each host that keeps the daemon's output for 90 s.
+    func testADaemonThatOutlivesTheJobDoesNotHoldTheLauncher() throws {
+        let cluster = try multiHostStartCluster()
+        let agent = cluster.dir + "/lingering-agent"
+        try """
+            #!/bin/bash
+            host="$1"; shift
+            case "$*" in
+                *orted*) exec \(Harness.packageRoot)/launch/netns-agent "$host" "(sleep 90 &);" "$@" ;;
+                *) exec \(Harness.packageRoot)/launch/netns-agent "$host" "$@" ;;
+            esac
+
+            """.write(toFile: agent, atomically: true, encoding: .utf8)
+        chmod(agent, 0o755)
+        let out = cluster.local + "/run"
+        let r = cluster.launchTrain(hostfile: "hostfiles/netns-2hosts",
+                                    trainArguments: multiHostTinyArguments(out: out, steps: 12)
+                                        + ["--checksum-every", "5", "--fault-diverge-rank", "1", "--no-shard"],
+                                    agent: agent, timeout: 150)
+        XCTAssertFalse(r.timedOut, "launch/train hung\n\(r.tail)")
+        XCTAssertEqual(r.status, 6, r.tail)
+        XCTAssertTrue(r.output.contains("ranks 0 and 1 disagree on the parameter checksum before step 6"), "the rank's error line is lost:\n\(r.tail)")
+        XCTAssertLessThan(r.seconds, 60, "launch/train's exit was seen only when the lingering process ended\n\(r.tail)")
+    }
+
     /// Three hosts, one rank each, --batch 12: losing host2 relaunches on host1 and host3 at
     /// world size 2, the largest that keeps the batch; with the default reduction, the run ends
     /// within 0.01 of the uninterrupted run's validation loss. (Losing one of two hosts at the
@@ -436,14 +463,16 @@ private struct MultiHostCluster {
         multiHostRun("/bin/bash", [Harness.packageRoot + "/launch/cluster"] + arguments, environment: ["GOML_CLUSTER": name], timeout: timeout)
     }
 
-    private func trainCommand(hostfile: String, trainArguments: [String], binary: String = Harness.binary, launcherOptions: [String] = []) -> [String] {
+    private func trainCommand(hostfile: String, trainArguments: [String], binary: String = Harness.binary, launcherOptions: [String] = [],
+                              agent: String = Harness.packageRoot + "/launch/netns-agent") -> [String] {
         ["run", "--", "/bin/bash", Harness.packageRoot + "/launch/train", "--bin", binary, "--hosts", hostfile,
-         "--agent", Harness.packageRoot + "/launch/netns-agent", "--net", multiHostSubnet] + launcherOptions + ["--"] + trainArguments
+         "--agent", agent, "--net", multiHostSubnet] + launcherOptions + ["--"] + trainArguments
     }
 
     /// launch/train --hosts on the head node.
-    func launchTrain(hostfile: String, trainArguments: [String], binary: String = Harness.binary, timeout: Double) -> Harness.Result {
-        script(trainCommand(hostfile: hostfile, trainArguments: trainArguments, binary: binary), timeout: timeout)
+    func launchTrain(hostfile: String, trainArguments: [String], binary: String = Harness.binary,
+                     agent: String = Harness.packageRoot + "/launch/netns-agent", timeout: Double) -> Harness.Result {
+        script(trainCommand(hostfile: hostfile, trainArguments: trainArguments, binary: binary, agent: agent), timeout: timeout)
     }
 
     func startTrain(hostfile: String, trainArguments: [String], launcherOptions: [String] = []) throws -> Harness.Job {
