@@ -23,7 +23,7 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var precision: PrecisionOptions
     @Flag(help: "Instead, time text generation with and without the KV cache.") var sampling = false
     @Option(name: .customLong("sample-tokens"), help: "Bytes generated per sampling measurement.") var sampleTokens: Int = 256
-    @Flag(help: "Instead, time the AdamW update (clip fused) on 1…--threads worker threads against a memory-bandwidth triad; one process.")
+    @Flag(help: "Instead, time the AdamW update (clip fused) on 1…--threads worker threads against the same loads and stores without its arithmetic (the memory bandwidth it could reach); one process.")
     var optimizer = false
     @Flag(help: "Instead, time the gradient collectives alone (blocking and bucketed all-reduce, sharded reduce-scatter and all-gather) on the model's buffer in --bucket-mb buckets: one JSON line each (--steps repetitions after --warmup).")
     var collectives = false
