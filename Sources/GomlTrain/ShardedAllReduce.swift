@@ -55,8 +55,6 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private var toMove: Bool
     /// The gradients are summed in shared memory.
     private var sumsInSharedMemory = false
-    /// The parameters are copied from the other ranks' shared memory, not all-gathered.
-    private var hostGather: HostGather?
     private let comm: Communicator
     private let settings: CommunicationSettings
     /// Buckets in forward order: the order slices are updated and gathered.
@@ -70,10 +68,19 @@ public final class ShardedAllReduce: DataParallelStrategy {
     private let momentOffsets: [Int]
     /// This rank's squared-norm share, and every rank's, in rank order. [1], [N]
     private let partialNorm: UnsafeMutableBufferPointer<Double>, partialNorms: UnsafeMutableBufferPointer<Double>
-    /// The parameters' all-gather, bucket by bucket as each slice is updated.
-    private var gathers: Reducer
-    public var gatherPeakBytesInFlight: Int { hostGather == nil ? gathers.peakBytesInFlight : 0 }
-    public var gatherBytesPerStep: Int { hostGather == nil ? gathers.bytesPerRound : 0 }
+    /// How the other ranks' updated slices arrive: the all-gather, bucket by bucket as each slice
+    /// is updated, or on one host a copy from their shared memory once every rank is done.
+    private enum ParameterGather {
+        case allGather(Reducer)
+        case sharedMemory(HostGather)
+    }
+    private var gather: ParameterGather
+    public var gatherPeakBytesInFlight: Int {
+        if case .allGather(let gathers) = gather { gathers.peakBytesInFlight } else { 0 }
+    }
+    public var gatherBytesPerStep: Int {
+        if case .allGather(let gathers) = gather { gathers.bytesPerRound } else { 0 }
+    }
 
     public static func validate(_ options: TrainingOptions, communication: CommunicationSettings, worldSize: Int) throws {
         try PassPlan.validateMicroBatches(options, worldSize: worldSize)
@@ -102,7 +109,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         bf16Operands = bf16Weights ? layout.productOperands.map(\.range) : []
         let reducers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
                                      bf16Operands: bf16Operands, communication: communication)
-        gathers = reducers.allGather
+        gather = .allGather(reducers.allGather)
         reduction = BucketedReduction(buckets: shards.buckets, gradients: gradients, reducer: reducers.reduceScatter)
         partialNorm = .allocate(capacity: 1)
         partialNorm.initialize(repeating: 0)
@@ -141,9 +148,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
             : "reduce-scatter after backward"
         let wire = settings.compression == .none ? "" : ", \(settings.compression.rawValue) on the wire"
         let weights = bf16Weights ? ", matrices gathered as bf16" : ""
-        let gather = hostGather != nil ? "the other ranks' slices copied from this host's shared memory after it"
-            : "all-gather of parameters\(weights) awaited per bucket by the next forward"
-        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), \(gather); --no-shard replicates)"
+        let arrival = if case .sharedMemory = gather { "the other ranks' slices copied from this host's shared memory after it" }
+            else { "all-gather of parameters\(weights) awaited per bucket by the next forward" }
+        return "allreduce sharded over \(comm.size) ranks (\(when)\(wire), AdamW on each rank's 1/\(comm.size), \(arrival); --no-shard replicates)"
     }
 
     public func beginStep() {
@@ -159,9 +166,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
         moveSum()
         moveParameters()
         // What still goes through the all-gather: at bf16 its wire is the gradient memory.
-        if hostGather == nil && sumsInSharedMemory {
-            gathers = Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
-                                    bf16Operands: bf16Operands, communication: settings).allGather
+        if case .allGather = gather, sumsInSharedMemory {
+            gather = .allGather(Self.reducers(comm, shards: shards, gradient: gradients.sum, parameters: parameters,
+                                              bf16Operands: bf16Operands, communication: settings).allGather)
         }
     }
 
@@ -179,7 +186,8 @@ public final class ShardedAllReduce: DataParallelStrategy {
         let values = parameters
         parameters = FloatBuffer(in: shared.segments[comm.rank], ownedBy: shared)
         _ = parameters.pointer.update(fromContentsOf: values.pointer)
-        hostGather = HostGather(shared, rank: comm.rank, shards: shards)
+        // The all-gather's reducer goes with it (never started, it holds no request), and its thread.
+        gather = .sharedMemory(HostGather(shared, rank: comm.rank, shards: shards))
     }
 
     /// A worker's first pass overwrites its buffer, later micro-batches add to it.
@@ -222,9 +230,9 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// one host, the other ranks' slices copied once every rank is done.
     public func update(lr: Double, gradScale: Float, threads: WorkerPool) {
         update.update(lr: lr, gradScale: gradScale, threads: threads)
-        if let hostGather {
+        if case .sharedMemory(let copy) = gather {
             while settings.faultLostDuringGather { sleep(3600) }
-            return hostGather.copy()
+            return copy.copy()
         }
         arrivalLock.lock()
         arrived = 0
@@ -242,6 +250,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
         arrivalLock.lock()
         defer { arrivalLock.unlock() }
         while settings.faultLostDuringGather && arrived < forwardOrder.count { sleep(3600) }
+        guard case .allGather(let gathers) = gather else { return }   // copied whole in update
         while arrived < forwardOrder.count && shards.buckets[forwardOrder[arrived]].lowerBound < offset {
             gathers.wait(for: forwardOrder[arrived])
             arrived += 1
@@ -253,7 +262,7 @@ public final class ShardedAllReduce: DataParallelStrategy {
     /// Starts the all-gather of forward bucket `forwardIndex`, its slice being updated; every
     /// rank starts all of them in forward order, its empty slices included.
     private func startGather(forwardIndex: Int) {
-        if settings.faultLostDuringGather || hostGather != nil { return }
+        guard !settings.faultLostDuringGather, case .allGather(let gathers) = gather else { return }
         gathers.start(forwardOrder[forwardIndex])
     }
 
