@@ -2,9 +2,10 @@
 // ranks share (Communicator.sharedFloats). HostSum: each rank's gradient sum is its segment of
 // one window, so after backward a rank adds the other ranks' gradients of its own slices
 // straight into its own. HostGather: each rank's parameters are its segment of another, so once
-// every rank has updated its slices a rank copies the others' from their segments. No message, no receive buffer, no communication thread polling the
-// transport on the cores backward and forward use; over MPI those cost one host's np 2 about a
-// tenth of its step (docs/multihost-bench.md, "One host: shared memory instead of the collectives").
+// every rank has updated its slices a rank copies the others' from their segments. No message,
+// no receive buffer, no communication thread polling the transport on the cores backward and
+// forward use: over MPI, those slowed one host's ranks against one process's threads
+// (docs/multihost-bench.md, "One host: shared memory instead of the collectives").
 
 import Foundation
 import GomlComm

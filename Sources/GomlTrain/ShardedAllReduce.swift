@@ -4,13 +4,14 @@
 // backward, as the all-reduce's are started; float32, or bfloat16 with --grad-compression
 // bf16), so a rank receives the summed gradient of its slices only (every rank on one host at
 // float32: HostSum adds them from the ranks' shared memory after backward instead); the global
-// norm comes from the slices' squared norms; AdamW updates the slices
-// alone (split over the rank's worker threads), with moments for them alone (1/N of the
-// optimizer state); each bucket's all-gather starts once every thread has updated its piece,
-// and the next step's forward waits for each bucket just before it first reads it (FSDP's
-// prefetch). Losses match the replicated all-reduce to float32 rounding. At bf16 (synchronous
-// runs) the matrices travel as bfloat16, rounded as the products round them when they read
-// them: a rank holds its own slices as float32 master weights, the others' as bf16 values.
+// norm comes from the slices' squared norms; AdamW updates the slices alone (split over the
+// rank's worker threads), with moments for them alone (1/N of the optimizer state); each
+// bucket's all-gather starts once every thread has updated its piece, and the next step's
+// forward waits for each bucket just before it first reads it (FSDP's prefetch; on one host,
+// HostGather copies the other ranks' slices once every rank is done instead). Losses match the
+// replicated all-reduce to float32 rounding. At bf16 (synchronous runs) the matrices travel as
+// bfloat16, rounded as the products round them when they read them: a rank holds its own
+// slices as float32 master weights, the others' as bf16 values.
 
 import Foundation
 import GomlComm
