@@ -21,9 +21,10 @@ final class ReplicaFailureTests: XCTestCase {
     /// A rank lost during a collective (it starts none and stops responding) leaves the other
     /// waiting; that wait is watched, so the job ends with the timeout message naming the call
     /// instead of a hang. Sharded, during the all-gather: the other's next forward waits for a
-    /// parameter bucket; on one host, the other waits to copy the lost rank's slices. DiLoCo, during the outer all-reduce: the other worker waits for the
-    /// pseudo-gradient's sum; overlapped, it goes on into the next step and waits in its first
-    /// collective instead, named so. The four jobs run at once (each mostly waits).
+    /// parameter bucket; on one host, the other waits to copy the lost rank's slices. DiLoCo,
+    /// during the outer all-reduce: the other worker waits for the pseudo-gradient's sum;
+    /// overlapped, it goes on into the next step and waits in its first collective instead,
+    /// named so. The four jobs run at once (each mostly waits).
     func testARankLostDuringACollectiveEndsTheJobAfterTheTimeout() {
         let diloco = ["--sync-every", "2", "--worker-size", "1", "--fault-lost-outer-rank", "1"]
         let cases: [(what: String, extra: [String], call: String)] = [
